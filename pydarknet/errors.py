@@ -1,0 +1,29 @@
+"""Exceptions raised by pydarknet.
+
+Every error derives from :class:`DarknetError` and also from the built-in exception a user would
+naturally catch, so ``except ValueError`` still works around a broken cfg.
+"""
+
+
+class DarknetError(Exception):
+    """Base class of every error pydarknet raises."""
+
+
+class CfgError(DarknetError, ValueError):
+    """A .cfg or .data file is malformed; the message names the file, the line and the key."""
+
+
+class WeightsError(DarknetError, OSError):
+    """A .weights file has a bad header, is truncated, or is longer than the network."""
+
+
+class LabelError(DarknetError, ValueError):
+    """A label file has a malformed line or a value out of range; the message names file and line."""
+
+
+class ImageError(DarknetError, ValueError):
+    """An image cannot be decoded."""
+
+
+class CudaError(DarknetError, RuntimeError):
+    """The CUDA build is missing or a CUDA call failed."""
