@@ -27,3 +27,15 @@ class ImageError(DarknetError, ValueError):
 
 class CudaError(DarknetError, RuntimeError):
     """The CUDA build is missing or a CUDA call failed."""
+
+
+class DarknetIOError(DarknetError, OSError):
+    """A file could not be read or written by the C core."""
+
+
+class DarknetValueError(DarknetError, ValueError):
+    """A bad argument reached the C core (a size, an index, a batch larger than the network's)."""
+
+
+class DarknetArithmeticError(DarknetError, ArithmeticError):
+    """A NaN or infinity appeared, e.g. a diverging training run."""

@@ -1,0 +1,141 @@
+/* Matrix products (OpenBLAS when available, a portable blocked loop otherwise), im2col/col2im, threads. */
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.h"
+
+#if defined(DN_BLAS_SCIPY)
+/* The scipy-openblas32 wheel prefixes every symbol with scipy_. */
+#include <cblas.h>
+#define DN_SGEMM scipy_cblas_sgemm
+#define DN_BLAS_SET_THREADS scipy_openblas_set_num_threads
+#define DN_BLAS_NAME "OpenBLAS (scipy-openblas32)"
+#elif defined(DN_BLAS_OPENBLAS)
+#include <cblas.h>
+#define DN_SGEMM cblas_sgemm
+#define DN_BLAS_SET_THREADS openblas_set_num_threads
+#define DN_BLAS_NAME "OpenBLAS (system)"
+#else
+#define DN_BLAS_NAME "portable C (no BLAS found at build time)"
+#endif
+
+static int current_threads;
+
+DN_EXPORT const char *dn_blas_name(void) { return DN_BLAS_NAME; }
+
+void dn_threads_apply(int n)
+{
+#ifdef _OPENMP
+    if (n <= 0) n = omp_get_num_procs();
+    omp_set_num_threads(n);
+#else
+    if (n <= 0) n = 1;
+#endif
+#ifdef DN_BLAS_SET_THREADS
+    DN_BLAS_SET_THREADS(n);
+#endif
+    current_threads = n;
+}
+
+int dn_threads_current(void) { return current_threads; }
+
+DN_EXPORT void dn_set_threads(int n) { dn_threads_apply(n); }
+DN_EXPORT int dn_get_threads(void) { return current_threads; }
+
+#ifndef DN_SGEMM
+/* Portable fallback: C = alpha*op(A)*op(B) + beta*C with the i-k-j order so the inner loop is contiguous. */
+static void gemm_portable(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                          const float *B, int ldb, float beta, float *C, int ldc)
+{
+#pragma omp parallel for schedule(static) if ((long)M * N * K > 100000)
+    for (int i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        if (beta == 0.f) memset(c, 0, sizeof(float) * (size_t)N);
+        else if (beta != 1.f) for (int j = 0; j < N; j++) c[j] *= beta;
+        for (int k = 0; k < K; k++) {
+            float a = alpha * (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+            if (a == 0.f) continue;
+            if (!tb) {
+                const float *b = B + (size_t)k * ldb;
+                for (int j = 0; j < N; j++) c[j] += a * b[j];
+            } else {
+                for (int j = 0; j < N; j++) c[j] += a * B[(size_t)j * ldb + k];
+            }
+        }
+    }
+}
+#endif
+
+void dn_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+             const float *B, int ldb, float beta, float *C, int ldc)
+{
+#ifdef DN_SGEMM
+    DN_SGEMM(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+             alpha, A, lda, B, ldb, beta, C, ldc);
+#else
+    gemm_portable(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
+}
+
+/* col[(c*k*k + ky*k + kx) * (oh*ow) + y*ow + x] = im[c][y*stride - pad + ky][x*stride - pad + kx] or 0. */
+void im2col(const float *im, int channels, int height, int width, int ksize, int stride, int pad, float *col)
+{
+    const int oh = (height + 2 * pad - ksize) / stride + 1;
+    const int ow = (width + 2 * pad - ksize) / stride + 1;
+    const int rows = channels * ksize * ksize;
+#pragma omp parallel for schedule(static) if ((long)rows * oh * ow > 65536)
+    for (int r = 0; r < rows; r++) {
+        const int kx = r % ksize, ky = (r / ksize) % ksize, c = r / (ksize * ksize);
+        float *dst = col + (size_t)r * oh * ow;
+        const float *src = im + (size_t)c * height * width;
+        for (int y = 0; y < oh; y++) {
+            const int iy = y * stride - pad + ky;
+            float *d = dst + (size_t)y * ow;
+            if (iy < 0 || iy >= height) {
+                memset(d, 0, sizeof(float) * (size_t)ow);
+                continue;
+            }
+            const float *s = src + (size_t)iy * width;
+            if (stride == 1) {
+                /* Contiguous middle part, zeros at the borders. */
+                int x0 = pad - kx; if (x0 < 0) x0 = 0;
+                int x1 = width + pad - kx; if (x1 > ow) x1 = ow;
+                for (int x = 0; x < x0 && x < ow; x++) d[x] = 0;
+                if (x1 > x0) memcpy(d + x0, s + x0 - pad + kx, sizeof(float) * (size_t)(x1 - x0));
+                for (int x = (x1 > x0 ? x1 : x0); x < ow; x++) d[x] = 0;
+            } else {
+                for (int x = 0; x < ow; x++) {
+                    const int ix = x * stride - pad + kx;
+                    d[x] = (ix >= 0 && ix < width) ? s[ix] : 0.f;
+                }
+            }
+        }
+    }
+}
+
+/* The adjoint of im2col: adds every column entry back to the image cell it came from. */
+void col2im_add(const float *col, int channels, int height, int width, int ksize, int stride, int pad, float *im)
+{
+    const int oh = (height + 2 * pad - ksize) / stride + 1;
+    const int ow = (width + 2 * pad - ksize) / stride + 1;
+    /* Parallel over channels: rows of different channels never write the same image cell. */
+#pragma omp parallel for schedule(static) if ((long)channels * height * width > 65536)
+    for (int c = 0; c < channels; c++) {
+        float *dst = im + (size_t)c * height * width;
+        for (int ky = 0; ky < ksize; ky++) {
+            for (int kx = 0; kx < ksize; kx++) {
+                const float *src = col + ((size_t)(c * ksize + ky) * ksize + kx) * oh * ow;
+                for (int y = 0; y < oh; y++) {
+                    const int iy = y * stride - pad + ky;
+                    if (iy < 0 || iy >= height) continue;
+                    for (int x = 0; x < ow; x++) {
+                        const int ix = x * stride - pad + kx;
+                        if (ix >= 0 && ix < width) dst[(size_t)iy * width + ix] += src[(size_t)y * ow + x];
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+/* [maxpool]: output (in + padding - size)/stride + 1; the window starts at -padding/2; padded cells are -inf. */
+#include <float.h>
+
+#include "internal.h"
+
+typedef struct maxpool_priv {
+    int padding;
+    int *argmax; /* batch * outputs: input index of each output's maximum, for the backward pass */
+} maxpool_priv;
+
+static void maxpool_free(dn_layer *l)
+{
+    maxpool_priv *p = l->priv;
+    if (p) free(p->argmax);
+    free(p);
+    l->priv = NULL;
+}
+
+static dn_status maxpool_reshape(dn_layer *l, dn_network *net)
+{
+    maxpool_priv *p = l->priv;
+    l->out_w = (l->w + p->padding - l->size) / l->stride + 1;
+    l->out_h = (l->h + p->padding - l->size) / l->stride + 1;
+    l->out_c = l->c;
+    l->outputs = (size_t)l->out_w * l->out_h * l->out_c;
+    l->bflops = 0;
+    if (l->out_w < 1 || l->out_h < 1) return DN_OK;
+    dn_status st = layer_alloc_io(l, net);
+    if (st) return st;
+    free(p->argmax);
+    p->argmax = NULL;
+    if (net->training_buffers) {
+        p->argmax = dn_calloc((size_t)net->batch * l->outputs, sizeof(int));
+        if (!p->argmax) return dn_fail(DN_E_NOMEM, "out of memory");
+    }
+    return DN_OK;
+}
+
+static void maxpool_forward(dn_layer *l, dn_network *net, const float *in, int batch)
+{
+    maxpool_priv *p = l->priv;
+    const int offset = -p->padding / 2;
+    int *argmax = net->train ? p->argmax : NULL;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++) {
+        for (int c = 0; c < l->c; c++) {
+            const float *src = in + b * l->inputs + (size_t)c * l->w * l->h;
+            for (int y = 0; y < l->out_h; y++) {
+                for (int x = 0; x < l->out_w; x++) {
+                    float best = -FLT_MAX;
+                    int best_i = -1;
+                    for (int ky = 0; ky < l->size; ky++) {
+                        const int iy = offset + y * l->stride + ky;
+                        if (iy < 0 || iy >= l->h) continue;
+                        for (int kx = 0; kx < l->size; kx++) {
+                            const int ix = offset + x * l->stride + kx;
+                            if (ix < 0 || ix >= l->w) continue;
+                            const float v = src[iy * l->w + ix];
+                            if (v > best) { best = v; best_i = iy * l->w + ix; }
+                        }
+                    }
+                    const size_t o = b * l->outputs + ((size_t)c * l->out_h + y) * l->out_w + x;
+                    l->output[o] = best;
+                    if (argmax) argmax[o] = best_i < 0 ? -1 : (int)((size_t)c * l->w * l->h + best_i);
+                }
+            }
+        }
+    }
+}
+
+static void maxpool_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
+{
+    (void)net; (void)in;
+    maxpool_priv *p = l->priv;
+    if (!in_delta) return;
+    for (int b = 0; b < batch; b++)
+        for (size_t i = 0; i < l->outputs; i++) {
+            const int j = p->argmax[b * l->outputs + i];
+            if (j >= 0) in_delta[b * l->inputs + j] += l->delta[b * l->outputs + i];
+        }
+}
+
+const layer_ops maxpool_ops = {"max", maxpool_reshape, maxpool_forward, maxpool_backward, maxpool_free};
+
+dn_status make_maxpool(layer_build *b, dn_layer *l)
+{
+    const cfg_file *f = b->cfg;
+    cfg_section *s = b->section;
+    dn_status st;
+    maxpool_priv *p = dn_calloc(1, sizeof *p);
+    if (!p) return dn_fail(DN_E_NOMEM, "out of memory");
+    l->priv = p;
+    l->ops = &maxpool_ops;
+    if ((st = cfg_get_int(f, s, "size", 1, 0, &l->size))) return st;
+    if ((st = cfg_get_int(f, s, "stride", 1, 0, &l->stride))) return st;
+    if ((st = cfg_get_int(f, s, "padding", l->size - 1, 0, &p->padding))) return st;
+    if (l->size < 1 || l->size > 64 || l->stride < 1 || l->stride > 64 || p->padding < 0 || p->padding > 128)
+        return dn_fail(DN_E_CFG, "%s:%d: [maxpool] size=%d stride=%d padding=%d out of range", f->path, s->line,
+                       l->size, l->stride, p->padding);
+    l->filters = l->c;
+    return DN_OK;
+}

@@ -1,0 +1,130 @@
+/* .weights files (SPEC §1.4): header, then every layer's parameters in cfg order, nothing else.
+ * The parameter block is laid out in exactly that order, so loading and saving are contiguous copies. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, int *layers_loaded)
+{
+    if (!net || !path) return dn_fail(DN_E_ARG, "NULL argument");
+    if (layers_loaded) *layers_loaded = 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        if (errno == ENOENT) return dn_fail(DN_E_NOTFOUND, "%s: weights file not found", path);
+        return dn_fail(DN_E_IO, "%s: cannot open weights file: %s", path, strerror(errno));
+    }
+    dn_status st = DN_OK;
+    int32_t version[3];
+    uint64_t seen = 0;
+    long size = -1;
+    if (fseek(fp, 0, SEEK_END) == 0) size = ftell(fp);
+    if (size < 0 || fseek(fp, 0, SEEK_SET) != 0) {
+        st = dn_fail(DN_E_IO, "%s: cannot determine the file size (not a regular file?)", path);
+        goto done;
+    }
+    if (fread(version, sizeof(int32_t), 3, fp) != 3) {
+        st = dn_fail(DN_E_WEIGHTS, "%s: bad header: the file has %ld bytes, fewer than a weights header", path, size);
+        goto done;
+    }
+    const int major = version[0], minor = version[1];
+    size_t header = 12;
+    if (major < 0 || minor < 0 || version[2] < 0) {
+        st = dn_fail(DN_E_WEIGHTS, "%s: bad header: negative version %d.%d.%d (not a Darknet weights file?)", path,
+                     major, minor, version[2]);
+        goto done;
+    }
+    if (major * 10 + minor >= 2 && major < 1000 && minor < 1000) {
+        if (fread(&seen, sizeof(uint64_t), 1, fp) != 1) {
+            st = dn_fail(DN_E_WEIGHTS, "%s: bad header: the file ends inside the 64-bit 'seen' field", path);
+            goto done;
+        }
+        header += 8;
+    } else {
+        uint32_t seen32;
+        if (fread(&seen32, sizeof(uint32_t), 1, fp) != 1) {
+            st = dn_fail(DN_E_WEIGHTS, "%s: bad header: the file ends inside the 32-bit 'seen' field", path);
+            goto done;
+        }
+        seen = seen32;
+        header += 4;
+    }
+    /* Only fully-connected layers are stored transposed in such files, and this engine has none. */
+
+    /* Decide how many layers the file holds before touching the network, so a bad file changes nothing. */
+    size_t remaining = (size_t)size - header;
+    size_t floats = 0;
+    int n_loaded = 0, last_with_params = -1;
+    for (int i = 0; i < net->n; i++) {
+        const dn_layer *l = &net->layers[i];
+        if (!l->n_params) continue;
+        if (remaining == floats * sizeof(float)) break;
+        const size_t need = (floats + l->n_params) * sizeof(float);
+        if (remaining < need) {
+            st = dn_fail(DN_E_WEIGHTS, "%s: truncated: the file ends inside layer %d (%s, %zu parameters): %zu bytes "
+                         "of it present, %zu needed", path, i, l->ops->type, l->n_params,
+                         remaining - floats * sizeof(float), l->n_params * sizeof(float));
+            goto done;
+        }
+        floats += l->n_params;
+        last_with_params = i;
+        n_loaded = i + 1;
+    }
+    if (remaining > floats * sizeof(float)) {
+        st = dn_fail(DN_E_WEIGHTS, "%s: the file is longer than the network: %zu bytes of parameters, the cfg "
+                     "(%s) has %zu (wrong cfg for these weights?)", path, remaining, net->cfg_path,
+                     net->n_params * sizeof(float));
+        goto done;
+    }
+    (void)last_with_params;
+    if (floats && fread(net->params, sizeof(float), floats, fp) != floats) {
+        st = dn_fail(DN_E_IO, "%s: read error: %s", path, strerror(errno));
+        goto done;
+    }
+    net->info.seen = seen;
+    net->info.major = major;
+    net->info.minor = minor;
+    net->info.revision = version[2];
+    if (layers_loaded) *layers_loaded = n_loaded;
+    if (n_loaded < net->n && floats < net->n_params)
+        dn_log(DN_LOG_INFO, "%s: partial weights: loaded layers 0..%d, the rest keep their initial values", path,
+               n_loaded - 1);
+done:
+    fclose(fp);
+    return st;
+}
+
+DN_EXPORT dn_status dn_network_save_weights(dn_network *net, const char *path)
+{
+    if (!net || !path) return dn_fail(DN_E_ARG, "NULL argument");
+    /* Write next to the target and rename, so a crash never leaves a half-written weights file. */
+    size_t n = strlen(path);
+    char *tmp = malloc(n + 5);
+    if (!tmp) return dn_fail(DN_E_NOMEM, "out of memory");
+    memcpy(tmp, path, n);
+    memcpy(tmp + n, ".tmp", 5);
+    dn_status st = DN_OK;
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp) {
+        st = dn_fail(errno == ENOENT ? DN_E_NOTFOUND : DN_E_IO, "%s: cannot write: %s", tmp, strerror(errno));
+        free(tmp);
+        return st;
+    }
+    const int32_t version[3] = {0, 2, 0};
+    const uint64_t seen = net->info.seen;
+    int ok = fwrite(version, sizeof(int32_t), 3, fp) == 3 && fwrite(&seen, sizeof seen, 1, fp) == 1 &&
+             fwrite(net->params, sizeof(float), net->n_params, fp) == net->n_params;
+    ok = ok && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
+    if (fclose(fp) != 0) ok = 0;
+    if (!ok) {
+        st = dn_fail(DN_E_IO, "%s: write failed: %s", tmp, strerror(errno));
+        unlink(tmp);
+    } else if (rename(tmp, path) != 0) {
+        st = dn_fail(DN_E_IO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    return st;
+}

@@ -1,0 +1,72 @@
+"""Image input: decoding with OpenCV, and Darknet's letterbox/resize arithmetic from the C core."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ._ffi import check, ffi, lib
+from .errors import ImageError
+
+__all__ = ["read_image", "as_bgr", "letterbox", "letterbox_sizes", "resize_chw"]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to an HxWx3 uint8 BGR array; FileNotFoundError or ImageError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image not found")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ImageError(f"{path}: cannot decode image (corrupt or unsupported format)")
+    return image
+
+
+def as_bgr(image) -> np.ndarray:
+    """A path or an array (HxWx3 BGR, HxWx4 BGRA, HxW grey; uint8) -> contiguous HxWx3 uint8 BGR."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 arrays as cv2.imread returns, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
+    elif array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"images must be HxWx3 BGR uint8 arrays, got shape {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"empty image of shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def letterbox_sizes(width: int, height: int, net_w: int, net_h: int) -> tuple[int, int]:
+    """(new_w, new_h) of the image inside the letterbox, with Darknet's integer arithmetic."""
+    if net_w / width < net_h / height:
+        return net_w, max(1, height * net_w // width)
+    return max(1, width * net_h // height), net_h
+
+
+def letterbox(image: np.ndarray, net_w: int, net_h: int, out: np.ndarray | None = None) -> np.ndarray:
+    """BGR uint8 image -> float32 RGB CHW (3, net_h, net_w) in 0..1, letterboxed as Darknet does."""
+    bgr = as_bgr(image)
+    if out is None:
+        out = np.empty((3, net_h, net_w), np.float32)
+    elif out.shape != (3, net_h, net_w) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("out must be a contiguous float32 array of shape (3, net_h, net_w)")
+    h, w = bgr.shape[:2]
+    check(lib.dn_letterbox_bgr(ffi.from_buffer("unsigned char[]", bgr), w, h, 3, bgr.strides[0], net_w, net_h,
+                               ffi.from_buffer("float[]", out)))
+    return out
+
+
+def resize_chw(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Darknet's bilinear resize (aligned corners) of a float32 CHW image."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    c, h, w = image.shape
+    out = np.empty((c, out_h, out_w), np.float32)
+    check(lib.dn_resize_chw(ffi.from_buffer("float[]", image), c, h, w, ffi.from_buffer("float[]", out), out_h, out_w))
+    return out

@@ -1,0 +1,397 @@
+"""``Network``: a Darknet network built from a .cfg, optionally with .weights, over the C core."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ._ffi import check, ffi, lib
+
+__all__ = ["Network", "LayerInfo", "YoloStats", "set_threads", "get_threads"]
+
+IOU_LOSSES = ("mse", "iou", "giou")
+REPRESENTATIONS = ("exp", "lin")
+
+
+def set_threads(n: int) -> None:
+    """Threads the C core uses (BLAS and element-wise loops); 0 = every core. Process-wide."""
+    lib.dn_set_threads(int(n))
+
+
+def get_threads() -> int:
+    return int(lib.dn_get_threads())
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of the layer table."""
+
+    index: int
+    type: str
+    filters: int
+    size: int
+    stride: int
+    groups: int
+    input_shape: tuple[int, int, int]   # (w, h, c) as Darknet prints it
+    output_shape: tuple[int, int, int]
+    bflops: float
+    n_params: int
+    batch_normalize: bool = False
+    activation: str = ""
+    sources: tuple[int, ...] = ()
+    # [yolo] only
+    classes: int = 0
+    n_anchors: int = 0
+    total_anchors: int = 0
+    iou_loss: str = ""
+    representation: str = ""
+    iou_normalizer: float = 0.0
+    cls_normalizer: float = 0.0
+    ignore_thresh: float = 0.0
+    truth_thresh: float = 0.0
+    max_boxes: int = 0
+    random: bool = False
+    jitter: float = 0.0
+
+
+@dataclass(frozen=True)
+class YoloStats:
+    """What the reference logs for one [yolo] layer's training forward."""
+
+    iou: float
+    giou: float
+    iou_loss: float
+    cls_loss: float
+    cost: float
+    obj: float
+    noobj: float
+    cls: float
+    recall50: float
+    recall75: float
+    count: int
+
+    def as_dict(self) -> dict:
+        return {"iou": self.iou, "giou": self.giou, "iou_loss": self.iou_loss, "cls_loss": self.cls_loss,
+                "cost": self.cost, "obj": self.obj, "noobj": self.noobj, "class": self.cls,
+                "recall50": self.recall50, "recall75": self.recall75, "count": self.count}
+
+
+def _stats_from_c(s) -> YoloStats:
+    return YoloStats(iou=s.avg_iou, giou=s.avg_giou, iou_loss=s.iou_loss, cls_loss=s.cls_loss, cost=s.cost,
+                     obj=s.avg_obj, noobj=s.avg_noobj, cls=s.avg_cls, recall50=s.recall50, recall75=s.recall75,
+                     count=s.count)
+
+
+def _fspath(path) -> bytes:
+    return os.fsencode(os.fspath(path))
+
+
+class Network:
+    """A network built from a Darknet ``.cfg``.
+
+    ``Network(cfg, weights=None, batch=1)``: without weights the parameters get Darknet's initialisation.
+    ``forward(x)`` takes float32 NCHW (or CHW) and returns the output of every ``[yolo]`` layer, in Darknet's
+    layout ``(n, anchors*(5+classes), h, w)`` after the layer's activations. Use it as a context manager or
+    call ``close()`` to free the C memory at a known time (calling it twice is fine).
+    """
+
+    def __init__(self, cfg: str | os.PathLike, weights: str | os.PathLike | None = None, batch: int = 1):
+        self.cfg_path = Path(cfg)
+        self.weights_path = Path(weights) if weights is not None else None
+        if weights is not None and not Path(weights).is_file():
+            raise FileNotFoundError(f"{weights}: weights file not found")
+        out = ffi.new("dn_network **")
+        check(lib.dn_network_load_cfg(_fspath(cfg), int(batch), out))
+        self._ptr = ffi.gc(out[0], lib.dn_network_free)
+        # One call at a time per network: the C object keeps per-call buffers.
+        self._lock = threading.RLock()
+        self.layers_loaded = 0
+        if weights is not None:
+            self.load_weights(weights)
+        self._refresh_layers()
+
+    # ---- lifetime -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        ptr, self._ptr = getattr(self, "_ptr", None), None
+        if ptr is not None:
+            ffi.release(ptr)
+
+    def __enter__(self) -> "Network":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def _handle(self):
+        if self._ptr is None:
+            raise ValueError("the network is closed")
+        return self._ptr
+
+    # ---- description ----------------------------------------------------------------------------------
+    def _info(self):
+        info = ffi.new("dn_net_info *")
+        check(lib.dn_network_info(self._handle(), info))
+        return info
+
+    def _refresh_layers(self) -> None:
+        info = self._info()
+        layers = []
+        c_info = ffi.new("dn_layer_info *")
+        for i in range(info.n_layers):
+            check(lib.dn_network_layer_info(self._handle(), i, c_info))
+            t = ffi.string(c_info.type).decode()
+            extra = {}
+            if t == "conv":
+                extra = dict(batch_normalize=bool(c_info.batch_normalize),
+                             activation=ffi.string(lib.dn_activation_name(c_info.activation)).decode())
+            elif t == "yolo":
+                extra = dict(classes=c_info.classes, n_anchors=c_info.n, total_anchors=c_info.total,
+                             iou_loss=IOU_LOSSES[c_info.iou_loss], representation=REPRESENTATIONS[c_info.representation],
+                             iou_normalizer=c_info.iou_normalizer, cls_normalizer=c_info.cls_normalizer,
+                             ignore_thresh=c_info.ignore_thresh, truth_thresh=c_info.truth_thresh,
+                             max_boxes=c_info.max_boxes, random=bool(c_info.random), jitter=c_info.jitter)
+            elif t == "route":
+                extra = dict(sources=tuple(c_info.sources[k] for k in range(c_info.n_sources)))
+            layers.append(LayerInfo(
+                index=i, type=t, filters=c_info.filters, size=c_info.size, stride=c_info.stride,
+                groups=c_info.groups, input_shape=(c_info.in_w, c_info.in_h, c_info.in_c),
+                output_shape=(c_info.out_w, c_info.out_h, c_info.out_c), bflops=c_info.bflops,
+                n_params=int(c_info.n_params), **extra))
+        self._layers = layers
+        self._yolo_indices = [l.index for l in layers if l.type == "yolo"]
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        return list(self._layers)
+
+    @property
+    def yolo_layers(self) -> list[LayerInfo]:
+        return [self._layers[i] for i in self._yolo_indices]
+
+    @property
+    def width(self) -> int:
+        return self._info().width
+
+    @property
+    def height(self) -> int:
+        return self._info().height
+
+    @property
+    def channels(self) -> int:
+        return self._info().channels
+
+    @property
+    def batch(self) -> int:
+        return self._info().batch
+
+    @property
+    def options(self) -> dict:
+        """The [net] section's training options."""
+        i = self._info()
+        return {"batch": i.cfg_batch, "subdivisions": i.subdivisions, "width": i.width, "height": i.height,
+                "channels": i.channels, "learning_rate": i.learning_rate, "momentum": i.momentum,
+                "decay": i.decay, "burn_in": i.burn_in, "power": i.power, "max_batches": i.max_batches,
+                "policy": ffi.string(i.policy).decode(), "steps": [i.steps[k] for k in range(i.n_steps)],
+                "scales": [i.scales[k] for k in range(i.n_steps)], "step": i.step, "gamma": i.gamma,
+                "angle": i.angle, "saturation": i.saturation, "exposure": i.exposure, "hue": i.hue,
+                "flip": bool(i.flip)}
+
+    @property
+    def seen(self) -> int:
+        return int(self._info().seen)
+
+    @seen.setter
+    def seen(self, value: int) -> None:
+        check(lib.dn_network_set_seen(self._handle(), int(value)))
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        i = self._info()
+        return (i.major, i.minor, i.revision)
+
+    @property
+    def n_params(self) -> int:
+        return int(self._info().n_params)
+
+    @property
+    def max_boxes(self) -> int:
+        return max((l.max_boxes for l in self.yolo_layers), default=90)
+
+    @property
+    def bflops(self) -> float:
+        return float(sum(l.bflops for l in self._layers))
+
+    def summary(self) -> str:
+        """Darknet's layer table: index, type, filters, size, input -> output, BFLOPs."""
+        rows = ["layer     filters    size              input                output"]
+        for l in self._layers:
+            iw, ih, ic = l.input_shape
+            ow, oh, oc = l.output_shape
+            if l.type == "conv":
+                rows.append(f"{l.index:5d} conv  {l.filters:5d} {l.size:2d} x{l.size:2d} /{l.stride:2d}  "
+                            f"{iw:4d} x{ih:4d} x{ic:4d}   ->  {ow:4d} x{oh:4d} x{oc:4d}  {l.bflops:6.3f} BFLOPs")
+            elif l.type == "max":
+                rows.append(f"{l.index:5d} max        {l.size:2d} x{l.size:2d} /{l.stride:2d}  "
+                            f"{iw:4d} x{ih:4d} x{ic:4d}   ->  {ow:4d} x{oh:4d} x{oc:4d}")
+            elif l.type == "route":
+                rows.append(f"{l.index:5d} route  " + " ".join(str(s) for s in l.sources))
+            elif l.type == "shortcut":
+                rows.append(f"{l.index:5d} res  ")
+            elif l.type == "upsample":
+                rows.append(f"{l.index:5d} upsample            {l.stride:2d}x  "
+                            f"{iw:4d} x{ih:4d} x{ic:4d}   ->  {ow:4d} x{oh:4d} x{oc:4d}")
+            else:
+                rows.append(f"{l.index:5d} {l.type}")
+        rows.append(f"Total BFLOPS {self.bflops:.3f}")
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.width}x{self.height}, {len(self._layers)} layers"
+        return f"<Network {self.cfg_path.name} {state}>"
+
+    # ---- weights --------------------------------------------------------------------------------------
+    def load_weights(self, path: str | os.PathLike) -> int:
+        """Load a .weights file; returns the number of layers it covered (a partial file covers fewer)."""
+        loaded = ffi.new("int *")
+        with self._lock:
+            check(lib.dn_network_load_weights(self._handle(), _fspath(path), loaded))
+        self.layers_loaded = loaded[0]
+        return loaded[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a .weights file (header 0.2.0, 64-bit seen) atomically: a temp file renamed into place."""
+        with self._lock:
+            check(lib.dn_network_save_weights(self._handle(), _fspath(path)))
+
+    def init_params(self, seed: int = 0x5EED) -> None:
+        with self._lock:
+            check(lib.dn_network_init_params(self._handle(), int(seed)))
+
+    def params(self) -> np.ndarray:
+        """A copy of every parameter, in .weights order."""
+        with self._lock:
+            buf = ffi.buffer(lib.dn_network_params(self._handle()), self.n_params * 4)
+            return np.frombuffer(buf, dtype=np.float32).copy()
+
+    def set_params(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.float32).ravel()
+        if values.size != self.n_params:
+            raise ValueError(f"expected {self.n_params} parameters, got {values.size}")
+        with self._lock:
+            ffi.memmove(lib.dn_network_params(self._handle()), ffi.from_buffer(values), values.nbytes)
+
+    # ---- shapes ---------------------------------------------------------------------------------------
+    def resize(self, width: int, height: int) -> None:
+        """Change the input size (a multiple of 32 for YOLO networks)."""
+        with self._lock:
+            check(lib.dn_network_resize(self._handle(), int(width), int(height)))
+        self._refresh_layers()
+
+    def set_batch(self, batch: int) -> None:
+        with self._lock:
+            check(lib.dn_network_set_batch(self._handle(), int(batch)))
+
+    # ---- compute --------------------------------------------------------------------------------------
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        expected = (self.channels, self.height, self.width)
+        if x.ndim != 4 or x.shape[1:] != expected:
+            raise ValueError(f"input must be float32 (n, {expected[0]}, {expected[1]}, {expected[2]}) NCHW, "
+                             f"got shape {x.shape}")
+        if x.shape[0] < 1:
+            raise ValueError("input holds no image")
+        if x.shape[0] > self.batch:
+            self.set_batch(x.shape[0])
+        return x
+
+    def layer_output(self, index: int, n: int | None = None) -> np.ndarray:
+        """A copy of layer `index`'s output after the last forward, shaped (n, c, h, w)."""
+        layer = self._layers[index]
+        n = self.batch if n is None else n
+        w, h, c = layer.output_shape
+        ptr = lib.dn_network_layer_output(self._handle(), index)
+        return np.frombuffer(ffi.buffer(ptr, n * c * h * w * 4), np.float32).reshape(n, c, h, w).copy()
+
+    def _layer_delta(self, index: int, n: int) -> np.ndarray:
+        layer = self._layers[index]
+        w, h, c = layer.output_shape
+        ptr = lib.dn_network_layer_delta(self._handle(), index)
+        return np.frombuffer(ffi.buffer(ptr, n * c * h * w * 4), np.float32).reshape(n, c, h, w).copy()
+
+    def forward(self, x: np.ndarray) -> list[np.ndarray]:
+        """Inference forward; returns every [yolo] layer's output (n, anchors*(5+classes), h, w)."""
+        with self._lock:
+            x = self._input(x)
+            check(lib.dn_network_forward(self._handle(), ffi.from_buffer("float[]", x), x.shape[0]))
+            return [self.layer_output(i, x.shape[0]) for i in self._yolo_indices]
+
+    def _truth(self, truths: np.ndarray, n: int) -> np.ndarray:
+        truths = np.asarray(truths, dtype=np.float32)
+        mb = self.max_boxes
+        if truths.ndim != 3 or truths.shape[0] != n or truths.shape[2] != 5:
+            raise ValueError(f"truths must be float32 (n={n}, max_boxes, 5) of (x, y, w, h, class), got {truths.shape}")
+        if truths.shape[1] > mb:
+            raise ValueError(f"truths hold {truths.shape[1]} boxes per image, the network's max is {mb}")
+        if truths.shape[1] < mb:
+            truths = np.concatenate([truths, np.zeros((n, mb - truths.shape[1], 5), np.float32)], axis=1)
+        return np.ascontiguousarray(truths)
+
+    def loss(self, images: np.ndarray, truths: np.ndarray) -> list[dict]:
+        """Training-mode forward (batch-norm batch statistics, the loss) that changes no weight.
+
+        Returns, per [yolo] layer, ``{"layer", "cost", "delta", "stats"}`` with the layer's delta
+        (Darknet's sign: the negative gradient) and the statistics the reference logs.
+        """
+        with self._lock:
+            x = self._input(images)
+            t = self._truth(truths, x.shape[0])
+            cost = ffi.new("float *")
+            check(lib.dn_network_loss(self._handle(), ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", t),
+                                      x.shape[0], cost))
+            return [{"layer": idx, "cost": s.cost, "delta": self._layer_delta(idx, x.shape[0]), "stats": s.as_dict()}
+                    for idx, s in zip(self._yolo_indices, self.yolo_stats())]
+
+    def train_chunk(self, images: np.ndarray, truths: np.ndarray) -> float:
+        """Forward + backward of one chunk (batch/subdivisions images); gradients accumulate until update()."""
+        with self._lock:
+            x = self._input(images)
+            t = self._truth(truths, x.shape[0])
+            cost = ffi.new("float *")
+            check(lib.dn_network_train_chunk(self._handle(), ffi.from_buffer("float[]", x),
+                                             ffi.from_buffer("float[]", t), x.shape[0], cost))
+            return float(cost[0])
+
+    def update(self, learning_rate: float, momentum: float, decay: float, batch_images: int) -> None:
+        """One SGD step for `batch_images` accumulated images (SPEC §3)."""
+        with self._lock:
+            check(lib.dn_network_update(self._handle(), float(learning_rate), float(momentum), float(decay),
+                                        int(batch_images)))
+
+    def yolo_stats(self) -> list[YoloStats]:
+        out = []
+        s = ffi.new("dn_yolo_stats *")
+        for k in range(len(self._yolo_indices)):
+            check(lib.dn_network_yolo_stats(self._handle(), k, s))
+            out.append(_stats_from_c(s))
+        return out
+
+    def yolo_anchors(self, index: int) -> tuple[np.ndarray, list[int]]:
+        """(anchors (total, 2) in network pixels, mask) of the [yolo] layer with absolute index `index`."""
+        layer = self._layers[index]
+        anchors = ffi.new("float[]", 2 * layer.total_anchors)
+        mask = ffi.new("int[]", layer.n_anchors)
+        check(lib.dn_network_yolo_anchors(self._handle(), index, anchors, mask))
+        return (np.array(list(anchors), np.float32).reshape(-1, 2), list(mask))
