@@ -161,6 +161,15 @@ dn_status dn_network_train_chunk(dn_network *net, const float *input, const floa
 dn_status dn_network_update(dn_network *net, float learning_rate, float momentum, float decay, int batch_images);
 /* A training-mode forward (batch statistics, loss and deltas) that changes nothing in the network. */
 dn_status dn_network_loss(dn_network *net, const float *input, const float *truth, int n, float *cost);
+/* Gradient probe (tests, research): a training-mode forward of n images (batch statistics, rolling averages
+ * untouched, [yolo] layers compute no loss), then a backward started from last_delta (the last layer's delta,
+ * float[n * outputs]) instead of a loss. input_delta (float[n * inputs], may be NULL) receives the delta at
+ * the network input; parameter gradients are added to the update buffers (see dn_network_zero_updates). */
+dn_status dn_network_backward_probe(dn_network *net, const float *input, int n, const float *last_delta,
+                                    float *input_delta);
+/* Forward with train = 1 (batch statistics, rolling averages untouched, no loss) or 0 (inference). */
+dn_status dn_network_forward_mode(dn_network *net, const float *input, int n, int train);
+dn_status dn_network_zero_updates(dn_network *net);
 /* Statistics of the yolo_index-th [yolo] layer (0-based among [yolo] layers) from the last training forward. */
 dn_status dn_network_yolo_stats(const dn_network *net, int yolo_index, dn_yolo_stats *out);
 /* Anchors (2*total floats) and mask (n ints) of a [yolo] layer given by absolute layer index. */

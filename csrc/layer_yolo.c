@@ -41,7 +41,7 @@ static void yolo_forward(dn_layer *l, dn_network *net, const float *in, int batc
 {
     yolo_priv *p = l->priv;
     yolo_activate(&p->cfg, batch, l->h, l->w, in, l->output);
-    if (!net->train) return;
+    if (!net->train || !net->truth) return; /* no truth: a probe forward, no loss */
     memset(&p->stats, 0, sizeof p->stats);
     p->cost = 0;
     /* Truths come from the caller with max_boxes per image; the layer reads at most its own `max`. */

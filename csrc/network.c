@@ -366,6 +366,50 @@ DN_EXPORT dn_status dn_network_loss(dn_network *net, const float *input, const f
     return DN_OK;
 }
 
+DN_EXPORT dn_status dn_network_forward_mode(dn_network *net, const float *input, int n, int train)
+{
+    dn_status st = check_io(net, input, n);
+    if (st) return st;
+    if (train && (st = dn_network_alloc_training(net))) return st;
+    net->train = train ? 1 : 0;
+    net->update_rolling = 0;
+    net->truth = NULL;
+    forward_layers(net, input, n);
+    net->update_rolling = 1;
+    net->train = 0;
+    return DN_OK;
+}
+
+DN_EXPORT dn_status dn_network_zero_updates(dn_network *net)
+{
+    if (!net) return dn_fail(DN_E_ARG, "network is NULL");
+    dn_status st = dn_network_alloc_training(net);
+    if (st) return st;
+    memset(net->updates, 0, net->n_params * sizeof(float));
+    return DN_OK;
+}
+
+DN_EXPORT dn_status dn_network_backward_probe(dn_network *net, const float *input, int n, const float *last_delta,
+                                              float *input_delta)
+{
+    if (!last_delta) return dn_fail(DN_E_ARG, "last_delta is NULL");
+    dn_status st = dn_network_forward_mode(net, input, n, 1);
+    if (st) return st;
+    net->train = 1;
+    dn_layer *last = &net->layers[net->n - 1];
+    memcpy(last->delta, last_delta, sizeof(float) * (size_t)n * last->outputs);
+    const size_t in_size = (size_t)n * net->w * net->h * net->c;
+    if (input_delta) memset(input_delta, 0, sizeof(float) * in_size);
+    for (int i = net->n - 1; i >= 0; i--) {
+        dn_layer *l = &net->layers[i];
+        const float *in = i ? net->layers[i - 1].output : input;
+        float *in_delta = i ? net->layers[i - 1].delta : input_delta;
+        l->ops->backward(l, net, in, in_delta, n);
+    }
+    net->train = 0;
+    return DN_OK;
+}
+
 DN_EXPORT dn_status dn_network_update(dn_network *net, float learning_rate, float momentum, float decay,
                                       int batch_images)
 {

@@ -154,7 +154,7 @@ def yolo_loss(
             or not out.flags.writeable
         ):
             raise ValueError(f"yolo_loss: out must be a writable C-contiguous float32 array of shape {x.shape}")
-        if np.shares_memory(out, x):
+        if np.may_share_memory(out, x):
             raise ValueError("yolo_loss: out must not share memory with x")
         output = out
     delta = np.zeros_like(x)

@@ -380,6 +380,34 @@ class Network:
             check(lib.dn_network_update(self._handle(), float(learning_rate), float(momentum), float(decay),
                                         int(batch_images)))
 
+    def forward_last(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """Forward and return the LAST layer's output; train=True uses batch-norm batch statistics (without
+        touching the rolling averages) and computes no loss. For gradient checks and research."""
+        with self._lock:
+            x = self._input(x)
+            check(lib.dn_network_forward_mode(self._handle(), ffi.from_buffer("float[]", x), x.shape[0], int(train)))
+            return self.layer_output(len(self._layers) - 1, x.shape[0])
+
+    def backward_probe(self, x: np.ndarray, last_delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training-mode forward, then backward from `last_delta` (the last layer's delta, Darknet's sign:
+        the negative gradient). Returns (delta at the input, parameter deltas in .weights order), both the
+        negative gradient of sum(last_output * -last_delta)... i.e. for L = -sum(out * last_delta) they are -dL/d."""
+        with self._lock:
+            x = self._input(x)
+            last = self._layers[-1]
+            w, h, c = last.output_shape
+            d = np.ascontiguousarray(last_delta, dtype=np.float32)
+            if d.size != x.shape[0] * c * h * w:
+                raise ValueError(f"last_delta must hold {x.shape[0] * c * h * w} values, got {d.size}")
+            input_delta = np.zeros_like(x)
+            check(lib.dn_network_zero_updates(self._handle()))
+            check(lib.dn_network_backward_probe(self._handle(), ffi.from_buffer("float[]", x), x.shape[0],
+                                                ffi.from_buffer("float[]", d), ffi.from_buffer("float[]", input_delta)))
+            updates = np.frombuffer(ffi.buffer(lib.dn_network_updates(self._handle()), self.n_params * 4),
+                                    np.float32).copy()
+            check(lib.dn_network_zero_updates(self._handle()))
+            return input_delta, updates
+
     def yolo_stats(self) -> list[YoloStats]:
         out = []
         s = ffi.new("dn_yolo_stats *")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pydarknet._ffi import ffi, lib
 from pydarknet.errors import DarknetError
 from pydarknet.loss import yolo_loss
 
@@ -219,6 +220,12 @@ def _single_layer(pred_box, truth_box, representation="exp", seed=0):
     return x, truths, i, j
 
 
+def _exp_box(out, b, j, i, anchor=ANCHOR):
+    """The (x, y, w, h) box of the `exp` prediction at cell (i, j), from the layer's float32 output."""
+    o = out[b, :, j, i].astype(np.float64)
+    return [(i + o[0]) / W, (j + o[1]) / H, math.exp(o[2]) * anchor[0] / NET, math.exp(o[3]) * anchor[1] / NET]
+
+
 def _call(x, truths, **kw):
     args = dict(anchors=ANCHOR, mask=[0], classes=CLASSES, net_w=NET, net_h=NET)
     args.update(kw)
@@ -347,8 +354,7 @@ def test_objectness_and_class_deltas():
         tb = [float(v) for v in truths[b, 0, :4]]
         for j in range(H):
             for i in range(W):
-                o = out[b, :, j, i].astype(np.float64)
-                box = [(i + o[0]) / W, (j + o[1]) / H, math.exp(o[2]) * ANCHOR[0] / NET, math.exp(o[3]) * ANCHOR[1] / NET]
+                box = _exp_box(out, b, j, i)
                 if (b, j, i) in matched:
                     cls = matched[(b, j, i)]
                     assert delta[b, 4, j, i] == pytest.approx(cn * (1 - obj[b, j, i]), rel=1e-5)
@@ -379,9 +385,11 @@ def test_truth_thresh_treats_an_overlapping_prediction_as_matched():
     box = (0.39, 0.5, 0.6, 0.6)  # centre in the neighbouring cell (i=1, j=2), IoU with the truth ~.69
     x[0, 0:4, 2, 1] = _raw_for_box(box, 1, 2, "exp")
     out = np.empty_like(x)
+    # cls_normalizer = 1 here: whether the reference scales this objectness delta by it is not pinned down by
+    # the golden data (truth_thresh = 1 there); the core scales it, like every other objectness delta.
     _, delta, stats = _call(x, truths, ignore_thresh=0.5, truth_thresh=0.6, out=out)
     o = out[0, :, 2, 1].astype(np.float64)
-    pred = [(1 + o[0]) / W, (2 + o[1]) / H, math.exp(o[2]) * ANCHOR[0] / NET, math.exp(o[3]) * ANCHOR[1] / NET]
+    pred = _exp_box(out, 0, 2, 1)
     assert _iou64(pred, list(truth[:4])) > 0.6
     assert delta[0, 4, 2, 1] == pytest.approx(1 - sigmoid(x[0, 4, 2, 1]), rel=1e-5)
     assert delta[0, 5, 2, 1] == pytest.approx(1 - sigmoid(x[0, 5, 2, 1]), rel=1e-5)
@@ -498,6 +506,7 @@ def test_bad_shapes():
         ((0.5, 0.5, 0.0, 0.2, 0), "size"),
         ((1.5, 0.5, 0.2, 0.2, 0), "centre"),
         ((0.5, float("nan"), 0.2, 0.2, 0), "finite"),
+        ((0.5, 0.5, 0.2, 0.2, 1e30), "class"),
     ],
 )
 def test_bad_truth_is_reported_by_the_core(box, word):
@@ -529,3 +538,57 @@ def test_concurrent_calls_match_sequential():
     for k, (c, d, s) in enumerate(parallel):
         c0, d0, s0 = sequential[k % len(xs)]
         assert c == c0 and s == s0 and np.array_equal(d, d0)
+
+
+def test_core_rejects_bad_arguments():
+    """dn_yolo_loss checks its arguments itself (the Python wrapper checks first, so call it directly)."""
+    x = np.zeros((1, ENTRIES, H, W), np.float32)
+    truth = np.zeros((1, 90, 5), np.float32)
+    out = np.zeros_like(x)
+    delta = np.zeros_like(x)
+    mask = ffi.new("int[]", [0])
+    anchors = ffi.new("float[]", list(ANCHOR))
+    bad_mask = ffi.new("int[]", [1])  # cdata assigned to a struct field is not kept alive by it
+    bad_anchors = ffi.new("float[]", [40.0, 0.0])
+
+    def config(**kw):
+        cfg = ffi.new("dn_yolo_config *")
+        fields = dict(classes=CLASSES, n=1, total=1, mask=mask, anchors=anchors, net_w=NET, net_h=NET, iou_loss=0,
+                      iou_normalizer=1.0, cls_normalizer=1.0, representation=0, ignore_thresh=0.5,
+                      truth_thresh=1.0, max_boxes=90)
+        fields.update(kw)
+        for k, v in fields.items():
+            setattr(cfg, k, v)
+        return cfg
+
+    buf = lambda a: ffi.from_buffer("float[]", a)  # noqa: E731
+
+    def run(cfg, xb=None, n=1, h=H, w=W, tb=None, ob=None, db=None):
+        xb = buf(x) if xb is None else xb
+        tb = buf(truth) if tb is None else tb
+        ob = buf(out) if ob is None else ob
+        db = buf(delta) if db is None else db
+        status = lib.dn_yolo_loss(cfg, xb, n, h, w, tb, ob, db, ffi.NULL, ffi.NULL)
+        return status, ffi.string(lib.dn_last_error()).decode()
+
+    assert run(config())[0] == 0
+    cases = [
+        (run(ffi.NULL), "cfg is NULL"),
+        (run(config(), xb=ffi.NULL), "x is NULL"),
+        (run(config(), tb=ffi.NULL), "truth is NULL"),
+        (run(config(), ob=ffi.NULL), "output is NULL"),
+        (run(config(), db=ffi.NULL), "delta is NULL"),
+        (run(config(), n=0), "must be > 0"),
+        (run(config(), h=-1), "must be > 0"),
+        (run(config(mask=bad_mask)), "mask[0] = 1 outside [0, 1)"),
+        (run(config(mask=ffi.NULL)), "mask is NULL"),
+        (run(config(classes=0)), "classes"),
+        (run(config(iou_loss=3)), "iou_loss"),
+        (run(config(representation=2)), "representation"),
+        (run(config(max_boxes=0)), "max_boxes"),
+        (run(config(anchors=bad_anchors)), "anchor"),
+        (run(config(), ob=buf(x)), "distinct"),
+    ]
+    for (status, message), word in cases:
+        assert status == lib.DN_E_ARG, word
+        assert word in message and message.startswith("dn_yolo_loss:"), (word, message)

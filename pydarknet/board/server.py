@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 from .runs import (DISPLAY_POINTS, NAME_SEGMENT, LOG_FILE, MAP_FILE, METRICS_FILE, RunSet, check_run_name,
                    parse_log_csv_line, parse_map_line)
 
-__all__ = ["Board", "BoardError", "serve", "validate_run_name", "MAX_BODY", "STATIC_DIR", "TOKEN_ENV"]
+__all__ = ["Board", "BoardError", "BoardHTTPServer", "make_server", "validate_run_name", "MAX_BODY", "STATIC_DIR", "TOKEN_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -343,34 +343,35 @@ class BoardHTTPServer(ThreadingHTTPServer):
         handler = type("Handler", (_Handler,), {"board": board, "max_body": max_body})
         super().__init__((host, port), handler)
         self.board = board
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
+    def start_background(self) -> "BoardHTTPServer":
+        """Serve from a daemon thread; stop with :meth:`close`."""
+        self._thread = threading.Thread(target=self.serve_forever, name="darkboard-http", daemon=True)
+        self._thread.start()
+        return self
+
     def close(self) -> None:
-        """Stop serving and reading (for a server run by :func:`serve` in a thread)."""
-        self.shutdown()
+        """Stop serving (if serving from :meth:`start_background`), free the port, stop the reader thread."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
         self.server_close()
         self.board.stop()
 
 
-def serve(root, host: str = "127.0.0.1", port: int = 6006, token: str | None = None, *,
-          background: bool = False, poll_interval: float = 1.0, max_body: int = MAX_BODY,
-          preview_bytes: int | None = None) -> BoardHTTPServer:
-    """Start the board on ``host:port`` (port 0 picks a free one). With ``background=True`` the server runs in a
-    daemon thread and is returned at once (call ``.close()``); otherwise this blocks until interrupted."""
+def make_server(root, host: str = "127.0.0.1", port: int = 6006, token: str | None = None, *,
+                poll_interval: float = 1.0, max_body: int = MAX_BODY,
+                preview_bytes: int | None = None) -> BoardHTTPServer:
+    """A board over ``root`` listening on ``host:port`` (port 0 picks a free one), its reader thread started.
+    Then ``serve_forever()`` (and ``close()`` after it), or ``start_background()`` ... ``close()``."""
     board = Board(root, token=token, poll_interval=poll_interval, preview_bytes=preview_bytes)
-    board.start()
     httpd = BoardHTTPServer(board, host, port, max_body)
-    if background:
-        threading.Thread(target=httpd.serve_forever, name="darkboard-http", daemon=True).start()
-        return httpd
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
-        board.stop()
+    board.start()
     return httpd
-

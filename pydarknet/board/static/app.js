@@ -85,6 +85,13 @@
     return out;
   }
 
+  /* tick labels: 4 significant digits, exponent notation for tiny values (learning rates) */
+  function fmtTick(v) {
+    if (v == null) return "";
+    if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential(1);
+    return Math.abs(v) >= 1e5 ? v.toExponential(2) : String(Number(v.toPrecision(4)));
+  }
+
   function numberOrNull(input) {
     const v = input.value.trim();
     return v === "" || !isFinite(Number(v)) ? null : Number(v);
@@ -141,7 +148,7 @@
       width, height: 260,
       series: built.series,
       scales: { x: { time: false, range: xRange }, y: { range: yRange(chart.id) } },
-      axes: [{ label: "iteration", size: 40 }, { size: 60 }],
+      axes: [{ label: "iteration", size: 40 }, { size: 60, values: (u, splits) => splits.map(fmtTick) }],
       legend: { live: false },
       cursor: { sync: { key: "darkboard" }, drag: { x: true, y: false, setScale: false } },
       hooks: {

@@ -1,0 +1,232 @@
+"""Command line: ``python -m pydarknet COMMAND``. Argument parsing and log setup only; the work is in the modules.
+
+Both the modern form (``pydarknet train DATA CFG``) and Darknet's (``pydarknet detector train DATA CFG WEIGHTS
+-gpus 0,1``) are accepted.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("pydarknet")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="pydarknet")
+def main(verbose: bool) -> None:
+    """pydarknet: Darknet-compatible YOLOv3 with the GIoU loss.
+
+    Darknet's syntax works too: `pydarknet detector train|valid|test DATA CFG [WEIGHTS] [-flags]`.
+    """
+    _setup_logging(verbose)
+
+
+def _draw(image, detections):
+    import cv2  # noqa: PLC0415
+
+    out = image.copy()
+    for d in detections:
+        x0, y0, x1, y1 = (int(round(v)) for v in d.corners)
+        color = tuple(int(c) for c in ((d.class_id * 67) % 256, (d.class_id * 131 + 80) % 256, (d.class_id * 199 + 160) % 256))
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, 2)
+        cv2.putText(out, f"{d.name} {d.prob:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None) -> None:
+    import cv2  # noqa: PLC0415
+
+    from .detect import Detector  # noqa: PLC0415
+    from .image import read_image  # noqa: PLC0415
+
+    with Detector(cfg, weights, names=names) as detector:
+        for path in images:
+            image = read_image(path)
+            start = time.perf_counter()
+            detections = detector.detect(image, thresh=thresh, nms=nms)
+            click.echo(f"{path}: Predicted in {time.perf_counter() - start:.6f} seconds.")
+            for d in detections:
+                x, y, w, h = d.box
+                click.echo(f"{d.name}: {d.prob * 100:.0f}%\t(x={x:.1f} y={y:.1f} w={w:.1f} h={h:.1f})")
+            if out_dir is not None:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                target = Path(out_dir) / (Path(path).stem + "_pred.jpg")
+                cv2.imwrite(str(target), _draw(image, detections))
+                click.echo(f"saved {target}")
+
+
+@main.command()
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--names", type=click.Path(dir_okay=False), help="Class names file (one per line).")
+@click.option("--thresh", default=0.25, show_default=True, help="Score threshold.")
+@click.option("--nms", default=0.45, show_default=True, help="NMS IoU threshold.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Save annotated images here.")
+def detect(cfg, weights, images, names, thresh, nms, out_dir):
+    """Detect objects in IMAGES and print them as Darknet does."""
+    run_detect(cfg, weights, images, names, thresh, nms, out_dir)
+
+
+@main.command()
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False))
+def layers(cfg, weights):
+    """Print the layer table and BFLOPs of a cfg."""
+    from .network import Network  # noqa: PLC0415
+
+    with Network(cfg, weights) as net:
+        click.echo(net.summary())
+
+
+@main.command()
+@click.option("--repeat", default=10, show_default=True, help="Timed runs per model (after warm-up).")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--models", default="yolov3-tiny,yolov3", show_default=True)
+@click.option("--train/--no-train", default=False, help="Also time training (images/s).")
+def bench(repeat, threads, models, train):
+    """Time inference (and training) against OpenCV DNN in the same run."""
+    from .bench import run_benchmarks  # noqa: PLC0415
+
+    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train)
+
+
+def _darknet_args(args: list[str], flags: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:
+    """Darknet's argument style: `-name value` options anywhere, `-flag` switches, the rest positional.
+    `flags` maps every known option to True when it takes a value."""
+    positional, options = [], {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-") and len(a) > 1 and not _is_number(a):
+            name = a[1:].lstrip("-")
+            if name not in flags:
+                raise click.UsageError(f"unknown option {a}; known: " + ", ".join("-" + f for f in sorted(flags)))
+            if flags[name]:
+                if i + 1 >= len(args):
+                    raise click.UsageError(f"option {a} needs a value")
+                options[name] = args[i + 1]
+                i += 2
+                continue
+            options[name] = True
+        else:
+            positional.append(a)
+        i += 1
+    return positional, options
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("action", type=click.Choice(["train", "valid", "test", "map"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def detector(action, args):
+    """Darknet's syntax: detector train|valid|test|map DATA CFG [WEIGHTS] [IMAGE] [-flags].
+
+    \b
+    detector train DATA CFG [WEIGHTS] [-clear] [-gpus 0,1] [-map]
+    detector valid DATA CFG WEIGHTS [-prefix DIR] [-i GPU]
+    detector test  DATA CFG WEIGHTS [IMAGE] [-thresh T] [-nms N] [-out DIR]
+    """
+    from .datafile import read_data_file  # noqa: PLC0415
+
+    if action == "train":
+        pos, opt = _darknet_args(list(args), {"clear": False, "gpus": True, "map": False, "i": True,
+                                              "dont_show": False})
+        if len(pos) not in (2, 3):
+            raise click.UsageError("detector train DATA CFG [WEIGHTS] [-clear] [-gpus LIST]")
+        from .train import train  # noqa: PLC0415
+
+        train(pos[0], pos[1], pos[2] if len(pos) > 2 else None, clear=bool(opt.get("clear")),
+              gpus=opt.get("gpus"), map_eval=bool(opt.get("map")))
+    elif action == "valid":
+        pos, opt = _darknet_args(list(args), {"prefix": True, "i": True, "gpus": True})
+        if len(pos) != 3:
+            raise click.UsageError("detector valid DATA CFG WEIGHTS [-prefix DIR] [-i GPU]")
+        from .valid import valid  # noqa: PLC0415
+
+        valid(pos[0], pos[1], pos[2], prefix=opt.get("prefix"), gpu=opt.get("i"))
+    elif action == "test":
+        pos, opt = _darknet_args(list(args), {"thresh": True, "hier": True, "nms": True, "out": True, "i": True,
+                                              "dont_show": False})
+        if len(pos) < 3:
+            raise click.UsageError("detector test DATA CFG WEIGHTS [IMAGE...] [-thresh T]")
+        data = read_data_file(pos[0])
+        names = data.get("names")
+        images = pos[3:]
+        if not images:
+            images = [click.prompt("Enter Image Path")]
+        run_detect(pos[1], pos[2], images, names=names, thresh=float(opt.get("thresh", 0.25)),
+                   nms=float(opt.get("nms", 0.45)), out_dir=opt.get("out"))
+    else:  # map
+        pos, opt = _darknet_args(list(args), {"i": True, "thresh": True})
+        if len(pos) != 3:
+            raise click.UsageError("detector map DATA CFG WEIGHTS")
+        from .train import evaluate_map  # noqa: PLC0415
+
+        evaluate_map(pos[0], pos[1], pos[2])
+
+
+@main.command(name="train")
+@click.argument("data", required=False, type=click.Path(dir_okay=False))
+@click.argument("cfg", required=False, type=click.Path(dir_okay=False))
+@click.argument("weights", required=False, type=click.Path(dir_okay=False))
+@click.option("--clear", is_flag=True, help="Reset the iteration count (seen) of WEIGHTS to 0.")
+@click.option("--gpus", help="GPU ids, e.g. 0,1 (needs the CUDA build).")
+@click.option("--map", "map_eval", is_flag=True, help="Evaluate mAP on the valid list at every checkpoint.")
+@click.option("--map-every", type=int, default=None, help="Evaluate mAP every N iterations instead.")
+@click.option("--max-batches", type=int, default=None, help="Override max_batches of the cfg.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--workers", type=int, default=None, help="Data loading processes.")
+@click.option("--log-url", help="Send metrics to a board at this URL (http://HOST:PORT).")
+@click.option("--log-token", envvar="PYDARKNET_BOARD_TOKEN", help="The board's ingestion token.")
+@click.option("--seed", type=int, default=None, help="Random seed for data sampling and augmentation.")
+def train_command(data, cfg, weights, clear, gpus, map_eval, map_every, max_batches, threads, workers, log_url,
+                  log_token, seed):
+    """Train a network. With no arguments: the built-in default (synthetic data set, GIoU loss, then mAP)."""
+    from . import train as training  # noqa: PLC0415
+
+    if data is None:
+        training.train_default(threads=threads, workers=workers)
+        return
+    if cfg is None:
+        raise click.UsageError("train DATA CFG [WEIGHTS]")
+    training.train(data, cfg, weights, clear=clear, gpus=gpus, map_eval=map_eval, map_every=map_every,
+                   max_batches=max_batches, threads=threads, workers=workers, log_url=log_url, log_token=log_token,
+                   seed=seed)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live with their modules."""
+    try:
+        from .valid import valid_command  # noqa: PLC0415
+
+        main.add_command(valid_command, "valid")
+    except ImportError as exc:  # pragma: no cover - only while a module is missing
+        log.debug("valid command unavailable: %s", exc)
+    try:
+        from .board.cli import board  # noqa: PLC0415
+
+        main.add_command(board, "board")
+    except ImportError as exc:  # pragma: no cover
+        log.debug("board command unavailable: %s", exc)
+
+
+_register_optional_commands()

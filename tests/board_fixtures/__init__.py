@@ -1,0 +1,1 @@
+"""Synthetic training runs for the Darkboard tests (generated, nothing stored)."""
