@@ -142,6 +142,8 @@ void route_layer_info(const dn_layer *l, dn_layer_info *out);
 void conv_layer_info(const dn_layer *l, dn_layer_info *out);
 dn_status yolo_layer_stats(const dn_layer *l, dn_yolo_stats *out);
 float yolo_layer_cost(const dn_layer *l);
+/* DN_OK, or the error of the last training forward's loss (e.g. a bad truth box), with its message set. */
+dn_status yolo_layer_loss_status(const dn_layer *l);
 dn_status yolo_layer_anchors(const dn_layer *l, float *anchors, int *mask);
 dn_status dn_network_reshape(dn_network *net);
 /* A layer reference in a cfg: negative = relative to this layer; it must name an earlier layer. */

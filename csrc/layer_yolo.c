@@ -1,6 +1,7 @@
 /* [yolo]: the detection head. Inference applies the activations; training also computes the loss
  * (yolo_loss.c) against net->truth. Its backward passes the delta through unchanged: the deltas are
  * already taken with respect to the raw inputs (the logistic + cross-entropy simplification). */
+#include <stdio.h>
 #include <string.h>
 
 #include "internal.h"
@@ -16,6 +17,8 @@ typedef struct yolo_priv {
     int random;
     float cost;
     dn_yolo_stats stats;
+    dn_status loss_status; /* a bad truth box is reported after the forward */
+    char loss_error[512];
 } yolo_priv;
 
 static void yolo_free(dn_layer *l) { free(l->priv); l->priv = NULL; }
@@ -44,10 +47,13 @@ static void yolo_forward(dn_layer *l, dn_network *net, const float *in, int batc
     if (!net->train || !net->truth) return; /* no truth: a probe forward, no loss */
     memset(&p->stats, 0, sizeof p->stats);
     p->cost = 0;
+    p->loss_status = DN_OK;
     /* Truths come from the caller with max_boxes per image; the layer reads at most its own `max`. */
     dn_yolo_config cfg = p->cfg;
     cfg.max_boxes = net->max_boxes;
-    yolo_compute_loss(&cfg, batch, l->h, l->w, l->output, net->truth, l->delta, &p->cost, &p->stats);
+    p->loss_status = yolo_compute_loss(&cfg, batch, l->h, l->w, l->output, net->truth, l->delta, &p->cost,
+                                       &p->stats);
+    if (p->loss_status) snprintf(p->loss_error, sizeof p->loss_error, "%s", dn_last_error());
 }
 
 static void yolo_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
@@ -61,6 +67,12 @@ static void yolo_backward(dn_layer *l, dn_network *net, const float *in, float *
 const layer_ops yolo_ops = {"yolo", yolo_reshape, yolo_forward, yolo_backward, yolo_free};
 
 float yolo_layer_cost(const dn_layer *l) { return ((const yolo_priv *)l->priv)->cost; }
+
+dn_status yolo_layer_loss_status(const dn_layer *l)
+{
+    const yolo_priv *p = l->priv;
+    return p->loss_status ? dn_fail(p->loss_status, "layer %d [yolo]: %s", l->index, p->loss_error) : DN_OK;
+}
 
 dn_status yolo_layer_stats(const dn_layer *l, dn_yolo_stats *out)
 {

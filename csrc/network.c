@@ -329,6 +329,10 @@ static dn_status training_forward(dn_network *net, const float *input, const flo
     forward_layers(net, input, n);
     for (int i = 0; i < net->n; i++) {
         const dn_layer *l = &net->layers[i];
+        if (layer_is(l, &yolo_ops) && (st = yolo_layer_loss_status(l))) {
+            net->train = 0;
+            return st;
+        }
         if (layer_is(l, &yolo_ops) && !isfinite(yolo_layer_cost(l))) {
             net->train = 0;
             return dn_fail(DN_E_NUMERIC, "the cost of [yolo] layer %d is not finite (diverged? lower the "

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -215,7 +216,10 @@ def _open_detector(cfg, weights, names, batch: int, gpu: int | None):
     from .detect import Detector  # imported here: loading the engine is not needed to read options
     kwargs = {"names": names, "batch": batch}
     if gpu is not None:
-        kwargs["gpu"] = gpu
+        if "gpu" in inspect.signature(Detector).parameters:
+            kwargs["gpu"] = gpu
+        else:
+            log.warning("GPU %d requested, but this Detector has no GPU choice; running on its default device", gpu)
     return Detector(cfg, weights, **kwargs)
 
 

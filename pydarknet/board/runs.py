@@ -333,20 +333,29 @@ class Run:
         positions, rows = [], []
         parser = self._new_parser()
         with open(self._reader.path, "rb") as f:
-            for start in np.linspace(0, max(size - 2, 0), n).astype(np.int64).tolist():
+            samples = []  # (line position, line bytes)
+            for start in np.linspace(0, size, n, endpoint=False).astype(np.int64).tolist():
                 f.seek(start)
                 block = f.read(64 << 10)
                 line_start = 0 if start == 0 else block.find(b"\n") + 1
                 line_end = block.find(b"\n", line_start)
-                if line_start == 0 and start or line_end < 0:
-                    continue
-                try:
-                    row = self._parse(block[line_start:line_end], parser)
-                except ValueError:
-                    continue
-                if row is not None and (not rows or row["it"] > rows[-1]["it"]):
-                    positions.append(start + line_start)
-                    rows.append(row)
+                if (line_start or not start) and line_end >= 0:
+                    samples.append((start + line_start, block[line_start:line_end]))
+            tail_start = max(0, size - (64 << 10))
+            f.seek(tail_start)
+            tail = f.read(size - tail_start)
+            end = tail.rfind(b"\n")
+            begin = tail.rfind(b"\n", 0, max(end, 0)) + 1
+            if end >= 0 and (begin or not tail_start):
+                samples.append((tail_start + begin, tail[begin:end]))  # the last complete line
+        for position, line in samples:
+            try:
+                row = self._parse(line, parser)
+            except ValueError:
+                continue
+            if row is not None and (not rows or row["it"] > rows[-1]["it"]):
+                positions.append(position)
+                rows.append(row)
         return np.array(positions, dtype=np.int64), rows
 
     def refresh(self, max_bytes: int = CHUNK_BYTES) -> bool:
@@ -476,7 +485,10 @@ class Run:
             positions, rows = preview
             tail = [r for pos, r in zip(positions, rows) if pos >= offset
                     and (not n or r["it"] > cols["it"][-1])]
-        budget = max(points - len(tail), points // 4) if tail else points
+        if len(tail) > points // 2:  # thin the sample out, keeping the last line
+            keep = np.unique(np.linspace(0, len(tail) - 1, points // 2).round().astype(int))
+            tail = [tail[i] for i in keep]
+        budget = points - len(tail)
         reduced = {name: downsample(v, budget) for name, v in cols.items()}
         if tail:
             for name in reduced:

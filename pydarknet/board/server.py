@@ -116,6 +116,7 @@ class Board:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.runs.scan()
+        self.runs.refresh()  # small runs complete, large ones sampled, before the first request
 
     # ----- background reading ------------------------------------------------------------------------------
     def start(self) -> None:

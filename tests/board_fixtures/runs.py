@@ -12,10 +12,11 @@ from pathlib import Path
 
 
 def metrics_line(it: int, layers: int = 3, batch: int = 64, rng: random.Random | None = None,
-                 compact: bool = False) -> str:
-    """One metrics.jsonl object for iteration ``it`` of a run whose loss decays smoothly with noise."""
+                 compact: bool = False, speed: float = 400.0) -> str:
+    """One metrics.jsonl object for iteration ``it`` of a run whose loss decays (time constant ``speed``
+    iterations) with noise."""
     rng = rng or random.Random(it)
-    decay = math.exp(-it / 400.0)
+    decay = math.exp(-it / speed)
     loss = 2.0 + 8.0 * decay + rng.uniform(-0.5, 0.5)
     obj = {
         "iteration": it, "loss": round(loss, 4), "avg_loss": round(2.0 + 8.0 * decay, 4),
@@ -34,12 +35,13 @@ def metrics_line(it: int, layers: int = 3, batch: int = 64, rng: random.Random |
     return json.dumps(obj, separators=(",", ":"))
 
 
-def write_metrics_run(run_dir: Path, iterations, layers: int = 3, append: bool = False) -> Path:
+def write_metrics_run(run_dir: Path, iterations, layers: int = 3, append: bool = False,
+                      speed: float = 400.0) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "metrics.jsonl"
     with open(path, "a" if append else "w") as f:
-        f.writelines(metrics_line(it, layers) + "\n" for it in iterations)
+        f.writelines(metrics_line(it, layers, speed=speed) + "\n" for it in iterations)
     return path
 
 
@@ -99,7 +101,7 @@ def write_demo(root: Path) -> None:
     root = Path(root)
     write_metrics_run(root / "yolov3-giou", range(1, 1201))
     write_map(root / "yolov3-giou", [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000])
-    write_metrics_run(root / "yolov3-mse", range(1, 901))
+    write_metrics_run(root / "yolov3-mse", range(1, 901), speed=250.0)
     write_map(root / "yolov3-mse", [100, 200, 300, 400, 500, 600, 700, 800, 900], metrics=("iou",))
     write_log_csv_run(root / "reference-tiny", range(1, 1501), layers=2)
     write_map(root / "reference-tiny", [1000, "final"], coco=True)

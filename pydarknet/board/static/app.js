@@ -222,7 +222,10 @@
     li.dataset.run = run.id;
     li.dataset.last = run.iterations == null ? "" : run.iterations;
     li.dataset.points = run.points;
-    if (!STATIC && run.updated && Date.now() / 1000 - run.updated < 60) li.classList.add("active");
+    if (!STATIC && run.updated && Date.now() / 1000 - run.updated < 60) {
+      li.classList.add("active");
+      li.title = "new data in the last minute";
+    }
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.style.background = run.hidden ? "#ccc" : colorOf(run.id);
