@@ -116,6 +116,7 @@ typedef struct dn_net_info {
     int steps[32];
     float scales[32];
     int step;
+    float scale;         /* policy=step: lr * scale^(it/step) */
     float gamma;
     float angle, saturation, exposure, hue;
     int flip;

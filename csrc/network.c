@@ -44,6 +44,7 @@ static dn_status parse_net_section(const cfg_file *f, cfg_section *s, dn_net_inf
     if ((st = cfg_get_int(f, s, "max_batches", 0, 0, &o->max_batches))) return st;
     if ((st = cfg_get_int(f, s, "step", 1, 0, &o->step))) return st;
     if ((st = cfg_get_float(f, s, "gamma", 1, 0, &o->gamma))) return st;
+    if ((st = cfg_get_float(f, s, "scale", 1, 0, &o->scale))) return st;
     if ((st = cfg_get_float(f, s, "angle", 0, 0, &o->angle))) return st;
     if ((st = cfg_get_float(f, s, "saturation", 1, 0, &o->saturation))) return st;
     if ((st = cfg_get_float(f, s, "exposure", 1, 0, &o->exposure))) return st;

@@ -200,7 +200,7 @@ class Network:
                 "channels": i.channels, "learning_rate": i.learning_rate, "momentum": i.momentum,
                 "decay": i.decay, "burn_in": i.burn_in, "power": i.power, "max_batches": i.max_batches,
                 "policy": ffi.string(i.policy).decode(), "steps": [i.steps[k] for k in range(i.n_steps)],
-                "scales": [i.scales[k] for k in range(i.n_steps)], "step": i.step, "gamma": i.gamma,
+                "scales": [i.scales[k] for k in range(i.n_steps)], "step": i.step, "scale": i.scale, "gamma": i.gamma,
                 "angle": i.angle, "saturation": i.saturation, "exposure": i.exposure, "hue": i.hue,
                 "flip": bool(i.flip)}
 

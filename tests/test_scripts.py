@@ -1,0 +1,269 @@
+"""The scripts/ wrappers: --help, build_run.sh, the label converters, the evaluators' printouts, Slurm."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+PY_SCRIPTS = ["voc_reval.py", "coco_eval.py", "voc_all_map.py", "coco_all_map.py", "voc_label.py", "coco_label.py"]
+SH_SCRIPTS = ["build_run.sh", "package_libs.sh", "get_2017_coco_dataset.sh"]
+
+
+def run(args, **kwargs):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.mark.parametrize("name", PY_SCRIPTS)
+def test_python_script_help(name):
+    result = run([sys.executable, SCRIPTS / name, "--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
+
+
+@pytest.mark.parametrize("name", SH_SCRIPTS)
+def test_shell_script_help(name):
+    result = run(["bash", SCRIPTS / name, "--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage:")
+
+
+def test_reference_option_names():
+    for name in ("voc_all_map.py", "coco_all_map.py"):
+        text = run([sys.executable, SCRIPTS / name, "--help"]).stdout
+        for option in ("--data_file", "--cfg_file", "--weights_folder", "--gpu_id", "--min_weight_id",
+                       "--lib_folder", "--max_runs"):
+            assert option in text, (name, option)
+    assert "--gt" in run([sys.executable, SCRIPTS / "coco_all_map.py", "--help"]).stdout
+    text = run([sys.executable, SCRIPTS / "voc_reval.py", "--help"]).stdout
+    for option in ("--voc_dir", "--year", "--image_set", "--classes", "--giou_metric"):
+        assert option in text
+
+
+def test_shell_scripts_avoid_gnu_only_sed_in_place():
+    for path in list(SCRIPTS.glob("*.sh")) + list((SCRIPTS / "slurm").glob("*.sbatch")):
+        assert not re.search(r"sed\s+(-[a-zA-Z]*\s+)*-i(\s|$)", path.read_text()), path
+
+
+# --- build_run.sh -----------------------------------------------------------------------------------------
+
+def test_build_run_copies_and_renames(tmp_path):
+    runs = tmp_path / "runs"
+    src = runs / "voc.giou"
+    (src / "extra").mkdir(parents=True)
+    (src / "voc.giou.data").write_text("classes=20\nprefix=voc.giou\nbackup=backup\nnames=data/vocXgiou.names\n")
+    (src / "voc.giou.cfg").write_text("[net]\n# run voc.giou\nwidth=416\n")
+    (src / "extra" / "notes_voc.giou.txt").write_text("voc.giou voc.giou\n")
+    env = {**os.environ, "RUNS_DIR": str(runs)}
+    result = run(["bash", SCRIPTS / "build_run.sh", "voc.giou", "voc_mse&2"], env=env)
+    assert result.returncode == 0, result.stderr
+    dst = runs / "voc_mse&2"
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == [
+        "extra/notes_voc_mse&2.txt", "voc_mse&2.cfg", "voc_mse&2.data"]
+    # The '.' of the name is literal (vocXgiou stays) and '&' in the new name is not sed's "whole match".
+    assert (dst / "voc_mse&2.data").read_text() == \
+        "classes=20\nprefix=voc_mse&2\nbackup=backup\nnames=data/vocXgiou.names\n"
+    assert (dst / "extra" / "notes_voc_mse&2.txt").read_text() == "voc_mse&2 voc_mse&2\n"
+    assert (src / "voc.giou.data").is_file()  # the source run is untouched
+    again = run(["bash", SCRIPTS / "build_run.sh", "voc.giou", "voc_mse&2"], env=env)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    missing = run(["bash", SCRIPTS / "build_run.sh", "nope", "x"], env=env)
+    assert missing.returncode != 0 and "no such run" in missing.stderr
+    assert not list(runs.glob(".build_run.*"))
+
+
+# --- label converters -------------------------------------------------------------------------------------
+
+def test_voc_label(tmp_path):
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("000001\n")
+    (voc / "Annotations" / "000001.xml").write_text(
+        "<annotation><size><width>200</width><height>100</height></size>"
+        "<object><name>dog</name><difficult>0</difficult>"
+        "<bndbox><xmin>21</xmin><ymin>11</ymin><xmax>61</xmax><ymax>51</ymax></bndbox></object>"
+        "<object><name>cat</name><difficult>1</difficult>"
+        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
+        "<object><name>unicorn</name><difficult>0</difficult>"
+        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
+        "</annotation>")
+    result = run([sys.executable, SCRIPTS / "voc_label.py", "--voc_dir", tmp_path / "VOCdevkit",
+                  "--out_dir", tmp_path], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2012_train" in result.stderr  # missing sets are reported and skipped
+    listing = (tmp_path / "2007_test.txt").read_text().splitlines()
+    assert listing == [str((voc / "JPEGImages" / "000001.jpg").resolve())]
+    # dog (class 11): centre ((21+61)/2 - 1, (11+51)/2 - 1) = (40, 30), size 40x40, over 200x100.
+    # The difficult cat and the unknown class are left out.
+    fields = (voc / "labels" / "000001.txt").read_text().split()
+    assert fields[0] == "11"
+    np.testing.assert_allclose([float(v) for v in fields[1:]], [0.2, 0.3, 0.2, 0.4])
+
+
+def test_coco_label(tmp_path):
+    annotations = {
+        "images": [{"id": 42, "file_name": "000000000042.jpg", "width": 100, "height": 50},
+                   {"id": 7, "file_name": "000000000007.jpg", "width": 10, "height": 10}],
+        "annotations": [
+            {"id": 1, "image_id": 42, "category_id": 18, "bbox": [10, 5, 20, 10], "iscrowd": 0},
+            {"id": 2, "image_id": 42, "category_id": 90, "bbox": [90, 40, 20, 20], "iscrowd": 0},
+            {"id": 3, "image_id": 42, "category_id": 1, "bbox": [0, 0, 50, 50], "iscrowd": 1},
+        ],
+        "categories": []}
+    (tmp_path / "instances.json").write_text(json.dumps(annotations))
+    images = tmp_path / "coco" / "images" / "val2017"
+    images.mkdir(parents=True)
+    result = run([sys.executable, SCRIPTS / "coco_label.py", "--annotations", tmp_path / "instances.json",
+                  "--images_dir", images, "--list", tmp_path / "val.txt"])
+    assert result.returncode == 0, result.stderr
+    labels = tmp_path / "coco" / "labels" / "val2017"
+    # category 18 (dog) is Darknet class 16: centre (20, 10) of 100x50, size 20x10.
+    # category 90 (toothbrush) is class 79, clipped to x 90..100, y 40..50: centre (95, 45), size 10x10.
+    # The crowd region is skipped.
+    rows = [line.split() for line in (labels / "000000000042.txt").read_text().splitlines()]
+    assert [r[0] for r in rows] == ["16", "79"]
+    np.testing.assert_allclose([[float(v) for v in r[1:]] for r in rows],
+                               [[0.2, 0.2, 0.2, 0.2], [0.95, 0.9, 0.1, 0.2]])
+    assert (labels / "000000000007.txt").read_text() == ""
+    assert (tmp_path / "val.txt").read_text().splitlines() == [
+        str(images.resolve() / "000000000007.jpg"), str(images.resolve() / "000000000042.jpg")]
+
+
+# --- evaluator printouts ----------------------------------------------------------------------------------
+
+def test_coco_eval_prints_the_pycocotools_summary(tmp_path):
+    gt = {"images": [{"id": i, "width": 100, "height": 100} for i in (1, 2)],
+          "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "area": 2500,
+                           "iscrowd": 0},
+                          {"id": 2, "image_id": 2, "category_id": 1, "bbox": [0, 0, 30, 40], "area": 1200,
+                           "iscrowd": 0}]}
+    results = [{"image_id": 1, "category_id": 1, "bbox": [12, 10, 50, 50], "score": 0.9},
+               {"image_id": 2, "category_id": 1, "bbox": [50, 50, 30, 30], "score": 0.8},
+               {"image_id": 2, "category_id": 1, "bbox": [2, 0, 30, 38], "score": 0.4}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "coco_results.json").write_text(json.dumps(results))
+    result = run([sys.executable, SCRIPTS / "coco_eval.py", "--gt", tmp_path / "gt.json",
+                  "--results", tmp_path / "coco_results.json"])
+    assert result.returncode == 0, result.stderr
+    direct = io.StringIO()
+    with contextlib.redirect_stdout(direct):
+        coco = COCO(str(tmp_path / "gt.json"))
+        evaluator = COCOeval(coco, coco.loadRes(str(tmp_path / "coco_results.json")), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        summary = io.StringIO()
+        with contextlib.redirect_stdout(summary):
+            evaluator.summarize()
+    assert result.stdout.splitlines() == summary.getvalue().splitlines()
+    assert len(result.stdout.splitlines()) == 12
+    giou = run([sys.executable, SCRIPTS / "coco_eval.py", "--gt", tmp_path / "gt.json",
+                "--results", tmp_path / "coco_results.json", "--giou_metric"])
+    assert giou.returncode == 0 and len(giou.stdout.splitlines()) == 12
+
+
+def test_voc_reval_prints_thresholds_and_writes_curves(tmp_path):
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
+    box = "<bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax></bndbox>"
+    (voc / "Annotations" / "a.xml").write_text(
+        f"<annotation><object><name>cat</name><difficult>0</difficult>{box.format(1, 1, 10, 10)}</object>"
+        "</annotation>")
+    (voc / "Annotations" / "b.xml").write_text(
+        f"<annotation><object><name>cat</name><difficult>0</difficult>{box.format(1, 1, 100, 100)}</object>"
+        "</annotation>")
+    (tmp_path / "names").write_text("cat\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    # a: exact. b: [1,1,100,80] covers 8000 of 10000 px: IoU .8, and GIoU .8 too (hull = union).
+    (out / "comp4_det_test_cat.txt").write_text("a 0.9 1 1 10 10\nb 0.8 1 1 100 80\n")
+    result = run([sys.executable, SCRIPTS / "voc_reval.py", out, "--voc_dir", tmp_path / "VOCdevkit",
+                  "--year", "2007", "--classes", tmp_path / "names"])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # AP 1 up to .75 (6 thresholds); above .80 only "a" matches: recall .5 at precision 1 -> 11-point 6/11.
+    expected = [f"Threshold: {t:.2f} | mAP: {1.0 if t < 0.79 else 6 / 11:.3f}"
+                for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)]
+    assert lines[:10] == expected
+    assert lines[10] == f"mAP: {(6 + 4 * 6 / 11) / 10:.4f}"
+    with open(out / "cat_pr.pkl", "rb") as f:
+        curve = pickle.load(f)
+    assert curve["ap"] == pytest.approx(1.0) and len(curve["aps"]) == 10
+    bad = run([sys.executable, SCRIPTS / "voc_reval.py", out, "--voc_dir", tmp_path / "nowhere"])
+    assert bad.returncode == 1 and "not found" in bad.stderr
+
+
+# --- Slurm and cron templates -----------------------------------------------------------------------------
+
+FAKE_PYTHON = """#!/bin/bash
+# Stands in for python3: runs real Python for scripts, records `-m pydarknet ...` calls and then waits
+# for SIGTERM, writing "saved" like a trainer that saves its backup on the way out.
+if [ "$1" = "-m" ]; then
+    echo "$@" > "$FAKE_LOG"
+    trap 'echo saved >> "$FAKE_LOG"; exit 0' TERM
+    for _ in $(seq 100); do sleep 0.1; done
+    exit 3
+fi
+exec {python} "$@"
+"""
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4])
+def test_slurm_template_scales_cfg_and_forwards_sigterm(tmp_path, gpus):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    cfg = tmp_path / "yolo.cfg"
+    cfg.write_text("[net]\nbatch=64\nlearning_rate = 0.001\nburn_in=1000\n\n[convolutional]\nfilters=8\n"
+                   "[yolo]\nlearning_rate=5\n")
+    data = tmp_path / "run.data"
+    data.write_text(f"backup={tmp_path / 'backup'}\nprefix=run\n")
+    (tmp_path / "backup" / "run").mkdir(parents=True)
+    (tmp_path / "backup" / "run" / "yolo.backup").write_bytes(b"x")
+    log = tmp_path / "log"
+    env = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(log), "SLURM_TMPDIR": str(tmp_path),
+           "SLURM_JOB_ID": "77"}
+    job = subprocess.Popen(["bash", SCRIPTS / "slurm" / f"train_{gpus}gpu.sbatch", data, cfg], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not log.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)  # what Slurm does 300 s before the limit (--signal=B:TERM@300)
+    out, err = job.communicate(timeout=30)
+    assert job.returncode == 0, out + err
+    calls = log.read_text().splitlines()
+    job_cfg = tmp_path / "pydarknet-77" / "yolo.cfg"
+    gpu_list = ",".join(str(i) for i in range(gpus))
+    assert calls[0] == (f"-m pydarknet detector train {data} {job_cfg} {tmp_path / 'backup/run/yolo.backup'} "
+                        f"-gpus {gpu_list}")
+    assert calls[1] == "saved"
+    # Only [net]'s values change: .001/GPUS and 1000*GPUS.
+    assert job_cfg.read_text() == (f"[net]\nbatch=64\nlearning_rate={0.001 / gpus:g}\nburn_in={1000 * gpus}\n\n"
+                                   "[convolutional]\nfilters=8\n[yolo]\nlearning_rate=5\n")
+    assert cfg.read_text().count("learning_rate = 0.001") == 1  # the user's cfg is untouched
+    text = (SCRIPTS / "slurm" / f"train_{gpus}gpu.sbatch").read_text()
+    assert "#SBATCH --signal=B:TERM@300" in text and f"#SBATCH --gres=gpu:{gpus}" in text
+
+
+def test_crontab_template_uses_flock():
+    lines = [line for line in (SCRIPTS / "crontab.tmpl").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines and all("flock -n" in line for line in lines)
+    assert any("voc_all_map.py" in line for line in lines) and any("coco_all_map.py" in line for line in lines)
