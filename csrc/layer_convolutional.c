@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "conv_fast.h"
 #include "internal.h"
 
 /* Darknet normalises with sqrt(var) + 1e-6 (not sqrt(var + eps)); kept so pretrained weights give its numbers. */
@@ -19,6 +20,9 @@ typedef struct conv_priv {
     float *x_norm;    /* after normalisation, before scale and bias */
     float *raw;       /* before the activation (mish and swish need it) */
     float *mean, *variance;
+    /* inference fast path (winograd.c): its cache, and bias + batch norm folded to y = x * mul + add */
+    conv_fast_cache *fast;
+    float *fold;      /* mul[filters], then add[filters] */
 } conv_priv;
 
 typedef struct conv_views {
@@ -62,6 +66,7 @@ static void conv_free(dn_layer *l)
     conv_priv *p = l->priv;
     if (!p) return;
     free(p->x); free(p->x_norm); free(p->raw); free(p->mean); free(p->variance);
+    conv_fast_free(p->fast); free(p->fold);
     free(p);
     l->priv = NULL;
 }
@@ -134,12 +139,35 @@ static void convolve(const dn_layer *l, const dn_network *net, const float *weig
     }
 }
 
+/* Inference through winograd.c: convolution, folded batch norm and activation in one pass. 0 when done. */
+static int conv_forward_fast(dn_layer *l, dn_network *net, const conv_views *v, const float *in, int batch)
+{
+    conv_priv *p = l->priv;
+    const int f = l->filters;
+    if (!p->fold && !(p->fold = malloc(sizeof(float) * 2 * (size_t)f))) return 1;
+    float *mul = p->fold, *add = p->fold + f;
+    for (int c = 0; c < f; c++) {
+        mul[c] = 1.f;
+        add[c] = v->biases[c];
+        if (p->batch_normalize) {
+            mul[c] = v->scales[c] / (sqrtf(v->rolling_variance[c]) + BN_EPS);
+            add[c] = v->biases[c] - v->rolling_mean[c] * mul[c];
+        }
+    }
+    conv_fast_desc d = {
+        .c = l->c, .h = l->h, .w = l->w, .filters = f, .size = l->size, .stride = l->stride, .pad = p->pad,
+        .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w, .weights = v->weights, .mul = mul, .add = add,
+        .activation = p->activation};
+    return conv_fast_forward(&p->fast, &d, net->workspace, net->workspace_floats, in, l->output, batch);
+}
+
 static void conv_forward(dn_layer *l, dn_network *net, const float *in, int batch)
 {
     conv_priv *p = l->priv;
     conv_views v = views(l, net);
     const int f = l->filters;
     const size_t spatial = (size_t)l->out_w * l->out_h;
+    if (!net->train && conv_forward_fast(l, net, &v, in, batch) == 0) return;
     for (int b = 0; b < batch; b++) convolve(l, net, v.weights, in + (size_t)b * l->inputs, l->output + b * l->outputs);
 
     const size_t total = (size_t)batch * l->outputs;

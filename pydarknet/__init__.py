@@ -1,10 +1,38 @@
-"""pydarknet: a Darknet-compatible YOLOv3 engine (C core, Python API) with the GIoU loss."""
+"""pydarknet: a Darknet-compatible YOLOv3 engine (C core, Python API) with the GIoU loss.
+
+The names below load the C library on first use, so tools that only evaluate (``scripts/voc_reval.py``)
+work without it.
+"""
+from __future__ import annotations
+
+import importlib
+
 from .errors import CfgError, CudaError, DarknetError, ImageError, LabelError, WeightsError
-from .network import Network, get_threads, set_threads
-from .detect import Detection, Detector
-from .loss import yolo_loss
 
 __version__ = "0.1.0"
 
-__all__ = ["Network", "Detector", "Detection", "DarknetError", "CfgError", "WeightsError", "LabelError",
-           "ImageError", "CudaError", "yolo_loss", "set_threads", "get_threads", "__version__"]
+_LAZY = {
+    "Network": ".network", "set_threads": ".network", "get_threads": ".network",
+    "Detector": ".detect", "Detection": ".detect",
+    "yolo_loss": ".loss",
+    "train": ".train",
+    "valid": ".valid",
+    "evaluate_list": ".eval", "MapResult": ".eval", "format_map_table": ".eval", "map_txt_row": ".eval",
+}
+
+__all__ = ["Network", "Detector", "Detection", "yolo_loss", "train", "valid", "evaluate_list", "MapResult",
+           "format_map_table", "map_txt_row", "set_threads", "get_threads", "DarknetError", "CfgError",
+           "WeightsError", "LabelError", "ImageError", "CudaError", "__version__"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pydarknet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -85,6 +85,10 @@ def _load():
             "or point $PYDARKNET_LIBRARY at a libdarknet.so"
         )
     _preload_blas()
+    # OpenMP threads that spin long between parallel regions steal the cores from the data-loading workers
+    # and from each other on a busy machine (measured 2x slower training under load); keep the spin short.
+    # libgomp reads this when it is loaded, i.e. by the dlopen below; a user's own setting wins.
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     library = ffi.dlopen(str(path))
     abi = library.dn_abi_version()
     if abi != _EXPECTED_ABI:
@@ -106,6 +110,8 @@ def _log_callback(level, message, _user):  # pragma: no cover - exercised throug
 
 
 lib.dn_set_log_callback(_log_callback, ffi.NULL)
+# One thread pool for the C core (OpenMP; OpenBLAS single-threaded inside it): $PYDARKNET_THREADS or every core.
+lib.dn_set_threads(int(os.environ.get("PYDARKNET_THREADS", "0") or 0))
 
 
 def last_error() -> str:

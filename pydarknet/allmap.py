@@ -5,8 +5,10 @@ Meant for cron: idempotent (what ``map.txt`` holds is skipped), newest checkpoin
 ``max_runs``, and guarded by an ``fcntl`` lock on ``<folder>/.map.lock`` so two overlapping runs never
 evaluate the same folder (the second one exits 0 at once).
 
-Per checkpoint ``<base>_<id>.weights`` it appends to ``<folder>/map.txt`` one line per metric (SPEC §4) and
-writes the evaluation's printout to ``<folder>/<id>-<metric>.txt``.
+Per checkpoint ``<base>_<id>.weights`` it appends to ``<folder>/map.txt`` one line per metric (SPEC §4; rows
+are only ever appended, as training with ``--map`` does, so the board can tail the file) and
+writes the evaluation's printout to ``<folder>/<id>-<metric>.txt``. A failed evaluation is reported on one line
+(set ``PYDARKNET_DEBUG=1`` for its traceback); the other checkpoints are still evaluated.
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ FINAL_ID = "final"
 _WEIGHTS_NAME = re.compile(r"_(\d+|final)\.weights$")
 
 
+def id_order(weights_id: str) -> tuple[int, int]:
+    """Sort key of a checkpoint id: numeric ids in order, ``final`` after all of them."""
+    return (1, 0) if weights_id == FINAL_ID else (0, int(weights_id))
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     path: Path
@@ -42,12 +49,7 @@ class Checkpoint:
 
     @property
     def order(self) -> tuple[int, int]:
-        """Sort key: numeric ids in order, ``final`` after all of them."""
-        return (1, 0) if self.id == FINAL_ID else (0, int(self.id))
-
-
-def _id_order(weights_id: str) -> tuple[int, int]:
-    return Checkpoint(Path(), weights_id).order
+        return id_order(self.id)
 
 
 def find_checkpoints(folder: str | os.PathLike, min_weight_id: int = 0) -> list[Checkpoint]:
@@ -77,20 +79,17 @@ def read_map_file(path: str | os.PathLike) -> dict[tuple[str, str], str]:
     return rows
 
 
-def _write_map_file(path: Path, rows: dict[tuple[str, str], str]) -> None:
-    metric_rank = {metric: rank for rank, metric in enumerate(METRICS)}
-    ordered = sorted(rows.items(), key=lambda item: (metric_rank.get(item[0][0], len(METRICS)), item[0][0],
-                                                      _safe_order(item[0][1])))
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(row + "\n" for _, row in ordered))
-    os.replace(temporary, path)  # readers (plots, the board) never see a half-written file
-
-
-def _safe_order(weights_id: str) -> tuple[int, int]:
-    try:
-        return _id_order(weights_id)
-    except ValueError:  # a hand-edited row with an odd id: keep it, at the end
-        return (2, 0)
+def _append_map_rows(path: Path, new_rows: list[str]) -> None:
+    """Append rows to ``map.txt``. Append-only on purpose: the board tails the file, and training with
+    ``--map`` appends to the same file, so it is never rewritten."""
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        prefix = b""
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a hand-edited file without a final newline
+                prefix = b"\n"
+        f.write(prefix + "".join(row + "\n" for row in new_rows).encode())
 
 
 @contextlib.contextmanager
@@ -145,18 +144,17 @@ class _Evaluator:
         return f"{len(self.image_paths)} images, {len(self.image_ids)} of them in the COCO annotations"
 
     def evaluate(self, checkpoint: Checkpoint) -> dict[str, tuple[str, str]]:
-        from .valid import _open_detector, write_results
+        from .valid import _names_for, _open_detector, write_results
         with _open_detector(self.cfg_file, checkpoint.path, self.names, 1, self.gpu_id) as detector:
-            if detector.num_classes != len(self.names):
-                raise CfgError(f"the names file has {len(self.names)} classes, the network {detector.num_classes}")
+            names = _names_for(detector, self.names, self.cfg_file)
             if self.style == "voc":
-                result = evaluate_list(detector, self.image_paths, len(self.names), metrics=METRICS,
+                result = evaluate_list(detector, self.image_paths, len(names), metrics=METRICS,
                                        use_07_metric=self.use_07_metric, truth=self.truth,
-                                       class_names=self.names, progress=None)
+                                       class_names=names, progress=None)
                 return {metric: (map_txt_row(result, metric, checkpoint.id),
                                  format_voc_report(result[metric], per_class=True)) for metric in METRICS}
             with tempfile.TemporaryDirectory(prefix="coco_all_map_") as tmp:
-                written = write_results(detector, self.image_paths, tmp, "coco", self.names)
+                written = write_results(detector, self.image_paths, tmp, "coco", names)
                 outcome = {}
                 for metric in METRICS:
                     result = evaluate_coco(self.coco_gt, str(written.outputs[0]), metric, image_ids=self.image_ids)
@@ -184,44 +182,56 @@ def run_all_map(
     if not folder.is_dir():
         echo(f"error: {folder}: no such weights folder")
         return 1
-    with folder_lock(folder) as acquired:
-        if not acquired:
-            echo(f"{folder}: another evaluation is running (lock {folder / LOCK_FILE}); nothing to do")
-            return 0
-        map_path = folder / MAP_FILE
-        rows = read_map_file(map_path)
-        todo = [c for c in find_checkpoints(folder, min_weight_id)
-                if any((metric, c.id) not in rows for metric in METRICS)]
-        if max_runs is not None:
-            todo = todo[:max(0, max_runs)]
-        if not todo:
-            echo(f"{folder}: every checkpoint is already in {MAP_FILE}")
-            return 0
-        try:
-            evaluator = _Evaluator(style, os.fspath(data_file), os.fspath(cfg_file),
-                                   None if gt is None else os.fspath(gt), gpu_id)
-        except Exception as exc:  # noqa: BLE001 - a setup error is reported like an evaluation failure
-            echo(f"error: cannot set up the evaluation: {exc}")
-            return 1
-        echo(f"{folder}: {len(todo)} checkpoint(s) to evaluate; {evaluator.describe()}")
-        failures = 0
-        for checkpoint in todo:
-            echo(f"evaluating {checkpoint.path.name}")
-            try:
-                outcome = evaluator.evaluate(checkpoint)
-            except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not stop the others
-                failures += 1
-                echo(f"error: {checkpoint.path}: evaluation failed: {type(exc).__name__}: {exc}")
-                if os.environ.get("PYDARKNET_DEBUG"):
-                    echo(traceback.format_exc())
-                continue
-            for metric, (row, report) in outcome.items():
-                (folder / f"{checkpoint.id}-{metric}.txt").write_text(report + "\n")
-                if (metric, checkpoint.id) not in rows:
-                    rows[(metric, checkpoint.id)] = row
-                    echo(row)
-            _write_map_file(map_path, rows)  # after each checkpoint, so an interrupted run keeps its work
-        if failures:
-            echo(f"error: {failures} of {len(todo)} evaluation(s) failed")
-            return 1
+    try:
+        with folder_lock(folder) as acquired:
+            if not acquired:
+                echo(f"{folder}: another evaluation is running (lock {folder / LOCK_FILE}); nothing to do")
+                return 0
+            return _evaluate_new_checkpoints(style, data_file, cfg_file, folder, gt, gpu_id, min_weight_id,
+                                             max_runs, echo)
+    except PermissionError as exc:  # a read-only folder: cannot lock, cannot write map.txt either
+        echo(f"error: {folder}: {exc}")
+        return 1
+
+
+def _evaluate_new_checkpoints(style, data_file, cfg_file, folder: Path, gt, gpu_id, min_weight_id, max_runs,
+                              echo) -> int:
+    map_path = folder / MAP_FILE
+    rows = read_map_file(map_path)
+    todo = [c for c in find_checkpoints(folder, min_weight_id)
+            if any((metric, c.id) not in rows for metric in METRICS)]
+    if max_runs is not None:
+        todo = todo[:max(0, max_runs)]
+    if not todo:
+        echo(f"{folder}: every checkpoint is already in {MAP_FILE}")
         return 0
+    try:
+        evaluator = _Evaluator(style, os.fspath(data_file), os.fspath(cfg_file),
+                               None if gt is None else os.fspath(gt), gpu_id)
+    except Exception as exc:  # noqa: BLE001 - a setup error is reported like an evaluation failure
+        echo(f"error: cannot set up the evaluation: {type(exc).__name__}: {exc}")
+        return 1
+    echo(f"{folder}: {len(todo)} checkpoint(s) to evaluate; {evaluator.describe()}")
+    failures = 0
+    for checkpoint in todo:
+        echo(f"evaluating {checkpoint.path.name}")
+        try:
+            outcome = evaluator.evaluate(checkpoint)
+        except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not stop the others
+            failures += 1
+            echo(f"error: {checkpoint.path}: evaluation failed: {type(exc).__name__}: {exc}")
+            if os.environ.get("PYDARKNET_DEBUG"):
+                echo(traceback.format_exc())
+            continue
+        new_rows = []
+        for metric, (row, report) in outcome.items():
+            (folder / f"{checkpoint.id}-{metric}.txt").write_text(report + "\n")
+            if (metric, checkpoint.id) not in rows:
+                rows[(metric, checkpoint.id)] = row
+                new_rows.append(row)
+                echo(row)
+        _append_map_rows(map_path, new_rows)  # after each checkpoint, so an interrupted run keeps its work
+    if failures:
+        echo(f"error: {failures} of {len(todo)} evaluation(s) failed")
+        return 1
+    return 0

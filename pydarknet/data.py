@@ -238,7 +238,7 @@ def _load_into(image_out: np.ndarray, truth_out: np.ndarray, path: str, num_clas
     offset_x = 0.5 * scale_x - left * net_w / crop_w - 0.5
     offset_y = 0.5 * scale_y - top * net_h / crop_h - 0.5
     if flip:
-        scale_x, offset_x = -scale_x, net_w - 1 - offset_x
+        scale_x, offset_x = -scale_x, net_w - offset_x
     matrix = np.array([[scale_x, 0.0, offset_x], [0.0, scale_y, offset_y]])
     warped = cv2.warpAffine(rgb, matrix, (net_w, net_h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=_GREY)
@@ -423,7 +423,9 @@ class DataLoader:
             self._known_bad: set[str] = set()
             self._local: tuple[np.ndarray, np.ndarray] | None = None
             return
-        ctx = multiprocessing.get_context(mp_context)
+        # "spawn": a forked child inherits OpenCV's (and BLAS's) thread pools in an unusable state and can
+        # hang in its first parallel call. Scripts that make a loader need the usual __main__ guard.
+        ctx = multiprocessing.get_context(mp_context or "spawn")
         self._generation = ctx.Value("i", 0, lock=False)  # bumped by set_size: workers abandon stale batches
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         self._n_slots = max(prefetch, workers) + 1  # + the one the caller is reading

@@ -154,6 +154,7 @@ def valid(
     created. ``progress=None`` shows progress only when stderr is a terminal. ``detector`` lets a caller
     that already holds a :class:`~pydarknet.detect.Detector` for ``cfg``/``weights`` reuse it.
     """
+    gpu = None if gpu is None else int(gpu)  # Darknet's -i arrives as text from the command line
     options = read_data_file(data)
     image_paths = _read_valid_list(_option(options, "valid", data))
     names = read_names(_option(options, "names", data))
@@ -164,15 +165,17 @@ def valid(
     category_ids = list(COCO_CATEGORY_IDS)
     if "map" in options:
         category_ids = _read_category_map(options["map"])
-    if style == "coco" and len(category_ids) < len(names):
-        raise CfgError(f"{data}: {len(names)} classes but only {len(category_ids)} COCO category ids")
+    if style == "coco":
+        if len(category_ids) < len(names):
+            raise CfgError(f"{data}: {len(names)} classes but only {len(category_ids)} COCO category ids")
+        for path in image_paths:  # fail before detecting anything, not halfway through
+            coco_image_id(path)
 
     own_detector = detector is None
     if own_detector:
         detector = _open_detector(cfg, weights, names, batch, gpu)
     try:
-        if detector.num_classes != len(names):
-            raise CfgError(f"{data}: the names file has {len(names)} classes, the network {detector.num_classes}")
+        names = _names_for(detector, names, data)
         return write_results(detector, image_paths, output_dir, style, names, category_ids,
                              batch=batch, progress=progress)
     finally:
@@ -207,6 +210,13 @@ def write_results(
     return ValidResult(outputs, len(image_paths) - len(skipped), skipped)
 
 
+def _names_for(detector, names: Sequence[str], where) -> list[str]:
+    """The class names for the network's classes; like Darknet, extra names are ignored."""
+    if len(names) < detector.num_classes:
+        raise CfgError(f"{where}: the names file has {len(names)} classes, the network {detector.num_classes}")
+    return list(names[:detector.num_classes])
+
+
 def _read_valid_list(path: str) -> list[str]:
     from .data import read_list
     return read_list(path)
@@ -219,7 +229,7 @@ def _open_detector(cfg, weights, names, batch: int, gpu: int | None):
         if "gpu" in inspect.signature(Detector).parameters:
             kwargs["gpu"] = gpu
         else:
-            log.warning("GPU %d requested, but this Detector has no GPU choice; running on its default device", gpu)
+            log.debug("GPU %d requested, but this Detector has no GPU choice; running on its default device", gpu)
     return Detector(cfg, weights, **kwargs)
 
 
@@ -245,21 +255,29 @@ def _printf_f(value: float) -> float:
 
 
 def _write_coco(output_dir: Path, stream, category_ids: Sequence[int]) -> Path:
-    entries = []
-    for image_path, (height, width), detections in stream:
-        image_id = coco_image_id(image_path)
-        for det in detections:
-            bbox = coco_box(*det.box, width, height)
-            entries.append({
-                "image_id": image_id,
-                "category_id": int(category_ids[det.class_id]),
-                "bbox": [_printf_f(v) for v in bbox],
-                "score": _printf_f(det.prob),
-            })
+    # Streamed one entry a line (a full COCO run at thresh .005 is millions of entries), into a temporary
+    # file renamed at the end so a reader never sees half a JSON list.
     path = output_dir / COCO_FILE
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as f:
-        json.dump(entries, f)
+    try:
+        with open(temporary, "w") as f:
+            f.write("[")
+            separator = "\n"
+            for image_path, (height, width), detections in stream:
+                image_id = coco_image_id(image_path)
+                for det in detections:
+                    entry = {
+                        "image_id": image_id,
+                        "category_id": int(category_ids[det.class_id]),
+                        "bbox": [_printf_f(v) for v in coco_box(*det.box, width, height)],
+                        "score": _printf_f(det.prob),
+                    }
+                    f.write(separator + json.dumps(entry))
+                    separator = ",\n"
+            f.write("\n]\n")
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
     return path
 

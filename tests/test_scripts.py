@@ -216,8 +216,8 @@ FAKE_PYTHON = """#!/bin/bash
 # Stands in for python3: runs real Python for scripts, records `-m pydarknet ...` calls and then waits
 # for SIGTERM, writing "saved" like a trainer that saves its backup on the way out.
 if [ "$1" = "-m" ]; then
-    echo "$@" > "$FAKE_LOG"
     trap 'echo saved >> "$FAKE_LOG"; exit 0' TERM
+    echo "$@" > "$FAKE_LOG"
     for _ in $(seq 100); do sleep 0.1; done
     exit 3
 fi
@@ -245,6 +245,7 @@ def test_slurm_template_scales_cfg_and_forwards_sigterm(tmp_path, gpus):
     deadline = time.time() + 30
     while not log.exists() and time.time() < deadline:
         time.sleep(0.05)
+    time.sleep(0.3)  # let the job script install its trap after starting the trainer
     job.send_signal(signal.SIGTERM)  # what Slurm does 300 s before the limit (--signal=B:TERM@300)
     out, err = job.communicate(timeout=30)
     assert job.returncode == 0, out + err

@@ -86,7 +86,7 @@ def render_chart(series: list[Series], title: str = "", xlabel: str = "iteration
     left, right, top, bottom = 80, 80 if has_right else 30, 50, 60
     pw, ph = width - left - right, height - top - bottom
     xs = [np.asarray(s.x, float) for s in series]
-    x0, x1 = _range(xs, *xlim, pad=0.0)
+    x0, x1 = _range(xs, *xlim, pad=0.03 if series and all(s.points for s in series) else 0.0)
     y0, y1 = _range([np.asarray(s.y, float) for s in series if not s.right_axis], *ylim)
     r0, r1 = right_lim
 
@@ -111,9 +111,11 @@ def render_chart(series: list[Series], title: str = "", xlabel: str = "iteration
         for ty in _nice_ticks(r0, r1, 5):
             Y = int(round(px(ty, r0, r1, ph, top, flip=True)))
             cv2.putText(img, _fmt(ty), (left + pw + 8, Y + 5), _FONT, 0.45, _bgr(PALETTE[1]), 1, cv2.LINE_AA)
-        cv2.putText(img, right_label, (left + pw + 8, top - 10), _FONT, 0.45, _bgr(PALETTE[1]), 1, cv2.LINE_AA)
+        (tw, _), _ = cv2.getTextSize(right_label, _FONT, 0.45, 1)
+        cv2.putText(img, right_label, (width - tw - 8, top + ph + 45), _FONT, 0.45, _bgr(PALETTE[1]), 1,
+                    cv2.LINE_AA)
     cv2.rectangle(img, (left, top), (left + pw, top + ph), _INK, 1)
-    cv2.putText(img, title, (left, 32), _FONT, 0.7, _INK, 2, cv2.LINE_AA)
+    cv2.putText(img, title, (left, 32), _FONT, 0.6, _INK, 1, cv2.LINE_AA)
     (tw, _), _ = cv2.getTextSize(xlabel, _FONT, 0.5, 1)
     cv2.putText(img, xlabel, (left + pw // 2 - tw // 2, height - 15), _FONT, 0.5, _INK, 1, cv2.LINE_AA)
     if ylabel:
@@ -201,17 +203,15 @@ def write_chart_png(run_dir, out_path=None, size: tuple[int, int] = (1000, 600))
     if np.isfinite(as_array(s["loss"])).any():
         series.append(Series("loss", x, as_array(s["loss"]), "#9ecae1", 1))
     series.append(Series("avg loss", x, as_array(s["avg_loss"]), PALETTE[0], 2))
-    best = ""
     for i, (metric, m) in enumerate(sorted(s["map"].items())):
         values = 100 * as_array(m["m50"] if any(v is not None for v in m["m50"]) else m["mean"])
-        series.append(Series(f"mAP50 ({metric}) %", np.array(m["x"], float), values,
+        best = f", best {np.nanmax(values):.1f}%" if np.isfinite(values).any() else ""
+        series.append(Series(f"mAP50 ({metric}){best}", np.array(m["x"], float), values,
                              PALETTE[1 + 2 * i], points=True, right_axis=True))
-        if np.isfinite(values).any():
-            best += f"  best mAP50 ({metric}) {np.nanmax(values):.1f}%"
     last = run.summary()["iterations"]
     avg = as_array(s["avg_loss"])
-    current = f"  avg loss {avg[np.isfinite(avg)][-1]:.3f}" if np.isfinite(avg).any() else ""
-    title = f"{run_dir.name}: iteration {last if last is not None else '-'}{current}{best}"
+    current = f"   avg loss {avg[np.isfinite(avg)][-1]:.3f}" if np.isfinite(avg).any() else ""
+    title = f"{run_dir.name}   iteration {last if last is not None else '-'}{current}"
     xmax = max(float(run.max_batches or 0), float(np.nanmax(x)) if len(x) else 1.0)
     img = render_chart(series, title=title, ylabel="loss", right_label="mAP %", size=size,
                        xlim=(0.0, xmax), ylim=(0.0, None))

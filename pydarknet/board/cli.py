@@ -38,7 +38,10 @@ def board(backup_dir, host, port, token, export_path, png_dir, points):
                 click.echo(f"wrote {path}")
         return
     token = token or os.environ.get(TOKEN_ENV) or None
-    httpd = server.make_server(backup_dir, host, port, token)
+    try:
+        httpd = server.make_server(backup_dir, host, port, token)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port") from e
     click.echo(f"Darkboard on {httpd.url}/ showing {httpd.board.root}"
                + ("" if token else f" (ingestion disabled: no --token / ${TOKEN_ENV})"))
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -351,7 +351,7 @@ class Run:
         for position, line in samples:
             try:
                 row = self._parse(line, parser)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if row is not None and (not rows or row["it"] > rows[-1]["it"]):
                 positions.append(position)
@@ -577,6 +577,8 @@ class RunSet:
                     found[sub.relative_to(self.root).as_posix()] = sub
                 stack.append((sub, depth + 1))
         with self.lock:
+            for run_id in self.runs.keys() - found.keys():  # folder deleted or emptied
+                del self.runs[run_id]
             for run_id, path in found.items():
                 if run_id not in self.runs:
                     self.runs[run_id] = Run(run_id, path, self.preview_bytes)

@@ -114,6 +114,7 @@ class Board:
         self._ingest_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._rescan = threading.Event()  # set by ingestion, which may create a run folder
         self._thread: threading.Thread | None = None
         self.runs.scan()
         self.runs.refresh()  # small runs complete, large ones sampled, before the first request
@@ -134,7 +135,8 @@ class Board:
         last_scan = 0.0
         while not self._stop.is_set():
             try:
-                if time.monotonic() - last_scan > 2.0:
+                if self._rescan.is_set() or time.monotonic() - last_scan > 2.0:
+                    self._rescan.clear()
                     self.runs.scan()
                     last_scan = time.monotonic()
                 backlog = self.runs.refresh()
@@ -218,6 +220,7 @@ class Board:
             tmp = state_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(state))
             os.replace(tmp, state_path)
+        self._rescan.set()
         self._wake.set()
         return {"stored": len(metrics) + len(maps) + len(logs), "duplicate": False}
 
@@ -353,7 +356,8 @@ class BoardHTTPServer(ThreadingHTTPServer):
 
     def start_background(self) -> "BoardHTTPServer":
         """Serve from a daemon thread; stop with :meth:`close`."""
-        self._thread = threading.Thread(target=self.serve_forever, name="darkboard-http", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.1,), name="darkboard-http",
+                                        daemon=True)
         self._thread.start()
         return self
 

@@ -56,13 +56,18 @@
     mapValue: document.getElementById("map-value"),
   };
 
-  const state = { runs: [], series: {}, xmin: null, xmax: null, ylim: {}, polls: 0 };
+  const state = { runs: [], series: {}, colors: new Map(), xmin: null, xmax: null, ylim: {}, polls: 0 };
   const plots = {};  // chart id -> {u, signature, el}
 
   // ----- helpers ----------------------------------------------------------------------------------------
+  /* a run keeps its colour for the life of the page, whatever runs appear or hide later */
   function colorOf(runId) {
-    const i = state.runs.findIndex((r) => r.id === runId);
-    return PALETTE[(i < 0 ? 0 : i) % PALETTE.length];
+    if (!state.colors.has(runId)) {
+      const used = new Set(state.colors.values());
+      const free = PALETTE.find((c) => !used.has(c));
+      state.colors.set(runId, free || PALETTE[state.colors.size % PALETTE.length]);
+    }
+    return state.colors.get(runId);
   }
 
   function withAlpha(hex, alpha) {
@@ -222,7 +227,7 @@
     li.dataset.run = run.id;
     li.dataset.last = run.iterations == null ? "" : run.iterations;
     li.dataset.points = run.points;
-    if (!STATIC && run.updated && Date.now() / 1000 - run.updated < 60) {
+    if (isActive(run)) {
       li.classList.add("active");
       li.title = "new data in the last minute";
     }
@@ -252,7 +257,15 @@
     return li;
   }
 
+  function isActive(run) {
+    return !STATIC && !!run.updated && Date.now() / 1000 - run.updated < 60;
+  }
+
+  let runsSignature = null;
   function renderRuns() {
+    const signature = JSON.stringify(state.runs.map((r) => [r, isActive(r)]));
+    if (signature === runsSignature) return;  // unchanged: keep the DOM (and the button under the mouse)
+    runsSignature = signature;
     const shown = state.runs.filter((r) => !r.hidden);
     const hidden = state.runs.filter((r) => r.hidden);
     ui.runs.replaceChildren(...shown.map(runItem));
@@ -264,6 +277,7 @@
   // ----- data -------------------------------------------------------------------------------------------
   function apply(payload) {
     state.runs = payload.runs;
+    for (const run of state.runs) colorOf(run.id);  // in sorted order on the first load
     state.rootName = payload.root ? payload.root.split("/").filter(Boolean).pop() : null;
     ui.root.textContent = payload.root || "";
     for (const [id, s] of Object.entries(payload.series)) state.series[id] = s;
@@ -326,6 +340,8 @@
       for (const p of Object.values(plots)) if (p.u) p.u.setSize({ width: Math.max(p.el.clientWidth, 300), height: 260 });
     }, 100);
   });
+
+  window.darkboard = { state, plots, CHARTS };  // for the console and the browser tests
 
   if (STATIC) {
     apply(STATIC);

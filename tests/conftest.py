@@ -1,0 +1,153 @@
+"""Shared fixtures: the reference data folder and a small generic cfg."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# `pytest` (not only `python -m pytest`) from a source checkout finds the package without installing it.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def reference_path() -> Path:
+    """$PYDARKNET_REFERENCE, else ../shared/reference next to the project root."""
+    env = os.environ.get("PYDARKNET_REFERENCE")
+    return Path(env) if env else ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The reference engine's files (shared/reference); the test is skipped, saying why, when absent."""
+    path = reference_path()
+    if not path.is_dir():
+        pytest.skip(f"reference data not found at {path} (set PYDARKNET_REFERENCE to its folder)")
+    return path
+
+
+# A small network with every layer type YOLOv3 uses: 64x64 input, two [yolo] heads (grids 8 and 16), 2 classes.
+TINY_CFG = """\
+[net]
+batch=4
+subdivisions=2
+width=64
+height=64
+channels=3
+learning_rate=0.001
+momentum=0.9
+decay=0.0005
+max_batches=100
+policy=steps
+steps=50,80
+scales=.1,.1
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[shortcut]
+from=-2
+activation=linear
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=21
+activation=linear
+
+[yolo]
+mask=3,4,5
+anchors=4,6, 8,10, 12,16, 20,20, 30,40, 50,50
+classes=2
+num=6
+jitter=.3
+ignore_thresh=.7
+truth_thresh=1
+random=0
+
+[route]
+layers=-3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[upsample]
+stride=2
+
+[route]
+layers=-1,2
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=21
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=4,6, 8,10, 12,16, 20,20, 30,40, 50,50
+classes=2
+num=6
+jitter=.3
+ignore_thresh=.7
+truth_thresh=1
+random=0
+"""
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> Path:
+    """TINY_CFG written to tmp_path/tiny.cfg (15 layers, 64x64x3 input, [yolo] at layers 8 and 14)."""
+    path = tmp_path / "tiny.cfg"
+    path.write_text(TINY_CFG)
+    return path
