@@ -238,7 +238,7 @@ def _load_into(image_out: np.ndarray, truth_out: np.ndarray, path: str, num_clas
     offset_x = 0.5 * scale_x - left * net_w / crop_w - 0.5
     offset_y = 0.5 * scale_y - top * net_h / crop_h - 0.5
     if flip:
-        scale_x, offset_x = -scale_x, net_w - offset_x
+        scale_x, offset_x = -scale_x, net_w - 1 - offset_x
     matrix = np.array([[scale_x, 0.0, offset_x], [0.0, scale_y, offset_y]])
     warped = cv2.warpAffine(rgb, matrix, (net_w, net_h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=_GREY)

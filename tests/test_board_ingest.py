@@ -144,7 +144,7 @@ def test_symlink_escape_refused(board, tmp_path):
 def test_oversized_body_refused_unread(board):
     host, port = board.server_address[:2]
     with socket.create_connection((host, port), timeout=10) as s:
-        s.sendall(b"POST /api/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+        s.sendall(b"POST /api/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
                   + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(9 << 20).encode() + b"\r\n\r\n")
         reply = s.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413")
@@ -197,6 +197,20 @@ def test_retried_batch_is_stored_once(board):
     assert request(board.url + "/api/ingest", {**b, "seq": 3}) == (200, {"stored": 0, "duplicate": True})
     assert request(board.url + "/api/ingest", {**b, "sender": "other"})[1]["stored"] == 1
     assert len(lines(board.board.root / "exp" / "r1" / "metrics.jsonl")) == 2
+
+
+def raw_get(httpd, host_header):
+    with socket.create_connection(httpd.server_address[:2], timeout=10) as s:
+        s.sendall(b"GET /api/state HTTP/1.1\r\nHost: " + host_header + b"\r\nConnection: close\r\n\r\n")
+        return s.recv(100)
+
+
+def test_dns_rebinding_refused_on_loopback(board):
+    port = str(board.server_address[1]).encode()
+    assert raw_get(board, b"evil.example:" + port).startswith(b"HTTP/1.1 403")
+    assert raw_get(board, b"").startswith(b"HTTP/1.1 403")
+    for ok in (b"127.0.0.1:" + port, b"localhost:" + port, b"LocalHost", b"[::1]:" + port):
+        assert raw_get(board, ok).startswith(b"HTTP/1.1 200")
 
 
 def test_unknown_routes_and_methods(board):

@@ -19,6 +19,7 @@ cross-origin request without a CORS pre-flight this server never grants.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ MAX_BODY = 8 << 20
 INGEST_STATE = ".board-ingest.json"
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".png": "image/png", ".txt": "text/plain; charset=utf-8"}
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 _CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
@@ -228,7 +230,7 @@ class Board:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "darkboard"
     protocol_version = "HTTP/1.1"
-    board: Board  # set on the subclass made by serve()
+    board: Board  # set on the subclass BoardHTTPServer makes
     max_body: int
 
     def log_message(self, fmt, *args):  # route the access log to logging, quietly
@@ -273,8 +275,21 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, RecursionError):
             raise BoardError(400, "the body is not valid UTF-8 JSON") from None
 
+    def _check_host(self) -> None:
+        """On a loopback address, answer only requests addressed to a loopback name: a web page that rebinds
+        its own domain name to 127.0.0.1 (DNS rebinding) must not read or change the board."""
+        if not self.server.loopback:
+            return
+        try:
+            host = urlsplit("//" + (self.headers.get("Host") or "")).hostname
+        except ValueError:
+            host = None
+        if host not in _LOOPBACK_NAMES:
+            raise BoardError(403, "unexpected Host header")
+
     def _guarded(self, fn) -> None:
         try:
+            self._check_host()
             fn()
         except BoardError as e:
             self._error(e.status, str(e))
@@ -347,6 +362,7 @@ class BoardHTTPServer(ThreadingHTTPServer):
         handler = type("Handler", (_Handler,), {"board": board, "max_body": max_body})
         super().__init__((host, port), handler)
         self.board = board
+        self.loopback = ipaddress.ip_address(self.server_address[0]).is_loopback
         self._thread: threading.Thread | None = None
 
     @property
