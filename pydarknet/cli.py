@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from .errors import DarknetError
+
 log = logging.getLogger("pydarknet")
 
 
@@ -20,7 +22,20 @@ def _setup_logging(verbose: bool = False) -> None:
                         stream=sys.stderr)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns the errors a user causes (a missing or malformed file) into `Error: <message>` and exit status 1,
+    without a traceback; -v keeps the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (DarknetError, FileNotFoundError) as exc:
+            if ctx.params.get("verbose"):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(package_name="pydarknet")
 def main(verbose: bool) -> None:
@@ -95,11 +110,12 @@ def layers(cfg, weights):
 @click.option("--threads", default=2, show_default=True)
 @click.option("--models", default="yolov3-tiny,yolov3", show_default=True)
 @click.option("--train/--no-train", default=False, help="Also time training (images/s).")
-def bench(repeat, threads, models, train):
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def bench(repeat, threads, models, train, json_path):
     """Time inference (and training) against OpenCV DNN in the same run."""
     from .bench import run_benchmarks  # noqa: PLC0415
 
-    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train)
+    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, json_path=json_path)
 
 
 def _darknet_args(args: list[str], flags: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:
@@ -134,7 +150,9 @@ def _is_number(s: str) -> bool:
         return False
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+# No -h here: click would read Darknet's `-thresh` / `-hier` as the short options -t -h ... and print the help.
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": ["--help"]})
 @click.argument("action", type=click.Choice(["train", "valid", "test", "map"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def detector(action, args):
@@ -201,14 +219,15 @@ def detector(action, args):
 def train_command(data, cfg, weights, clear, gpus, map_eval, map_every, max_batches, threads, workers, log_url,
                   log_token, seed):
     """Train a network. With no arguments: the built-in default (synthetic data set, GIoU loss, then mAP)."""
-    from . import train as training  # noqa: PLC0415
+    # (not `from . import train`: the package exports the function train under that name)
+    from .train import train, train_default  # noqa: PLC0415
 
     if data is None:
-        training.train_default(threads=threads, workers=workers)
+        train_default(threads=threads, workers=workers)
         return
     if cfg is None:
         raise click.UsageError("train DATA CFG [WEIGHTS]")
-    training.train(data, cfg, weights, clear=clear, gpus=gpus, map_eval=map_eval, map_every=map_every,
+    train(data, cfg, weights, clear=clear, gpus=gpus, map_eval=map_eval, map_every=map_every,
                    max_batches=max_batches, threads=threads, workers=workers, log_url=log_url, log_token=log_token,
                    seed=seed)
 

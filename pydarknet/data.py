@@ -168,17 +168,18 @@ def _decode_image(path: str) -> np.ndarray:
 
 def _jitter_hsv(rgb: np.ndarray, hue: float, saturation: float, exposure: float) -> np.ndarray:
     """HSV jitter of a float32 HxWx3 RGB image in 0..1 (hue in turns); result clipped to 0..1."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # float input: H in degrees, S and V in 0..1
-    h, s, v = cv2.split(hsv)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # float input: H in degrees [0, 360), S and V in 0..1
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     if hue:
-        h += np.float32(hue * 360.0)
-        np.mod(h, 360.0, out=h)
+        h += np.float32(hue * 360.0)  # |shift| <= 180: one wrap at most (cheaper than np.mod)
+        h[h < 0] += 360.0
+        h[h >= 360] -= 360.0
     if saturation != 1.0:
         s *= np.float32(saturation)
         np.minimum(s, 1.0, out=s)
     if exposure != 1.0:
         v *= np.float32(exposure)
-    rgb = cv2.cvtColor(cv2.merge((h, s, v)), cv2.COLOR_HSV2RGB)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return np.clip(rgb, 0.0, 1.0, out=rgb)
 
 

@@ -90,6 +90,7 @@ def test_export_html_is_self_contained(backup, tmp_path):
     html = path.read_text()
     assert not re.search(r'<(script|link)[^>]+(src|href)=', html)  # nothing loaded from elsewhere
     assert "uPlot" in html and "Darkboard report: backup" in html
+    assert "Copyright (c) 2022 Leon Sorokin" in html  # the MIT notice travels with the inlined copy
     data = json.loads(re.search(r"window\.DARKBOARD_DATA = (\{.*?\});</script>", html, re.S).group(1))
     assert sorted(data["series"]) == ["reference-tiny", "yolov3-giou"]  # the hidden run is left out
     assert [r["id"] for r in data["runs"] if r["hidden"]] == ["yolov3-mse"]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pydarknet.data import Augment, DataLoader, _place_boxes, label_path, load_sample, read_labels, read_list
+from pydarknet.data import Augment, DataLoader, _jitter_hsv, _place_boxes, label_path, load_sample, read_labels, read_list
 from pydarknet.errors import LabelError
 
 GEOMETRY_ONLY = Augment(jitter=0.3, hue=0.0, saturation=1.0, exposure=1.0, flip=True)
@@ -352,3 +352,10 @@ def test_workers_stop_when_the_loader_is_garbage_collected(small_set):
     for p in processes:
         p.join(timeout=5)
     assert not any(p.is_alive() for p in processes)
+
+
+@pytest.mark.parametrize("hue, expected", [(1 / 3, (0, 1, 0)), (-1 / 3, (0, 0, 1)), (0.5, (0, 1, 1))])
+def test_hue_shift_turns_the_colour_wheel(hue, expected):
+    red = np.zeros((4, 4, 3), np.float32)
+    red[..., 0] = 1.0
+    np.testing.assert_allclose(_jitter_hsv(red, hue, 1.0, 1.0), np.broadcast_to(expected, red.shape), atol=1e-5)

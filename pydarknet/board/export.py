@@ -48,6 +48,8 @@ def export_html(root, out_path, points: int = DISPLAY_POINTS) -> Path:
     page = page.replace('<script src="static/app.js"></script>',
                         f"<script>window.DARKBOARD_DATA = {data};</script>\n" + '<script src="static/app.js"></script>')
     page = re.sub(r'<script src="static/([\w.-]+)"></script>', script, page)
+    licence = (STATIC_DIR / "uPlot.LICENSE").read_text(encoding="utf-8").replace("--", "- -")
+    page = page.replace("</body>", f"<!-- uPlot, inlined above:\n{licence}\n-->\n</body>")
     page = page.replace("<title>Darkboard</title>", f"<title>Darkboard report: {Path(root).resolve().name}</title>")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

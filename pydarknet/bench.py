@@ -1,0 +1,431 @@
+"""``python -m pydarknet bench``: inference time against OpenCV DNN in the same run, and training throughput.
+
+Inference: batch-1 forward of each model at 416x416 with pydarknet (``Network.forward``) and with OpenCV's
+DNN module (``cv2.dnn.readNetFromDarknet``, the same .cfg and .weights files), both on the same number of
+threads. After warm-up runs the two engines are timed alternately (A B, B A, A B, ...) so that whatever else
+the machine is doing slows both alike; the figures are medians. A sanity line gives the largest difference
+between the two engines' [yolo] outputs on the same input.
+
+Training (``--train``): images/s of the compute (``Network.train_chunk`` + ``Network.update`` on batches
+prepared beforehand) and, measured apart, of data loading (``DataLoader`` with the cfg's augmentation over
+generated images), for yolov3-tiny at 416 with batch 8 and for the built-in default cfg.
+
+``run_benchmarks`` prints a table and returns the figures as a dict (also written as JSON with ``json_path``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Sequence
+
+import numpy as np
+
+__all__ = ["run_benchmarks", "ISSUE_FIGURES"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Figures quoted by the issues, printed beside ours for comparison.
+ISSUE_FIGURES = {
+    "inference_opencv_s": {"yolov3-tiny": 0.027, "yolov3": 0.33},  # OpenCV DNN on the project machine
+    "inference_ratio_minimum": 1.5,  # pydarknet yolov3 time / OpenCV DNN time, same run
+    "inference_ratio_goal": 0.8,
+    "train_s_per_image": {  # training yolov3-tiny at 416
+        "reference engine (GIoU fork, batch 1)": 0.78,
+        "original Darknet": 0.75,
+        "AlexeyAB's fork (batch 2)": 0.49,
+    },
+    "train_s_per_image_minimum": 0.49,  # must be below
+    "train_s_per_image_goal": 0.25,  # at most
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------
+
+def reference_path() -> Path:
+    """$PYDARKNET_REFERENCE, else ../shared/reference next to the project root (as tests/conftest.py)."""
+    env = os.environ.get("PYDARKNET_REFERENCE")
+    return Path(env) if env else ROOT.parent / "shared" / "reference"
+
+
+def _cfg_dir() -> Path:
+    from .train import default_cfg_path  # noqa: PLC0415
+
+    return default_cfg_path().parent
+
+
+@dataclass
+class _Model:
+    name: str
+    cfg: Path
+    weights: Path
+    weights_kind: str  # "reference" or "random"
+    image: Path | None  # a real image to feed, when real weights are used
+
+
+def _sized_cfg(source: Path, size: int, folder: Path, name: str) -> Path:
+    """A copy of `source` whose [net] width and height are `size` (OpenCV reads the size from the cfg)."""
+    text = source.read_text()
+    text = re.sub(r"(?im)^\s*width\s*=.*$", f"width={size}", text, count=1)
+    text = re.sub(r"(?im)^\s*height\s*=.*$", f"height={size}", text, count=1)
+    target = folder / f"{name}-{size}.cfg"
+    target.write_text(text)
+    return target
+
+
+def _random_weights(cfg: Path, folder: Path, name: str) -> Path:
+    """Darknet's initialisation (He-style uniform), saved as a .weights file both engines read."""
+    from .network import Network  # noqa: PLC0415
+
+    path = folder / f"{name}-random.weights"
+    with Network(cfg) as net:
+        net.save(path)
+    return path
+
+
+def _resolve_model(name: str, size: int, folder: Path) -> _Model:
+    """yolov3-tiny: the reference weights when the reference folder exists, else random; yolov3 and any other
+    cfg (a name in cfg/ or a path): random weights written to `folder`."""
+    ref = reference_path()
+    if name == "yolov3-tiny" and (ref / "yolov3-tiny.weights").is_file() and (ref / "yolov3-tiny.cfg").is_file():
+        cfg = _sized_cfg(ref / "yolov3-tiny.cfg", size, folder, name)
+        image = next((p for p in (ref / "images" / n for n in ("dog.jpg", "horses.jpg")) if p.is_file()), None)
+        return _Model(name, cfg, ref / "yolov3-tiny.weights", "reference", image)
+    source = Path(name)
+    if not (source.suffix == ".cfg" and source.is_file()):
+        source = _cfg_dir() / f"{name}.cfg"
+    if not source.is_file():
+        known = sorted(p.stem for p in _cfg_dir().glob("*.cfg"))
+        raise ValueError(f"unknown model {name!r}: give a .cfg path or one of {', '.join(known)}")
+    label = source.stem
+    cfg = _sized_cfg(source, size, folder, label)
+    return _Model(name, cfg, _random_weights(cfg, folder, label), "random", None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------------------------------------
+
+def _logistic_heads(raw: np.ndarray, n_anchors: int, classes: int) -> np.ndarray:
+    """Darknet's [yolo] activation on a raw head: logistic on x, y, objectness and the class scores."""
+    x = raw.astype(np.float64).reshape(raw.shape[0], n_anchors, 5 + classes, *raw.shape[2:]).copy()
+    entries = [0, 1] + list(range(4, 5 + classes))
+    x[:, :, entries] = 1.0 / (1.0 + np.exp(-x[:, :, entries]))
+    return x.reshape(raw.shape)
+
+
+def _output_difference(ocv, net, x: np.ndarray, ours: list[np.ndarray]) -> dict:
+    """Largest |pydarknet - OpenCV| over the [yolo] outputs. OpenCV post-processes its [yolo] layers into
+    detections, so its side is the raw conv feeding each [yolo] layer (named conv_<index>) with Darknet's
+    activation applied here."""
+    names = list(ocv.getLayerNames())
+    wanted = [f"conv_{layer.index - 1}" for layer in net.yolo_layers]
+    if any(w not in names for w in wanted):
+        return {"max_abs_diff": None, "max_abs_output": None, "note": "OpenCV names its layers differently"}
+    ocv.setInput(x)
+    raws = [np.asarray(r, np.float64) for r in ocv.forward(wanted)]
+    theirs = [_logistic_heads(r, l.n_anchors, l.classes) for r, l in zip(raws, net.yolo_layers)]
+    diff = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(ours, theirs))
+    # The raw heads (before the [yolo] activation) too: random weights give small raw values, which the
+    # logistic squashes towards 0.5; their spread says how much signal the comparison carries.
+    our_raws = [net.layer_output(l.index - 1, x.shape[0]).astype(np.float64) for l in net.yolo_layers]
+    raw_diff = max(float(np.abs(a - b).max()) for a, b in zip(our_raws, raws))
+    return {"max_abs_diff": diff, "max_abs_output": max(float(np.abs(b).max()) for b in theirs),
+            "raw_max_abs_diff": raw_diff, "raw_std": min(float(r.std()) for r in raws)}
+
+
+def _bench_inference(model: _Model, repeat: int, warmup: int, threads: int) -> dict:
+    import cv2  # noqa: PLC0415
+
+    from .network import Network  # noqa: PLC0415
+
+    with Network(model.cfg, model.weights) as net:
+        if model.image is not None:
+            from .image import letterbox, read_image  # noqa: PLC0415
+
+            x = letterbox(read_image(model.image), net.width, net.height)[None]
+        else:
+            x = np.random.default_rng(7).uniform(0, 1, (1, net.channels, net.height, net.width))
+        x = np.ascontiguousarray(x, np.float32)
+
+        ocv = cv2.dnn.readNetFromDarknet(str(model.cfg), str(model.weights))
+        ocv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        ocv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        out_names = list(ocv.getUnconnectedOutLayersNames())
+
+        def run_ours():
+            start = time.perf_counter()
+            net.forward(x)
+            return time.perf_counter() - start
+
+        def run_opencv():
+            start = time.perf_counter()
+            ocv.setInput(x)
+            ocv.forward(out_names)
+            return time.perf_counter() - start
+
+        for _ in range(warmup):
+            run_ours()
+            run_opencv()
+        ours_s, opencv_s = [], []
+        for i in range(repeat):
+            if i % 2 == 0:
+                ours_s.append(run_ours())
+                opencv_s.append(run_opencv())
+            else:
+                opencv_s.append(run_opencv())
+                ours_s.append(run_ours())
+        outputs = net.forward(x)
+        difference = _output_difference(ocv, net, x, outputs)
+        bflops, shape = net.bflops, f"{net.width}x{net.height}"
+    ours_median, opencv_median = statistics.median(ours_s), statistics.median(opencv_s)
+    return {
+        "model": model.name, "input": shape, "batch": 1, "weights": model.weights_kind,
+        "threads": threads, "bflops": bflops,
+        "pydarknet_s": ours_median, "opencv_s": opencv_median, "ratio": ours_median / opencv_median,
+        "pydarknet_gflops_per_s": bflops / ours_median, "opencv_gflops_per_s": bflops / opencv_median,
+        "pydarknet_runs_s": ours_s, "opencv_runs_s": opencv_s, **difference,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+def _loader_rate(paths: Sequence[str], net, batch: int, aug, workers: int, batches: int,
+                 keep: int = 0) -> tuple[float, list]:
+    """images/s of DataLoader after one warm-up batch (worker start-up not counted); also returns copies of
+    the first `keep` timed batches."""
+    from .data import DataLoader  # noqa: PLC0415
+
+    kept = []
+    with DataLoader(paths, num_classes=net.yolo_layers[0].classes, batch=batch, net_w=net.width,
+                    net_h=net.height, aug=aug, max_boxes=net.max_boxes, workers=workers, seed=1) as loader:
+        loader.next_batch()
+        seconds = 0.0
+        for i in range(batches):
+            start = time.perf_counter()
+            x, truth = loader.next_batch()
+            seconds += time.perf_counter() - start
+            if i < keep:
+                kept.append((x.copy(), truth.copy()))
+    return batch * batches / seconds, kept
+
+
+def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: str, batch: int | None,
+                    paths: Sequence[str], iterations: int, loader_workers: Sequence[int]) -> dict:
+    from .data import Augment  # noqa: PLC0415
+    from .network import Network  # noqa: PLC0415
+    from .train import learning_rate  # noqa: PLC0415
+
+    with Network(cfg, weights) as net:
+        opts = net.options
+        if batch is None:  # the cfg's own batch and subdivisions
+            chunk = max(1, opts["batch"] // opts["subdivisions"])
+            subdivisions = opts["subdivisions"]
+        else:
+            chunk, subdivisions = batch, 1
+        per_iteration = chunk * subdivisions
+        net.set_batch(chunk)
+        jitter = net.yolo_layers[-1].jitter
+        aug = Augment.from_net_options(opts, jitter=min(jitter, 0.49))
+        # Data loading, measured apart; the in-process batches (workers=0) are kept to train on.
+        need = subdivisions * (iterations + 1)
+        rates = {}
+        prepared: list = []
+        for workers in loader_workers:
+            batches = max(need, 4) if workers == 0 else max(need, 2 * max(workers, 1) + 2)
+            rate, kept = _loader_rate(paths, net, chunk, aug, workers, batches, keep=need if not prepared else 0)
+            rates[workers] = rate
+            prepared = prepared or kept
+        if not prepared:
+            _, prepared = _loader_rate(paths, net, chunk, aug, 0, need, keep=need)
+        # Compute: train_chunk + update on the prepared batches; one warm-up iteration.
+        times = []
+        for it in range(iterations + 1):
+            start = time.perf_counter()
+            for k in range(subdivisions):
+                x, truth = prepared[it * subdivisions + k]
+                net.train_chunk(x, truth)
+            lr = learning_rate(opts, net.seen // per_iteration)
+            net.update(lr, opts["momentum"], opts["decay"], per_iteration)
+            if it > 0:
+                times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        bflops = net.bflops  # per image, forward at the training size
+        shape = f"{net.width}x{net.height}"
+    result = {
+        "model": name, "input": shape, "batch": per_iteration, "subdivisions": subdivisions,
+        "weights": weights_kind, "bflops": bflops, "iterations": iterations,
+        "compute_s_per_iteration": seconds, "compute_s_per_image": seconds / per_iteration,
+        "compute_images_per_s": per_iteration / seconds, "compute_iteration_runs_s": times,
+        "data_images_per_s": {str(w): r for w, r in rates.items()},
+    }
+    if 0 in rates:
+        result["data_s_per_image_one_process"] = 1.0 / rates[0]
+        # Loading in the training process itself (workers=0) adds its time to the compute.
+        result["serial_s_per_image"] = result["compute_s_per_image"] + 1.0 / rates[0]
+    return result
+
+
+def _training_runs(iterations: int, loader_workers: Sequence[int], say) -> list[dict]:
+    from .data import read_list  # noqa: PLC0415
+    from .datafile import read_data_file  # noqa: PLC0415
+    from .synth import ensure_dataset  # noqa: PLC0415
+    from .train import default_cfg_path  # noqa: PLC0415
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="pydarknet-bench-") as folder:
+        folder = Path(folder)
+        say("generating synthetic training images ...")
+        data_file = ensure_dataset(folder, n_train=128, n_valid=1)
+        paths = read_list(read_data_file(data_file)["train"])
+        tiny = _resolve_model("yolov3-tiny", 416, folder)
+        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights) ...")
+        results.append(_bench_training("yolov3-tiny", tiny.cfg, tiny.weights, tiny.weights_kind, 8, paths,
+                                       iterations, loader_workers))
+        cfg = default_cfg_path()
+        say(f"training {cfg.stem} (its cfg's batch and size) ...")
+        results.append(_bench_training(cfg.stem, cfg, None, "random", None, paths, iterations, loader_workers))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------
+
+def _fmt_diff(value) -> str:
+    return "n/a" if value is None else f"{value:.1e}"
+
+
+def _inference_table(rows: list[dict]) -> list[str]:
+    lines = [f"{'model':<14}{'input':>9}{'weights':>11}{'BFLOPs':>9}{'pydarknet s':>13}{'OpenCV s':>10}"
+             f"{'ratio':>7}{'GFLOP/s':>9}{'OpenCV GFLOP/s':>16}{'max|diff|':>11}"]
+    for r in rows:
+        lines.append(f"{r['model']:<14}{r['input']:>9}{r['weights']:>11}{r['bflops']:>9.3f}"
+                     f"{r['pydarknet_s']:>13.4f}{r['opencv_s']:>10.4f}{r['ratio']:>7.2f}"
+                     f"{r['pydarknet_gflops_per_s']:>9.1f}{r['opencv_gflops_per_s']:>16.1f}"
+                     f"{_fmt_diff(r['max_abs_diff']):>11}")
+    return lines
+
+
+def _inference_notes(rows: list[dict]) -> list[str]:
+    fig = ISSUE_FIGURES
+    lines = ["  (ratio = pydarknet / OpenCV, medians of the same run; GFLOP/s = Darknet's BFLOPs / median s)"]
+    for r in rows:
+        if r["max_abs_diff"] is not None:
+            lines.append(f"  sanity {r['model']}: max |pydarknet - OpenCV| {r['max_abs_diff']:.2e} over the [yolo] "
+                         f"outputs (up to {r['max_abs_output']:.3g}); {r['raw_max_abs_diff']:.2e} over the raw "
+                         f"heads (std >= {r['raw_std']:.3g})")
+        else:
+            lines.append(f"  sanity {r['model']}: not compared ({r.get('note', '')})")
+    quoted = ", ".join(f"{v} s {k}" for k, v in fig["inference_opencv_s"].items())
+    lines.append(f"  issue figures: OpenCV DNN {quoted} on the project machine")
+    for r in rows:
+        if r["model"] == "yolov3":
+            ok_min = r["ratio"] <= fig["inference_ratio_minimum"]
+            ok_goal = r["ratio"] <= fig["inference_ratio_goal"]
+            lines.append(f"  yolov3 ratio {r['ratio']:.2f}: minimum <= {fig['inference_ratio_minimum']}x "
+                         f"{'met' if ok_min else 'NOT met'}; goal <= {fig['inference_ratio_goal']}x "
+                         f"{'met' if ok_goal else 'not met'}")
+    return lines
+
+
+def _training_table(rows: list[dict]) -> list[str]:
+    workers = sorted({w for r in rows for w in r["data_images_per_s"]}, key=int)
+    head = (f"{'model':<22}{'input':>9}{'batch':>6}{'compute s/img':>15}{'compute img/s':>15}"
+            + "".join(f"{'data img/s w=' + w:>16}" for w in workers) + f"{'serial s/img':>14}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['model']:<22}{r['input']:>9}{r['batch']:>6}{r['compute_s_per_image']:>15.4f}"
+                     f"{r['compute_images_per_s']:>15.2f}"
+                     + "".join(f"{r['data_images_per_s'].get(w, float('nan')):>16.1f}" for w in workers)
+                     + f"{r.get('serial_s_per_image', float('nan')):>14.4f}")
+    return lines
+
+
+def _training_notes(rows: list[dict]) -> list[str]:
+    fig = ISSUE_FIGURES
+    lines = ["  (compute = train_chunk + update on prepared batches, median of the timed iterations;",
+             "   data = DataLoader over generated images with the cfg's augmentation, w = worker processes "
+             "(0: in the calling process);",
+             "   serial = compute + data loading in one process, i.e. training with workers=0)",
+             "  issue figures, seconds per image training yolov3-tiny at 416: "
+             + ", ".join(f"{k} {v}" for k, v in fig["train_s_per_image"].items())]
+    for r in rows:
+        if r["model"] == "yolov3-tiny":
+            s, minimum, goal = r["compute_s_per_image"], fig["train_s_per_image_minimum"], fig["train_s_per_image_goal"]
+            lines.append(f"  yolov3-tiny compute {s:.3f} s/image: minimum < {minimum} "
+                         f"{'met' if s < minimum else 'NOT met'}; goal <= {goal} {'met' if s <= goal else 'not met'}")
+    return lines
+
+
+def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: int = 10, threads: int = 2,
+                   train: bool = False, *, size: int = 416, warmup: int = 2, train_iterations: int = 3,
+                   loader_workers: Sequence[int] = (0, 2), json_path: str | os.PathLike | None = None,
+                   stream: IO[str] | None = None) -> dict:
+    """Run the benchmarks, print a table to `stream` (stdout) and return the figures (see module doc).
+
+    `models`: names of cfgs in cfg/ (``yolov3-tiny`` uses the reference weights when present) or .cfg paths;
+    `repeat`: timed runs per engine and model after `warmup` runs; `threads`: for both engines;
+    `train`: also time training (`train_iterations` timed iterations after one warm-up, per cfg).
+    """
+    import cv2  # noqa: PLC0415
+
+    from .network import get_threads, set_threads  # noqa: PLC0415
+
+    if repeat < 1 or threads < 1:
+        raise ValueError(f"repeat={repeat} and threads={threads} must be >= 1")
+    if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
+        raise RuntimeError("this OpenCV has no DNN module with the Darknet reader (pip install opencv-python)")
+    out = stream if stream is not None else sys.stdout
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    models = [m.strip() for m in models if m.strip()]
+    previous = (get_threads(), cv2.getNumThreads())
+    set_threads(threads)
+    cv2.setNumThreads(threads)
+    report: dict = {
+        "machine": {"cpus": os.cpu_count(), "threads": threads, "opencv": cv2.__version__,
+                    "python": sys.version.split()[0]},
+        "settings": {"repeat": repeat, "warmup": warmup, "size": size, "models": models, "train": train,
+                     "train_iterations": train_iterations},
+        "issue_figures": ISSUE_FIGURES,
+        "inference": [], "training": [],
+    }
+    try:
+        say(f"pydarknet bench: {os.cpu_count()} CPUs, {threads} threads for both engines, OpenCV {cv2.__version__}")
+        say(f"inference, batch 1 at {size}x{size}: {warmup} warm-up runs, then medians of {repeat} runs per "
+            f"engine, interleaved")
+        with tempfile.TemporaryDirectory(prefix="pydarknet-bench-") as folder:
+            for name in models:
+                model = _resolve_model(name, size, Path(folder))
+                report["inference"].append(_bench_inference(model, repeat, warmup, threads))
+        if report["inference"]:
+            say()
+            for line in _inference_table(report["inference"]) + _inference_notes(report["inference"]):
+                say(line)
+        if train:
+            say()
+            report["training"] = _training_runs(train_iterations, loader_workers, say)
+            say()
+            say(f"training on {threads} threads")
+            for line in _training_table(report["training"]) + _training_notes(report["training"]):
+                say(line)
+    finally:
+        set_threads(previous[0])
+        cv2.setNumThreads(previous[1])
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        say(f"\nwrote {json_path}")
+    return report

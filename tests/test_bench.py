@@ -1,0 +1,56 @@
+"""`pydarknet bench` on the smallest settings: both engines timed, a ratio, and the outputs agree."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):  # pragma: no cover
+    pytest.skip("this OpenCV has no DNN module with the Darknet reader", allow_module_level=True)
+
+from click.testing import CliRunner
+
+from pydarknet.bench import run_benchmarks
+from pydarknet.cli import main
+from pydarknet.network import get_threads
+
+
+def check_row(row: dict) -> None:
+    assert row["model"] == "yolov3-tiny" and row["input"] == "416x416" and row["batch"] == 1
+    assert row["weights"] in ("reference", "random")
+    assert row["pydarknet_s"] > 0 and row["opencv_s"] > 0
+    assert row["ratio"] == pytest.approx(row["pydarknet_s"] / row["opencv_s"])
+    assert row["bflops"] == pytest.approx(5.565, abs=0.01)
+    assert row["pydarknet_gflops_per_s"] == pytest.approx(row["bflops"] / row["pydarknet_s"])
+    # The two engines read the same .cfg and .weights and see the same input.
+    assert row["max_abs_diff"] is not None and row["max_abs_diff"] < 1e-3, row["max_abs_diff"]
+    assert row["raw_max_abs_diff"] < 1e-2 * max(1.0, row["raw_std"])
+
+
+def test_run_benchmarks_tiny(tmp_path):
+    before = get_threads()
+    out = io.StringIO()
+    path = tmp_path / "bench.json"
+    report = run_benchmarks(models=["yolov3-tiny"], repeat=1, threads=1, warmup=1, json_path=path, stream=out)
+    assert get_threads() == before  # the thread count is restored
+    assert len(report["inference"]) == 1 and report["training"] == []
+    check_row(report["inference"][0])
+    assert len(report["inference"][0]["pydarknet_runs_s"]) == len(report["inference"][0]["opencv_runs_s"]) == 1
+    assert json.loads(path.read_text()) == json.loads(json.dumps(report))
+    text = out.getvalue()
+    for expected in ("pydarknet s", "OpenCV s", "ratio", "GFLOP/s", "yolov3-tiny", "sanity yolov3-tiny",
+                     "0.027"):
+        assert expected in text, text
+
+
+def test_bench_command_writes_json(tmp_path):
+    path = tmp_path / "b.json"
+    result = CliRunner().invoke(main, ["bench", "--models", "yolov3-tiny", "--repeat", "1", "--threads", "1",
+                                       "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "ratio" in result.output and "OpenCV s" in result.output
+    report = json.loads(path.read_text())
+    assert report["settings"]["repeat"] == 1 and report["machine"]["threads"] == 1
+    check_row(report["inference"][0])
