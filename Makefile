@@ -1,4 +1,4 @@
-# pydarknet: builds csrc/ into pydarknet/libdarknet.so (CPU; GPU=1 adds CUDA), and runs the demo and tests.
+# pydarknet: builds csrc/ into pydarknet/libdarknet.so (CPU), and runs the demo and tests.
 #   make            the library
 #   make demo       install and run the main job (the built-in training default)
 #   make test       install and run the test suite

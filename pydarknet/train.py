@@ -328,7 +328,9 @@ def train(data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.Pat
                                 f"is {run_dir / (base + '.backup')} (lower learning_rate or raise burn_in)"
                             ) from exc
                         chunk_stats.append([s.as_dict() for s in net.yolo_stats()])
-                    lr = learning_rate(opts, iteration, rng)
+                    # Darknet's get_current_rate at update time: the chunks have already advanced `seen`,
+                    # so the step that completes iteration it uses the rate of it (steps[k] <= it).
+                    lr = learning_rate(opts, net.seen // images_per_iteration, rng)
                     net.update(lr, opts["momentum"], opts["decay"], images_per_iteration)
                     iteration = net.seen // images_per_iteration
                     loss = loss_sum / images_per_iteration
