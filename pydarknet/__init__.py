@@ -6,6 +6,8 @@ work without it.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 from .errors import CfgError, CudaError, DarknetError, ImageError, LabelError, WeightsError
 
@@ -32,6 +34,19 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
+
+
+def _callable_module(module_name: str, function_name: str) -> None:
+    """`pydarknet.train` names a module and its main function alike. Importing the module (as the CLI does)
+    makes the package attribute the module, so the module is made callable as the function."""
+    module = sys.modules[module_name]
+    function = getattr(module, function_name)
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return function(*args, **kwargs)
+
+    module.__class__ = CallableModule
 
 
 def __dir__():

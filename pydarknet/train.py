@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Augment, DataLoader, read_list
+from . import _callable_module
 from .datafile import read_data_file, read_names
 from .errors import CudaError, DarknetArithmeticError, DarknetError
 from .network import Network, set_threads
@@ -323,9 +324,12 @@ def train(data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.Pat
                         try:
                             loss_sum += net.train_chunk(x, truth)
                         except DarknetArithmeticError as exc:
+                            backup_path = run_dir / (base + ".backup")
+                            kept = (f"the last good checkpoint is {backup_path}" if backup_path.exists()
+                                    else "no checkpoint had been written yet")
                             raise TrainingDiverged(
-                                f"training diverged at iteration {iteration}: {exc}. The last good checkpoint "
-                                f"is {run_dir / (base + '.backup')} (lower learning_rate or raise burn_in)"
+                                f"training diverged at iteration {iteration}: {exc}; {kept} "
+                                f"(lower learning_rate or raise burn_in)"
                             ) from exc
                         chunk_stats.append([s.as_dict() for s in net.yolo_stats()])
                     # Darknet's get_current_rate at update time: the chunks have already advanced `seen`,
@@ -462,3 +466,6 @@ def train_default(threads: int | None = None, workers: int | None = None, cache_
     print(f"\nheld-out mAP ({len(valid_paths)} images, {time.perf_counter() - started:.0f} s in all):")
     print(format_map_table(res))
     return {"weights": str(weights), "map": res}
+
+
+_callable_module(__name__, "train")  # pydarknet.train(...) works even once this module is imported

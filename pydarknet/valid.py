@@ -20,6 +20,7 @@ import click
 import cv2
 import numpy as np
 
+from . import _callable_module
 from .datafile import read_data_file, read_names
 from .errors import CfgError
 from .eval.boxes import COCO_CATEGORY_IDS, coco_box, coco_image_id, voc_box
@@ -300,3 +301,6 @@ def valid_command(data, cfg, weights, prefix, gpu, batch):
     if result.skipped:
         message += f" ({len(result.skipped)} unreadable images skipped)"
     click.echo(message, err=True)
+
+
+_callable_module(__name__, "valid")  # pydarknet.valid(...) works even once this module is imported

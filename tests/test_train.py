@@ -31,7 +31,7 @@ from pydarknet.data import Augment, load_sample
 
 from conftest import ROOT, TINY_CFG
 
-# `import pydarknet.train` can hand back the *function* the package exports under the same name.
+# The module (`pydarknet.train` may name the function the package exports under the same name).
 tm = importlib.import_module("pydarknet.train")
 
 BATCH = 4  # TINY_CFG: batch=4, subdivisions=2
@@ -734,3 +734,17 @@ def test_train_default_small_scale(tmp_path, monkeypatch, capsys):
     again = tm.train_default(threads=2, workers=0, cache_dir=cache, progress_stream=io.StringIO())
     assert Path(again["weights"]) == final
     assert "already trained" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["train", "valid"])
+def test_package_function_is_callable_whatever_was_imported_first(name):
+    """`pydarknet.train(...)` / `pydarknet.valid(...)` must work after `import pydarknet.train` (the CLI imports
+    the module), which makes the package attribute the module: a fresh interpreter checks both orders."""
+    code = (f"import pydarknet.{name}, pydarknet, inspect\n"
+            f"f = pydarknet.{name}\n"
+            f"from pydarknet.{name} import {name} as fn\n"
+            f"assert callable(f), type(f)\n"
+            f"try:\n    f()\nexcept TypeError as e:\n    assert 'data' in str(e), e\n"
+            f"import pydarknet.{name} as m\n"
+            f"assert m.{name} is fn\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
