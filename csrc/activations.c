@@ -63,6 +63,8 @@ void activate_array(float *x, size_t n, dn_activation a)
     }
 }
 
+/* The leaky/relu selects below are vectorised only thanks to -fno-trapping-math (Makefile): as branches,
+ * mispredicted on random signs, each direction cost 8% of yolov3-tiny's training time. */
 void gradient_array(const float *y, const float *x_raw, size_t n, dn_activation a, float *delta)
 {
     switch (a) {

@@ -171,7 +171,10 @@ dn_status cfg_get_int(const cfg_file *f, cfg_section *s, const char *key, int de
     if (!parse_int(o->value, out)) {
         /* Darknet accepts "1.0" style integers in practice; take it when it is integral. */
         float x;
-        if (parse_float(o->value, &x) && x == (float)(int)x) { *out = (int)x; return DN_OK; }
+        if (parse_float(o->value, &x) && x > -2147483648.f && x < 2147483648.f && x == (float)(int)x) {
+            *out = (int)x; /* (range checked first: converting an out-of-range float to int is undefined) */
+            return DN_OK;
+        }
         return dn_fail(DN_E_CFG, "%s:%d: [%s] key '%s': '%s' is not an integer", f->path, o->line, s->name, key,
                        o->value);
     }

@@ -36,7 +36,8 @@ DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, i
                      major, minor, version[2]);
         goto done;
     }
-    if (major * 10 + minor >= 2 && major < 1000 && minor < 1000) {
+    /* Bounds first: major * 10 overflows an int for major > 214748364 (a corrupt header). */
+    if (major < 1000 && minor < 1000 && major * 10 + minor >= 2) {
         if (fread(&seen, sizeof(uint64_t), 1, fp) != 1) {
             st = dn_fail(DN_E_WEIGHTS, "%s: bad header: the file ends inside the 64-bit 'seen' field", path);
             goto done;

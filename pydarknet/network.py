@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ._ffi import check, ffi, lib
+from .errors import DarknetValueError
 
 __all__ = ["Network", "LayerInfo", "YoloStats", "set_threads", "get_threads"]
 
@@ -292,8 +293,22 @@ class Network:
             ffi.memmove(lib.dn_network_params(self._handle()), ffi.from_buffer(values), values.nbytes)
 
     # ---- shapes ---------------------------------------------------------------------------------------
+    def _total_stride(self) -> int:
+        """How much the network downsamples its input (32 for YOLOv3): the input size over the coarsest
+        [yolo] grid (or coarsest layer output without [yolo]); 1 when that is not a whole number."""
+        layers = self.yolo_layers or self._layers
+        strides = []
+        for size, k in ((self.width, 0), (self.height, 1)):
+            coarsest = min(l.output_shape[k] for l in layers)
+            strides.append(size // coarsest if coarsest and size % coarsest == 0 else 1)
+        return min(strides)
+
     def resize(self, width: int, height: int) -> None:
-        """Change the input size (a multiple of 32 for YOLO networks)."""
+        """Change the input size: a multiple of the network's total stride (32 for YOLOv3)."""
+        stride = self._total_stride()
+        if int(width) % stride or int(height) % stride:
+            raise DarknetValueError(f"cannot resize to {int(width)} x {int(height)}: width and height must each be "
+                                    f"a multiple of {stride}, the network's total stride")
         with self._lock:
             check(lib.dn_network_resize(self._handle(), int(width), int(height)))
         self._refresh_layers()
@@ -335,6 +350,8 @@ class Network:
         """Inference forward; returns every [yolo] layer's output (n, anchors*(5+classes), h, w)."""
         with self._lock:
             x = self._input(x)
+            if not np.isfinite(x).all():
+                raise ValueError("input contains NaN or infinity")
             check(lib.dn_network_forward(self._handle(), ffi.from_buffer("float[]", x), x.shape[0]))
             return [self.layer_output(i, x.shape[0]) for i in self._yolo_indices]
 
