@@ -26,7 +26,7 @@ from .datafile import read_data_file, read_names
 from .errors import CfgError
 from .eval.boxes import METRICS, coco_image_id
 from .eval.coco import coco_map_txt_row, evaluate_coco, load_coco_gt
-from .eval.listeval import evaluate_list, voc_annotation_path, voc_year_of
+from .eval.listeval import evaluate_list, voc_rules
 from .eval.result import format_voc_report, map_txt_row
 
 __all__ = ["Checkpoint", "MAP_FILE", "LOCK_FILE", "find_checkpoints", "folder_lock", "read_map_file", "run_all_map"]
@@ -125,10 +125,7 @@ class _Evaluator:
         if style == "voc":
             # VOC XML beside the images keeps difficult flags (the reference evaluated with the devkit XML);
             # otherwise the Darknet labels are the ground truth. The VOC year picks the AP rule.
-            has_xml = bool(self.image_paths) and all(voc_annotation_path(p).is_file() for p in self.image_paths)
-            self.truth = "voc" if has_xml else "labels"
-            year = voc_year_of(self.image_paths[0]) if self.image_paths else None
-            self.use_07_metric = year is not None and year < 2010
+            self.truth, self.use_07_metric = voc_rules(self.image_paths)
         else:
             if gt is None:
                 raise ValueError("COCO evaluation needs the ground-truth annotations (--gt)")

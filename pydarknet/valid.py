@@ -170,18 +170,26 @@ def valid(
         if len(category_ids) < len(names):
             raise CfgError(f"{data}: {len(names)} classes but only {len(category_ids)} COCO category ids")
         for path in image_paths:  # fail before detecting anything, not halfway through
-            coco_image_id(path)
+            try:
+                coco_image_id(path)
+            except ValueError as exc:  # a user's data error: CfgError prints without a traceback
+                raise CfgError(f"{data}: eval=coco: {exc}") from None
 
     own_detector = detector is None
     if own_detector:
         detector = _open_detector(cfg, weights, names, batch, gpu)
     try:
         names = _names_for(detector, names, data)
-        return write_results(detector, image_paths, output_dir, style, names, category_ids,
-                             batch=batch, progress=progress)
+        result = write_results(detector, image_paths, output_dir, style, names, category_ids,
+                               batch=batch, progress=progress)
     finally:
         if own_detector:
             detector.close()
+    # Logged, not printed, so that both `valid` and Darknet's `detector valid` show it (and a library caller
+    # decides with logging whether to see it).
+    log.info("valid: %d images, results in %s%s", result.images, output_dir,
+             f" ({len(result.skipped)} unreadable images skipped)" if result.skipped else "")
+    return result
 
 
 def write_results(
@@ -295,12 +303,7 @@ def valid_command(data, cfg, weights, prefix, gpu, batch):
     """Detect every image of the valid list of DATA (thresh .005) and write VOC or COCO result files."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    result = valid(data, cfg, weights, prefix, batch=batch, gpu=gpu)
-    where = result.outputs[0].parent if result.outputs else prefix
-    message = f"valid: {result.images} images, results in {where}"
-    if result.skipped:
-        message += f" ({len(result.skipped)} unreadable images skipped)"
-    click.echo(message, err=True)
+    valid(data, cfg, weights, prefix, batch=batch, gpu=gpu)  # logs where the results went
 
 
 _callable_module(__name__, "valid")  # pydarknet.valid(...) works even once this module is imported

@@ -12,7 +12,8 @@ from pathlib import Path
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", help="folder holding comp4_det_test_<class>.txt (valid's -prefix)")
-    parser.add_argument("--voc_dir", default="data/voc/VOCdevkit", help="VOCdevkit folder (default: %(default)s)")
+    parser.add_argument("--voc_dir", default="VOCdevkit",
+                        help="VOCdevkit folder (default: %(default)s, where voc_label.py and cfg/voc.data expect it)")
     parser.add_argument("--year", default="2007", help="VOC year (default: %(default)s)")
     parser.add_argument("--image_set", default="test", help="image set name (default: %(default)s)")
     parser.add_argument("--classes", default=None,

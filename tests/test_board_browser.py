@@ -1,8 +1,9 @@
 """Darkboard in a real browser: headless Chromium driven by Selenium (chromedriver).
 
 Needs /usr/bin/chromium and /usr/bin/chromedriver (``scripts/install_browser.sh``) and the ``selenium`` package;
-skips with the reason otherwise. A screenshot of the dashboard is written into the test's tmp dir and to
-``$PYDARKNET_SCREENSHOT_DIR/board-screenshot.png`` (default ``/tmp/pydarknet-board-screenshot.png``).
+skips with the reason otherwise. A screenshot of the dashboard (fixture runs, after a live append and a new run)
+is written into the test's tmp dir and copied to ``$PYDARKNET_SCREENSHOT_DIR/darkboard.png``, by default
+``build/screenshots/darkboard.png`` in the checkout (``build/`` is git-ignored), where it survives the run.
 """
 import os
 import shutil
@@ -31,9 +32,12 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def stable_screenshot_path() -> Path:
     folder = os.environ.get("PYDARKNET_SCREENSHOT_DIR")
-    return Path(folder) / "board-screenshot.png" if folder else Path("/tmp/pydarknet-board-screenshot.png")
+    return (Path(folder) if folder else REPO / "build" / "screenshots") / "darkboard.png"
 
 
 @pytest.fixture
@@ -143,12 +147,12 @@ def test_dashboard_renders_updates_hides(board, browser, tmp_path):
     write_metrics_run(root / "late-run", range(1, 50))
     wait(browser, lambda d: "late-run" in legend_text(d), message="new run did not appear")
 
-    shot = tmp_path / "board-screenshot.png"
-    browser.save_screenshot(str(shot))
+    shot = tmp_path / "darkboard.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     stable = stable_screenshot_path()
     stable.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shot, stable)
-    assert shot.stat().st_size > 20_000
 
     # hide: the button writes _HIDE, the run leaves the charts and moves to the hidden list
     click(browser, '#runs li.run[data-run="yolov3-mse"] button.hide')

@@ -1,6 +1,7 @@
 """Darkboard over HTTP on 127.0.0.1: ingestion safety, hiding, and MetricsSender delivery through outages."""
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -171,6 +172,7 @@ def test_oversized_body_sent_refused(tmp_path):
     json.dumps(batch(metrics=[{"iteration": 1}, "text"])).encode(),
     json.dumps(batch(metrics={"iteration": 1})).encode(),
     json.dumps(batch(maps=["iou,100,zero"])).encode(),
+    json.dumps(batch(maps=["iou,100,inf,0.5"])).encode(),
     json.dumps(batch(maps=["iou,100,0.5\niou,200,0.6"])).encode(),
     json.dumps(batch(logs=["A0.5,BATCH,1,2"])).encode(),
     json.dumps(batch(logs=[42])).encode(),
@@ -183,6 +185,14 @@ def test_bad_batches_get_4xx_and_store_nothing(board, body):
     assert 400 <= status < 500 and reply.get("error")
     assert list(board.board.root.iterdir()) == []
     assert alive(board)
+
+
+def test_undefined_map_row_is_accepted(board):
+    # "nan" is what an evaluation without any ground truth writes; refusing it would drop the whole batch
+    # (and the metrics in it) although the trainer's own map.txt has the same row.
+    row = "iou,100," + ",".join(["nan"] * 11)
+    status, _ = request(board.url + "/api/ingest", batch(metrics=[{"iteration": 1}], maps=[row]))
+    assert status == 200 and lines(board.board.root / "exp" / "r1" / "map.txt") == [row]
 
 
 def test_mixed_batch_is_all_or_nothing(board):
@@ -368,3 +378,43 @@ def test_sender_default_spool_dir(monkeypatch, tmp_path):
     sender.send_metrics({"iteration": 1})
     assert sender.close(timeout=0.3) is False  # nobody listens: kept for the next sender
     assert '"iteration":1' in sender.spool_path.read_text()
+
+
+# ----- training -> board, end to end ---------------------------------------------------------------------------
+def test_training_sends_its_logs_and_map_to_a_board(board, tmp_path):
+    """`train --log-url --log-token` (the CLI, hence the Python API under it): the board ends up with the same
+    metrics, log.csv and map.txt rows as the run folder, and training still writes its own chart.png."""
+    from board_fixtures.training import write_training_set
+
+    data, cfg = write_training_set(tmp_path / "ds", prefix="remote-run")
+    env = {**os.environ, "PYDARKNET_SPOOL_DIR": str(tmp_path / "spool")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pydarknet", "train", str(data), str(cfg), "--max-batches", "3", "--map",
+         "--map-every", "2", "--workers", "0", "--threads", "1", "--seed", "1",
+         "--log-url", board.url, "--log-token", TOKEN],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    local = tmp_path / "ds" / "backup" / "remote-run"
+    remote = board.board.root / "remote-run"
+    as_objects = lambda path: [json.loads(line) for line in lines(path)]  # noqa: E731
+    assert [o["iteration"] for o in as_objects(remote / "metrics.jsonl")] == [1, 2, 3]
+    assert as_objects(remote / "metrics.jsonl") == as_objects(local / "metrics.jsonl")
+    assert lines(remote / "log.csv") == lines(local / "log.csv") and len(lines(local / "log.csv")) == 3
+    # mAP at iteration 2 (--map-every 2) and of the final weights (--map), both metrics, printed too.
+    assert [row.split(",")[:2] for row in lines(local / "map.txt")] == [
+        ["iou", "2"], ["giou", "2"], ["iou", "final"], ["giou", "final"]]
+    assert lines(remote / "map.txt") == lines(local / "map.txt")
+    assert "mAP@.50" in result.stderr + result.stdout
+    assert (local / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "spool" / "remote-run.spool.jsonl").read_bytes() == b""  # all delivered
+    # ... and the dashboard shows it like a local run.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = request(board.url + "/api/state")[1]
+        series = state["series"].get("remote-run")
+        if series and series["points"] == 3 and sorted(series["map"]) == ["giou", "iou"]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the board did not pick up the run: {state['runs']}")
+

@@ -147,6 +147,20 @@ def test_map_txt_voc_and_coco(tmp_path):
     assert parse_map_line("giou,final,0.1,0.2") == ("giou", "final", [0.1, 0.2])
     with pytest.raises(ValueError):
         parse_map_line("iou,abc,0.5")
+    with pytest.raises(ValueError):
+        parse_map_line("iou,5,inf,0.5")
+
+
+def test_map_txt_nan_row_is_charted_as_a_gap(tmp_path):
+    # An evaluation of a valid list without any ground truth writes "nan" (mAP undefined): kept as a gap
+    # (null in the JSON), never as an invalid NaN token.
+    write_metrics_run(tmp_path / "r", range(1, 301))
+    (tmp_path / "r" / "map.txt").write_text("iou,100,nan," + ",".join(["nan"] * 10) + "\n"
+                                            "iou,200,0.3,0.5,0.45,0.4,0.35,0.3,0.25,0.2,0.15,0.1,0.05\n")
+    run = read_all(Run("r", tmp_path / "r"))
+    m = run.map_points()["iou"]
+    assert m["ids"] == [100, 200] and m["mean"] == [None, 0.3] and m["m50"] == [None, 0.5]
+    json.dumps(run.display_series(), allow_nan=False)
 
 
 def test_downsample_bucket_means():

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,91 @@ def test_build_run_copies_and_renames(tmp_path):
     missing = run(["bash", SCRIPTS / "build_run.sh", "nope", "x"], env=env)
     assert missing.returncode != 0 and "no such run" in missing.stderr
     assert not list(runs.glob(".build_run.*"))
+
+
+# --- package_libs.sh --------------------------------------------------------------------------------------
+
+SYSTEM_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/")
+
+
+def test_package_libs_copies_the_library_and_its_non_system_dependencies(tmp_path):
+    lib = ROOT / "pydarknet" / "libdarknet.so"
+    if not lib.is_file() or shutil.which("ldd") is None:
+        pytest.skip("needs a built pydarknet/libdarknet.so (make) and ldd")
+    dest = tmp_path / "shared" / "lib"
+    env = {k: v for k, v in os.environ.items() if k != "PYDARKNET_LIBRARY"}
+    result = run(["bash", SCRIPTS / "package_libs.sh", dest], env=env)
+    assert result.returncode == 0, result.stderr
+    # What ldd resolves outside the system folders travels along; the system's libraries (libc, libm, ...) do not.
+    needed = {}
+    for line in run(["ldd", lib]).stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[1] == "=>" and fields[2].startswith("/"):
+            needed[fields[0]] = fields[2]
+    expected = {name for name, path in needed.items() if not path.startswith(SYSTEM_DIRS)}
+    assert {p.name for p in dest.iterdir()} == {"libdarknet.so", *expected}
+    for name in expected:
+        assert (dest / name).stat().st_size == Path(needed[name]).resolve().stat().st_size
+    # The copy is the one loaded when pointed at (what --lib_folder does).
+    probe = run([sys.executable, "-c", "import pydarknet._ffi, sys; sys.stdout.write(open('/proc/self/maps').read())"],
+                env={**env, "PYDARKNET_LIBRARY": str(dest / "libdarknet.so")}, cwd=ROOT)
+    assert probe.returncode == 0, probe.stderr
+    assert str(dest / "libdarknet.so") in probe.stdout
+    again = run(["bash", SCRIPTS / "package_libs.sh", dest], env=env)  # refreshing a packaged folder works
+    assert again.returncode == 0, again.stderr
+
+
+# --- get_2017_coco_dataset.sh ------------------------------------------------------------------------------
+
+FAKE_CURL = """#!/bin/bash
+# Stands in for curl: serves files from $FAKE_SITE by the URL's base name and records each call.
+while [ $# -gt 1 ]; do
+    case $1 in -o) out=$2; shift 2 ;; *) shift ;; esac
+done
+echo "$1" >> "$FAKE_SITE/calls"
+cp "$FAKE_SITE/$(basename "$1")" "$out"
+"""
+
+
+def test_get_2017_coco_dataset_unpacks_and_writes_lists(tmp_path):
+    import zipfile
+
+    if shutil.which("unzip") is None:
+        pytest.skip("needs unzip")
+    site, bin_dir = tmp_path / "site", tmp_path / "bin"
+    site.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(FAKE_CURL)
+    (bin_dir / "curl").chmod(0o755)
+    for part, image_id in (("train2017", 9), ("val2017", 42)):
+        with zipfile.ZipFile(site / f"{part}.zip", "w") as z:
+            z.writestr(f"{part}/{image_id:012d}.jpg", b"jpeg bytes")
+    with zipfile.ZipFile(site / "annotations_trainval2017.zip", "w") as z:
+        for part, image_id in (("train2017", 9), ("val2017", 42)):
+            z.writestr(f"annotations/instances_{part}.json", json.dumps({
+                "images": [{"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 100, "height": 50}],
+                "annotations": [{"id": 1, "image_id": image_id, "category_id": 18, "bbox": [10, 5, 20, 10],
+                                 "iscrowd": 0}],
+                "categories": []}))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SITE": str(site),
+           "PYTHON": sys.executable}
+    dest = tmp_path / "data" / "coco"
+    result = run(["bash", SCRIPTS / "get_2017_coco_dataset.sh", dest], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (site / "calls").read_text().splitlines() == [
+        "http://images.cocodataset.org/zips/train2017.zip", "http://images.cocodataset.org/zips/val2017.zip",
+        "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"]
+    image = dest.resolve() / "images" / "val2017" / "000000000042.jpg"
+    assert image.read_bytes() == b"jpeg bytes"
+    assert (dest / "val2017.txt").read_text().splitlines() == [str(image)]
+    # Darknet finds the label by replacing images/ with labels/: dog (class 16), centre (20, 10) of 100x50.
+    label = (dest / "labels" / "val2017" / "000000000042.txt").read_text().split()
+    assert label[0] == "16"
+    np.testing.assert_allclose([float(v) for v in label[1:]], [0.2, 0.2, 0.2, 0.2])
+    assert (dest / "train2017.txt").read_text().strip().endswith("000000000009.jpg")
+    again = run(["bash", SCRIPTS / "get_2017_coco_dataset.sh", dest], env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len((site / "calls").read_text().splitlines()) == 3  # finished downloads are not fetched again
 
 
 # --- label converters -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from click.testing import CliRunner  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from pydarknet.allmap import LOCK_FILE, folder_lock, run_all_map  # noqa: E402
-from pydarknet.eval.listeval import evaluate_list  # noqa: E402
+from pydarknet.eval.listeval import evaluate_list, voc_rules  # noqa: E402
 from pydarknet.eval.voc import voc_eval  # noqa: E402
 from pydarknet.network import Network  # noqa: E402
 from pydarknet.valid import valid, valid_command  # noqa: E402
@@ -404,6 +404,22 @@ def test_coco_all_map_script(dataset, tmp_path):
     summary = (dataset["backup"] / "200-iou.txt").read_text().splitlines()
     assert len(summary) == 12 and summary[0].startswith(" Average Precision")
 
+    # The next cron tick picks up what --max_runs left; the one after that has nothing to do.
+    args = ["--data_file", dataset["coco_data"], "--cfg_file", dataset["cfg"], "--weights_folder", dataset["backup"],
+            "--gt", gt]
+    second = run_script("coco_all_map.py", *args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "evaluating tiny_100.weights" in second.stdout and "tiny_200" not in second.stdout
+    done = (dataset["backup"] / "map.txt").read_text()
+    assert [row.split(",")[1] for row in done.splitlines()] == ["final", "final", "200", "200", "100", "100"]
+    third = run_script("coco_all_map.py", *args)
+    assert third.returncode == 0 and "evaluating" not in third.stdout
+    assert (dataset["backup"] / "map.txt").read_text() == done
+    # A corrupt checkpoint fails the run loudly (exit 1, the file named), as in the VOC evaluator.
+    (dataset["backup"] / "tiny_300.weights").write_bytes(b"\x00" * 7)
+    broken = run_script("coco_all_map.py", *args)
+    assert broken.returncode == 1 and "error:" in broken.stdout and "tiny_300.weights" in broken.stdout
+
 
 def test_command_lines(dataset, tmp_path):
     """Both spellings on the real command line: the modern `valid` and Darknet's `detector valid`."""
@@ -418,6 +434,36 @@ def test_command_lines(dataset, tmp_path):
     for name in NAMES:
         first = (tmp_path / "a" / f"comp4_det_test_{name}.txt").read_text()
         assert first and first == (tmp_path / "b" / f"comp4_det_test_{name}.txt").read_text()
+
+
+def test_valid_cli_reports_a_bad_coco_image_name_without_traceback(dataset, tmp_path):
+    with open(dataset["root"] / "valid.txt", "a") as f:
+        f.write(f"{dataset['root'] / 'data' / 'images' / 'no_number.png'}\n")
+    result = subprocess.run([sys.executable, "-m", "pydarknet", "detector", "valid", str(dataset["coco_data"]),
+                             str(dataset["cfg"]), str(dataset["weights"][100]), "-prefix", str(tmp_path / "c")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 1
+    assert "Error:" in result.stderr and "no_number.png" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_valid_logs_where_the_results_went(dataset, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pydarknet.valid"):
+        valid(dataset["voc_data"], dataset["cfg"], dataset["weights"][100], prefix=tmp_path / "out")
+    assert any(f"valid: {len(IMAGES)} images, results in {tmp_path / 'out'}" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_voc_rules(tmp_path):
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "Annotations").mkdir()
+    images = [str(voc / "JPEGImages" / f"00000{i}.jpg") for i in (1, 2)]
+    (voc / "Annotations" / "000001.xml").write_text("<annotation/>")
+    assert voc_rules(images) == ("labels", True)  # one image without XML: the labels are the ground truth
+    (voc / "Annotations" / "000002.xml").write_text("<annotation/>")
+    assert voc_rules(images) == ("voc", True)  # VOC2007: the 11-point rule
+    assert voc_rules([p.replace("VOC2007", "VOC2012") for p in images]) == ("labels", False)
+    assert voc_rules([]) == ("labels", False)
 
 
 def test_valid_rejects_bad_setups_before_detecting(dataset, tmp_path):

@@ -123,12 +123,14 @@ def render_chart(series: list[Series], title: str = "", xlabel: str = "iteration
 
     # data, clipped to the plot area
     plot = img[top: top + ph + 1, left: left + pw + 1]
+    drawn = []  # pixel positions of the data (plot coordinates), to keep the legend off it
     for s, x in zip(series, xs):
         y = np.asarray(s.y, float)
         lo, hi = (r0, r1) if s.right_axis else (y0, y1)
         X = px(x, x0, x1, pw, 0)
         Y = px(y, lo, hi, ph, 0, flip=True)
         ok = np.isfinite(X) & np.isfinite(Y)
+        drawn.append(np.stack([X[ok], Y[ok]], axis=1))
         color = _bgr(s.color)
         if s.points:
             for a, b in zip(X[ok], Y[ok]):
@@ -146,12 +148,22 @@ def render_chart(series: list[Series], title: str = "", xlabel: str = "iteration
             elif len(chunk) == 1:
                 cv2.circle(plot, (int(round(X[chunk[0]])), int(round(Y[chunk[0]]))), 2, color, -1)
 
-    # legend (top right inside the plot)
+    # legend: inside the plot, in the corner that hides the fewest data points (top right on a tie)
     labels = [s for s in series if s.label]
     if labels:
         lw = max(cv2.getTextSize(s.label, _FONT, 0.45, 1)[0][0] for s in labels) + 40
-        lx, ly = left + pw - lw - 10, top + 10
-        box = img[ly: ly + 20 * len(labels) + 6, lx: lx + lw]
+        lh = 20 * len(labels) + 6
+        points = np.concatenate(drawn) if drawn else np.zeros((0, 2))
+        corners = [(pw - lw - 10, 10), (10, 10), (pw - lw - 10, ph - lh - 10), (10, ph - lh - 10)]
+
+        def hidden(corner):
+            cx, cy = corner
+            return int(np.count_nonzero((points[:, 0] >= cx - 6) & (points[:, 0] <= cx + lw + 6)
+                                        & (points[:, 1] >= cy - 6) & (points[:, 1] <= cy + lh + 6)))
+
+        cx, cy = min(corners, key=hidden)
+        lx, ly = left + max(cx, 0), top + max(cy, 0)
+        box = img[ly: ly + lh, lx: lx + lw]
         box[:] = (0.15 * box + 0.85 * 255).astype(np.uint8)
         for i, s in enumerate(labels):
             yy = ly + 16 + 20 * i

@@ -237,7 +237,8 @@ class _LogCsvParser:
 
 
 def parse_map_line(line: str) -> tuple[str, int | str, list[float]]:
-    """``metric,id,mean,m50,...`` -> ``(metric, id, values)``; id is an int or ``"final"``."""
+    """``metric,id,mean,m50,...`` -> ``(metric, id, values)``; id is an int or ``"final"``. A value may be
+    ``nan``: what the evaluators write when the valid list has no ground truth at all (mAP undefined)."""
     parts = line.strip().split(",")
     if len(parts) < 3 or not re.fullmatch(r"[A-Za-z0-9_]+", parts[0]):
         raise ValueError("expected metric,id,value,...")
@@ -245,8 +246,8 @@ def parse_map_line(line: str) -> tuple[str, int | str, list[float]]:
     if ident != "final":
         ident = int(ident)
     values = [float(v) for v in parts[2:]]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("non-finite mAP value")
+    if any(math.isinf(v) for v in values):
+        raise ValueError("infinite mAP value")
     return parts[0], ident, values
 
 
@@ -468,7 +469,8 @@ class Run:
             if "final" in rows:
                 end = max(last_it, float(self.max_batches or 0))
                 xs.append(max(end, xs[-1] + 1 if xs else 1.0))
-            pick = lambda i: [rows[k][i] if len(rows[k]) > i else None for k in ids]  # noqa: E731
+            pick = lambda i: [rows[k][i] if len(rows[k]) > i and math.isfinite(rows[k][i]) else None  # noqa: E731
+                              for k in ids]
             out[metric] = {"x": xs, "ids": ids, "mean": pick(0), "m50": pick(1), "m75": pick(6)}
         return out
 

@@ -19,7 +19,7 @@ from .boxes import METRICS, voc_box
 from .result import THRESHOLDS, MapResult
 from .voc import Detections, ImageTruth, evaluate_detections, parse_voc_xml
 
-__all__ = ["evaluate_list", "labels_to_voc_boxes", "voc_annotation_path", "voc_year_of"]
+__all__ = ["evaluate_list", "labels_to_voc_boxes", "voc_annotation_path", "voc_rules", "voc_year_of"]
 
 
 def labels_to_voc_boxes(labels: np.ndarray, image_width: int, image_height: int) -> np.ndarray:
@@ -50,6 +50,17 @@ def voc_year_of(image_path: str | os.PathLike) -> int | None:
     """The year of the ``VOC<year>`` folder an image lives in, if any."""
     match = _VOC_YEAR.search(os.fspath(image_path))
     return int(match.group(1)) if match else None
+
+
+def voc_rules(image_paths: Sequence[str]) -> tuple[str, bool]:
+    """``(truth, use_07_metric)`` for a VOC-rule evaluation of ``image_paths``, the choice the all-checkpoints
+    evaluator makes (pass both to :func:`evaluate_list`, with ``class_names``, so that ``train --map`` and
+    ``voc_all_map.py`` write comparable ``map.txt`` rows): VOC XML beside the images when every image has one
+    (difficult flags kept, as the devkit evaluates), else the Darknet labels; the 11-point rule when the
+    images live in a ``VOC<year>`` folder with year < 2010, the area rule otherwise."""
+    has_xml = bool(image_paths) and all(voc_annotation_path(p).is_file() for p in image_paths)
+    year = voc_year_of(image_paths[0]) if image_paths else None
+    return ("voc" if has_xml else "labels"), (year is not None and year < 2010)
 
 
 def evaluate_list(
