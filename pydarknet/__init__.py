@@ -32,6 +32,10 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'pydarknet' has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
+    if name in ("train", "valid"):
+        # the module itself, made callable as the function (see _callable_module), so that
+        # `import pydarknet.valid as m` still gives the module whichever was touched first
+        value = sys.modules[f"{__name__}.{name}"]
     globals()[name] = value
     return value
 
