@@ -165,12 +165,21 @@ void col2im_add(const float *col, int channels, int height, int width, int ksize
         for (int ky = 0; ky < ksize; ky++) {
             for (int kx = 0; kx < ksize; kx++) {
                 const float *src = col + ((size_t)(c * ksize + ky) * ksize + kx) * oh * ow;
+                /* Output columns whose image column lies inside: x in [x0, x1), so the loop needs no test. */
+                const int x0 = pad - kx > 0 ? (pad - kx + stride - 1) / stride : 0;
+                int x1 = (width - 1 + pad - kx) / stride + 1;
+                if (width - 1 + pad - kx < 0) x1 = 0;
+                if (x1 > ow) x1 = ow;
                 for (int y = 0; y < oh; y++) {
                     const int iy = y * stride - pad + ky;
                     if (iy < 0 || iy >= height) continue;
-                    for (int x = 0; x < ow; x++) {
-                        const int ix = x * stride - pad + kx;
-                        if (ix >= 0 && ix < width) dst[(size_t)iy * width + ix] += src[(size_t)y * ow + x];
+                    float *row = dst + (size_t)iy * width;
+                    const float *s = src + (size_t)y * ow;
+                    const int shift = kx - pad;
+                    if (stride == 1) {
+                        for (int x = x0; x < x1; x++) row[x + shift] += s[x];
+                    } else {
+                        for (int x = x0; x < x1; x++) row[x * stride + shift] += s[x];
                     }
                 }
             }

@@ -168,26 +168,36 @@ static void conv_forward(dn_layer *l, dn_network *net, const float *in, int batc
     const int f = l->filters;
     const size_t spatial = (size_t)l->out_w * l->out_h;
     if (!net->train && conv_forward_fast(l, net, &v, in, batch) == 0) return;
-    for (int b = 0; b < batch; b++) convolve(l, net, v.weights, in + (size_t)b * l->inputs, l->output + b * l->outputs);
+    const int bn_train = p->batch_normalize && net->train;
+    /* With batch norm in training the convolution goes straight into x, which backward needs anyway. */
+    float *conv_out = bn_train ? p->x : l->output;
+    for (int b = 0; b < batch; b++) convolve(l, net, v.weights, in + (size_t)b * l->inputs, conv_out + b * l->outputs);
 
     const size_t total = (size_t)batch * l->outputs;
-    if (p->batch_normalize && net->train) {
-        /* Batch statistics (Darknet: unbiased variance), rolling averages .99/.01. */
-        memcpy(p->x, l->output, sizeof(float) * total);
+    if (bn_train) {
+        /* Batch statistics (Darknet: unbiased variance), rolling averages .99/.01. Each image's row is summed
+         * in float (vectorised), the rows in double. */
         const double count = (double)batch * spatial;
 #pragma omp parallel for schedule(static)
         for (int c = 0; c < f; c++) {
             double sum = 0, sq = 0;
             for (int b = 0; b < batch; b++) {
-                const float *x = l->output + b * l->outputs + c * spatial;
-                for (size_t i = 0; i < spatial; i++) sum += x[i];
+                const float *x = p->x + b * l->outputs + c * spatial;
+                float row = 0;
+#pragma omp simd reduction(+:row)
+                for (size_t i = 0; i < spatial; i++) row += x[i];
+                sum += row;
             }
-            double mean = sum / count;
+            const double mean = sum / count;
+            const float mean_f = (float)mean;
             for (int b = 0; b < batch; b++) {
-                const float *x = l->output + b * l->outputs + c * spatial;
-                for (size_t i = 0; i < spatial; i++) sq += (x[i] - mean) * (x[i] - mean);
+                const float *x = p->x + b * l->outputs + c * spatial;
+                float row = 0;
+#pragma omp simd reduction(+:row)
+                for (size_t i = 0; i < spatial; i++) row += (x[i] - mean_f) * (x[i] - mean_f);
+                sq += row;
             }
-            p->mean[c] = (float)mean;
+            p->mean[c] = mean_f;
             p->variance[c] = count > 1 ? (float)(sq / (count - 1)) : 0.f;
         }
         if (net->update_rolling) {
@@ -199,12 +209,14 @@ static void conv_forward(dn_layer *l, dn_network *net, const float *in, int batc
 #pragma omp parallel for collapse(2) schedule(static)
         for (int b = 0; b < batch; b++) {
             for (int c = 0; c < f; c++) {
-                float *x = l->output + b * l->outputs + c * spatial;
+                const float *x = p->x + b * l->outputs + c * spatial;
+                float *out = l->output + b * l->outputs + c * spatial;
                 float *xn = p->x_norm + b * l->outputs + c * spatial;
                 const float inv = 1.f / (sqrtf(p->variance[c]) + BN_EPS);
+                const float mean = p->mean[c], scale = v.scales[c], bias = v.biases[c];
                 for (size_t i = 0; i < spatial; i++) {
-                    xn[i] = (x[i] - p->mean[c]) * inv;
-                    x[i] = xn[i] * v.scales[c] + v.biases[c];
+                    xn[i] = (x[i] - mean) * inv;
+                    out[i] = xn[i] * scale + bias;
                 }
             }
         }
@@ -236,11 +248,15 @@ static void conv_backward(dn_layer *l, dn_network *net, const float *in, float *
     const size_t total = (size_t)batch * l->outputs;
     gradient_array(l->output, p->raw, total, p->activation, l->delta);
 
+#pragma omp parallel for schedule(static)
     for (int c = 0; c < f; c++) {
         double sum = 0;
         for (int b = 0; b < batch; b++) {
             const float *d = l->delta + b * l->outputs + c * spatial;
-            for (size_t i = 0; i < spatial; i++) sum += d[i];
+            float row = 0;
+#pragma omp simd reduction(+:row)
+            for (size_t i = 0; i < spatial; i++) row += d[i];
+            sum += row;
         }
         v.bias_updates[c] += (float)sum;
     }
@@ -248,30 +264,37 @@ static void conv_backward(dn_layer *l, dn_network *net, const float *in, float *
         const double count = (double)batch * spatial;
 #pragma omp parallel for schedule(static)
         for (int c = 0; c < f; c++) {
-            /* d(out)/d(x_norm) = scale; then through x_norm = (x - mean) / (sqrt(var) + eps). */
+            /* d(out)/d(x_norm) = scale; then through x_norm = (x - mean) / (sqrt(var) + eps). Rows are summed
+             * in float (vectorised), the rows in double. */
             double dscale = 0, sum_g = 0, sum_gx = 0;
             const float sigma = sqrtf(p->variance[c]);
             const float s = sigma + BN_EPS;
+            const float scale = v.scales[c], mean = p->mean[c];
             for (int b = 0; b < batch; b++) {
                 float *d = l->delta + b * l->outputs + c * spatial;
                 const float *xn = p->x_norm + b * l->outputs + c * spatial;
                 const float *x = p->x + b * l->outputs + c * spatial;
+                float r_scale = 0, r_g = 0, r_gx = 0;
+#pragma omp simd reduction(+:r_scale, r_g, r_gx)
                 for (size_t i = 0; i < spatial; i++) {
-                    dscale += (double)d[i] * xn[i];
-                    d[i] *= v.scales[c];
-                    sum_g += d[i];
-                    sum_gx += (double)d[i] * (x[i] - p->mean[c]);
+                    r_scale += d[i] * xn[i];
+                    const float g = d[i] * scale;
+                    d[i] = g;
+                    r_g += g;
+                    r_gx += g * (x[i] - mean);
                 }
+                dscale += r_scale;
+                sum_g += r_g;
+                sum_gx += r_gx;
             }
             v.scale_updates[c] += (float)dscale;
-            const double mean_g = sum_g / count;
             const double dsigma = -sum_gx / ((double)s * s);
-            const double k = (sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0;
+            const float mean_g = (float)(sum_g / count), inv_s = 1.f / s;
+            const float k = (float)((sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0);
             for (int b = 0; b < batch; b++) {
                 float *d = l->delta + b * l->outputs + c * spatial;
                 const float *x = p->x + b * l->outputs + c * spatial;
-                for (size_t i = 0; i < spatial; i++)
-                    d[i] = (float)((d[i] - mean_g) / s + k * (x[i] - p->mean[c]));
+                for (size_t i = 0; i < spatial; i++) d[i] = (d[i] - mean_g) * inv_s + k * (x[i] - mean);
             }
         }
     }

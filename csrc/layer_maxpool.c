@@ -36,27 +36,57 @@ static dn_status maxpool_reshape(dn_layer *l, dn_network *net)
     return DN_OK;
 }
 
+/* First output index whose window starts at or after 0, and one past the last whose window ends inside n. */
+static void inner_range(int offset, int stride, int size, int n, int out_n, int *lo, int *hi)
+{
+    int a = offset < 0 ? (-offset + stride - 1) / stride : 0;
+    int b = n - size - offset >= 0 ? (n - size - offset) / stride + 1 : 0;
+    if (b > out_n) b = out_n;
+    if (a > b) a = b;
+    *lo = a;
+    *hi = b;
+}
+
 static void maxpool_forward(dn_layer *l, dn_network *net, const float *in, int batch)
 {
     maxpool_priv *p = l->priv;
     const int offset = -p->padding / 2;
     int *argmax = net->train ? p->argmax : NULL;
+    int y_lo, y_hi, x_lo, x_hi;
+    inner_range(offset, l->stride, l->size, l->h, l->out_h, &y_lo, &y_hi);
+    inner_range(offset, l->stride, l->size, l->w, l->out_w, &x_lo, &x_hi);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < batch; b++) {
         for (int c = 0; c < l->c; c++) {
             const float *src = in + b * l->inputs + (size_t)c * l->w * l->h;
             for (int y = 0; y < l->out_h; y++) {
+                const int inner_y = y >= y_lo && y < y_hi;
                 for (int x = 0; x < l->out_w; x++) {
                     float best = -FLT_MAX;
                     int best_i = -1;
-                    for (int ky = 0; ky < l->size; ky++) {
-                        const int iy = offset + y * l->stride + ky;
-                        if (iy < 0 || iy >= l->h) continue;
-                        for (int kx = 0; kx < l->size; kx++) {
-                            const int ix = offset + x * l->stride + kx;
-                            if (ix < 0 || ix >= l->w) continue;
-                            const float v = src[iy * l->w + ix];
-                            if (v > best) { best = v; best_i = iy * l->w + ix; }
+                    if (inner_y && x >= x_lo && x < x_hi) {
+                        /* The window lies inside: no bounds tests, and selects instead of branches (which
+                         * mispredict on random data). Same scan order and strict > as below. */
+                        const int base = (offset + y * l->stride) * l->w + offset + x * l->stride;
+                        for (int ky = 0; ky < l->size; ky++) {
+                            for (int kx = 0; kx < l->size; kx++) {
+                                const int i = base + ky * l->w + kx;
+                                const float v = src[i];
+                                const int better = v > best;
+                                best_i = better ? i : best_i;
+                                best = better ? v : best;
+                            }
+                        }
+                    } else {
+                        for (int ky = 0; ky < l->size; ky++) {
+                            const int iy = offset + y * l->stride + ky;
+                            if (iy < 0 || iy >= l->h) continue;
+                            for (int kx = 0; kx < l->size; kx++) {
+                                const int ix = offset + x * l->stride + kx;
+                                if (ix < 0 || ix >= l->w) continue;
+                                const float v = src[iy * l->w + ix];
+                                if (v > best) { best = v; best_i = iy * l->w + ix; }
+                            }
                         }
                     }
                     const size_t o = b * l->outputs + ((size_t)c * l->out_h + y) * l->out_w + x;
