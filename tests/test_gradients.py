@@ -577,7 +577,9 @@ def test_route_last_three_sources(tmp_path):
     x = rng.uniform(-1, 1, (2, 2, 6, 6)).astype(np.float32)
     out = net.forward_last(x, train=True)
     np.testing.assert_array_equal(out, np.concatenate([net.layer_output(i, 2) for i in (1, 0, 2)], axis=1))
-    check_network(net, x, rng, kind="route")
+    # Gradients here reach 8.2 and f's float32 rounding moves a difference quotient by ~5e-4 (measured over
+    # steps 1e-3..1e-2 on L0.biases[2] = -0.0295), so small entries are judged against a floor of 5e-2.
+    check_network(net, x, rng, kind="route", floor=5e-2)
 
 
 SHORTCUT_CASES = [("from-2", "-2"), ("from-3", "-3"), ("from-1", "-1"), ("from-abs0", "0")]
