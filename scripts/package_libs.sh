@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Usage: scripts/package_libs.sh [DEST]
 #
-# Copy libdarknet.so and the non-system shared libraries it needs (as ldd resolves them: BLAS, CUDA, ...)
-# into DEST (default: lib/ at the repository root), e.g. to put one build on a shared drive that cron jobs
-# use with `--lib_folder DEST`. The library is taken from $PYDARKNET_LIBRARY if set, else pydarknet/.
+# Copy libdarknet.so and the non-system shared libraries it needs (BLAS, CUDA, ...: as ldd resolves them,
+# the BLAS from the scipy-openblas32 wheel when ldd cannot) into DEST (default: lib/ at the repository
+# root), e.g. to put one build on a shared drive that cron jobs use with `--lib_folder DEST`. The library is taken from $PYDARKNET_LIBRARY if set, else pydarknet/.
 # Libraries under /lib*, /usr/lib* are the system's and are not copied. With patchelf installed, the copy
 # of libdarknet.so gets rpath $ORIGIN so it finds its neighbours; otherwise add DEST to LD_LIBRARY_PATH.
 set -eu
 
-usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then usage; exit 0; fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,12 +24,20 @@ mkdir -p "$dest"
 cp -f "$lib" "$dest/libdarknet.so"
 echo "libdarknet.so <- $lib"
 
+# A pip build runs in a temporary environment, so its rpath to the scipy-openblas32 wheel is gone afterwards
+# (the package preloads the wheel's library at import instead): look there for what ldd cannot find.
+wheel_dir=$(${PYTHON:-python3} -c "import scipy_openblas32 as s; print(s.get_lib_dir())" 2>/dev/null || true)
+
 missing=0
 # ldd lines: "libfoo.so.1 => /path/libfoo.so.1 (0x...)", "libbar.so => not found", or the loader itself.
 while read -r name arrow path _; do
     [ "$arrow" = "=>" ] || continue
     if [ "$path" = "not" ]; then
-        echo "package_libs.sh: warning: $name not found by ldd" >&2; missing=1; continue
+        if [ -n "$wheel_dir" ] && [ -f "$wheel_dir/$name" ]; then
+            path=$wheel_dir/$name
+        else
+            echo "package_libs.sh: warning: $name not found by ldd" >&2; missing=1; continue
+        fi
     fi
     case $path in
         /lib/*|/lib64/*|/usr/lib/*|/usr/lib64/*) continue ;;  # system libraries: present on every node
