@@ -3,12 +3,13 @@
 #
 # Copy libdarknet.so and the non-system shared libraries it needs (BLAS, CUDA, ...: as ldd resolves them,
 # the BLAS from the scipy-openblas32 wheel when ldd cannot) into DEST (default: lib/ at the repository
-# root), e.g. to put one build on a shared drive that cron jobs use with `--lib_folder DEST`. The library is taken from $PYDARKNET_LIBRARY if set, else pydarknet/.
+# root), e.g. to put one build on a shared drive that cron jobs use with `--lib_folder DEST`.
+# The library is taken from $PYDARKNET_LIBRARY if set, else pydarknet/.
 # Libraries under /lib*, /usr/lib* are the system's and are not copied. With patchelf installed, the copy
 # of libdarknet.so gets rpath $ORIGIN so it finds its neighbours; otherwise add DEST to LD_LIBRARY_PATH.
 set -eu
 
-usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; }
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then usage; exit 0; fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
