@@ -748,3 +748,22 @@ def test_package_function_is_callable_whatever_was_imported_first(name):
             f"import pydarknet.{name} as m\n"
             f"assert m.{name} is fn\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_multiscale_every_ten_iterations_and_largest_at_the_end(dataset, tmp_path):
+    """random=1 on the last [yolo]: a new square size every 10 iterations from multiscale_sizes (Darknet's
+    320..608 for 416, scaled: 64 -> 64 and 96 here), the largest for the last 200 iterations (SPEC §3)."""
+    text = TINY_CFG[::-1].replace("random=0"[::-1], "random=1"[::-1], 1)[::-1]  # the last [yolo] only
+    cfg = write_cfg(tmp_path / "ms.cfg", text, max_batches=260)
+    assert tm.multiscale_sizes(64) == [64, 96]
+    assert tm.multiscale_sizes(416) == list(range(320, 609, 32))
+    result = tm.train(dataset, cfg, workers=0, seed=3, progress_stream=io.StringIO())
+    widths = [row["width"] for row in metrics(result.run_dir)]
+    assert len(widths) == 260
+    for block in range(0, 260, 10):  # the size changes only at the start of a block of 10
+        assert len(set(widths[block:block + 10])) == 1, widths[block:block + 10]
+    assert set(widths[:60]) == {64, 96}  # both sizes drawn in the first 60 iterations (seeded)
+    # Darknet's test at a block start: iteration + 200 > max_batches, with iteration counted from 0
+    assert set(widths[70:]) == {96}
+    with Network(cfg, result.final_weights) as net:  # the saved net keeps the cfg's size
+        assert (net.width, net.height) == (64, 64)
