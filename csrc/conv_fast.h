@@ -9,7 +9,7 @@
 
 #include "internal.h"
 
-/* Per-layer state: the transformed weights (recomputed when a checksum of the weights changes) and the
+/* Per-layer state: the transformed weights (recomputed when the weights version changes) and the
  * scratch buffers. Opaque; NULL is a valid empty cache. */
 typedef struct conv_fast_cache conv_fast_cache;
 
@@ -18,6 +18,7 @@ typedef struct conv_fast_desc {
     int filters, size, stride, pad, groups;
     int out_h, out_w;
     const float *weights;        /* filters x (c/groups) x size x size */
+    uint64_t weights_version;    /* changes whenever the weights may have (the network's params_version) */
     const float *mul, *add;      /* per filter: y = act(conv * mul + add) (bias and batch norm folded) */
     dn_activation activation;
 } conv_fast_desc;

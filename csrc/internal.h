@@ -104,6 +104,7 @@ struct dn_network {
     int w, h, c;
     float *params, *updates;
     size_t n_params;
+    uint64_t params_version;     /* bumped whenever the parameters may change: derived caches key on it */
     dn_net_info info;            /* [net] options and weights header */
     float *workspace;
     size_t workspace_floats;

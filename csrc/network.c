@@ -145,6 +145,7 @@ DN_EXPORT dn_status dn_network_init_params(dn_network *net, uint64_t seed)
     dn_rng_seed(&rng, seed);
     for (int i = 0; i < net->n; i++)
         if (layer_is(&net->layers[i], &conv_ops)) conv_init_params(&net->layers[i], net, &rng);
+    net->params_version++;
     if (net->updates) memset(net->updates, 0, net->n_params * sizeof(float));
     return DN_OK;
 }
@@ -420,6 +421,7 @@ DN_EXPORT dn_status dn_network_update(dn_network *net, float learning_rate, floa
 {
     if (!net || batch_images < 1) return dn_fail(DN_E_ARG, "update needs a network and batch_images >= 1");
     if (!net->updates) return DN_OK; /* never trained: nothing accumulated */
+    net->params_version++;
     float lr_over_b = learning_rate / (float)batch_images;
     float decay_b = decay * (float)batch_images;
     for (int i = 0; i < net->n; i++)
@@ -477,7 +479,13 @@ DN_EXPORT dn_status dn_network_yolo_anchors(const dn_network *net, int index, fl
     return yolo_layer_anchors(&net->layers[index], anchors, mask);
 }
 
-DN_EXPORT float *dn_network_params(dn_network *net) { return net ? net->params : NULL; }
+/* The caller may write through the pointer, so the parameters count as changed. */
+DN_EXPORT float *dn_network_params(dn_network *net)
+{
+    if (!net) return NULL;
+    net->params_version++;
+    return net->params;
+}
 
 DN_EXPORT float *dn_network_updates(dn_network *net)
 {

@@ -80,6 +80,7 @@ DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, i
         goto done;
     }
     (void)last_with_params;
+    net->params_version++;
     if (floats && fread(net->params, sizeof(float), floats, fp) != floats) {
         st = dn_fail(DN_E_IO, "%s: read error: %s", path, strerror(errno));
         goto done;

@@ -460,3 +460,42 @@ def test_one_network_shared_by_two_threads(tiny_cfg):
         for i in range(12):
             for a, b in zip(got[i], expected[i]):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_inference_follows_every_change_of_the_weights(tiny_cfg, tmp_path):
+    """The fast 3x3 path caches transformed weights: set_params, load_weights, init_params and a training
+    step must each show in the next forward, exactly as a fresh network with those weights computes it."""
+    rng = np.random.default_rng(8)
+    x = rng.uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)
+
+    def fresh_outputs(net):
+        path = tmp_path / "snapshot.weights"
+        net.save(path)
+        with Network(tiny_cfg, path) as other:
+            return other.forward(x)
+
+    with Network(tiny_cfg) as net:
+        before = net.forward(x)
+        changes = [
+            lambda: net.set_params(net.params() * np.float32(1.1)),
+            lambda: net.init_params(seed=99),
+            lambda: net.load_weights(tmp_path / "other.weights"),
+        ]
+        with Network(tiny_cfg) as donor:
+            donor.init_params(seed=7)
+            donor.save(tmp_path / "other.weights")
+        for change in changes:
+            change()
+            after = net.forward(x)
+            assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+            for a, b in zip(after, fresh_outputs(net)):
+                np.testing.assert_array_equal(a, b)
+            before = after
+        truths = np.zeros((1, 90, 5), np.float32)
+        truths[0, 0] = [0.5, 0.5, 0.3, 0.3, 1]
+        net.train_chunk(x, truths)
+        net.update(0.01, 0.9, 0.0005, 1)
+        after = net.forward(x)
+        assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+        for a, b in zip(after, fresh_outputs(net)):
+            np.testing.assert_array_equal(a, b)
