@@ -365,7 +365,8 @@ INLINE void input_row(const float *im, int h, int w, int pad, int m, int tiles_x
         const size_t t0 = (size_t)ty * tiles_x + tx0;
         for (int xi = 0; xi < A * A; xi++) {
             float *dst = V + ((size_t)xi * c + ch) * T + t0;
-            if (nl == LANES) memcpy(dst, dd[xi], sizeof(lanes));
+            /* a plain loop, not memcpy: gcc makes a 64-byte memcpy a slow `rep movs` */
+            if (nl == LANES) for (int l = 0; l < LANES; l++) dst[l] = dd[xi][l];
             else memcpy(dst, dd[xi], sizeof(float) * (size_t)nl);
         }
     }
@@ -396,7 +397,7 @@ INLINE void output_row(const float *Mb, int filters, int T, int m, int tiles_x, 
         const size_t t0 = (size_t)ty * tiles_x + tx0;
         for (int xi = 0; xi < A * A; xi++) {
             const float *src = Mb + ((size_t)xi * filters + f) * T + t0;
-            if (nl == LANES) memcpy(mm[xi], src, sizeof(lanes));
+            if (nl == LANES) for (int l = 0; l < LANES; l++) mm[xi][l] = src[l];  /* not memcpy: see above */
             else {
                 memcpy(mm[xi], src, sizeof(float) * (size_t)nl);
                 memset(mm[xi] + nl, 0, sizeof(float) * (size_t)(LANES - nl));
@@ -410,11 +411,20 @@ INLINE void output_row(const float *Mb, int filters, int T, int m, int tiles_x, 
             for (int j = 0; j < A; j++) at_4(mm + j, A, tt + j, A);
             for (int i = 0; i < m; i++) at_4(tt + i * A, 1, yy + i * m, 1);
         }
-        for (int i = 0; i < m * m; i++)
-            for (int l = 0; l < LANES; l++) {
-                const float y = yy[i][l] * mul + add;
-                yy[i][l] = act_inline(act) ? act1(y, act) : y;
-            }
+        /* the activation chosen outside the loops, so that each loop is vector code */
+        if (act == ACT_LEAKY) {
+            for (int i = 0; i < m * m; i++)
+                for (int l = 0; l < LANES; l++) {
+                    const float y = yy[i][l] * mul + add;
+                    yy[i][l] = y > 0 ? y : .1f * y;
+                }
+        } else if (act_inline(act)) {
+            for (int i = 0; i < m * m; i++)
+                for (int l = 0; l < LANES; l++) yy[i][l] = act1(yy[i][l] * mul + add, act);
+        } else {
+            for (int i = 0; i < m * m; i++)
+                for (int l = 0; l < LANES; l++) yy[i][l] = yy[i][l] * mul + add;
+        }
         for (int i = 0; i < m; i++) {
             const int y = ty * m + i;
             if (y >= oh) break;
