@@ -552,6 +552,7 @@ class RunSet:
         self.max_depth = max_depth
         self.preview_bytes = preview_bytes
         self.lock = threading.Lock()
+        self._scan_lock = threading.Lock()
         self.runs: dict[str, Run] = {}
 
     @staticmethod
@@ -559,6 +560,12 @@ class RunSet:
         return any((path / f).is_file() for f in (METRICS_FILE, LOG_FILE))
 
     def scan(self) -> None:
+        # One scan at a time: a scan that listed the folders before a run appeared must not apply its stale
+        # view (and drop the run) after a later scan has added it.
+        with self._scan_lock:
+            self._scan()
+
+    def _scan(self) -> None:
         found = {}
         if self.is_run_dir(self.root):
             found["."] = self.root
