@@ -384,9 +384,11 @@ def test_sender_default_spool_dir(monkeypatch, tmp_path):
 def test_training_sends_its_logs_and_map_to_a_board(board, tmp_path):
     """`train --log-url --log-token` (the CLI, hence the Python API under it): the board ends up with the same
     metrics, log.csv and map.txt rows as the run folder, and training still writes its own chart.png."""
-    from board_fixtures.training import write_training_set
+    from conftest import TINY_CFG, make_dataset
 
-    data, cfg = write_training_set(tmp_path / "ds", prefix="remote-run")
+    data = make_dataset(tmp_path / "ds", n=6, prefix="remote-run")
+    cfg = tmp_path / "ds" / "sq.cfg"
+    cfg.write_text(TINY_CFG)
     env = {**os.environ, "PYDARKNET_SPOOL_DIR": str(tmp_path / "spool")}
     result = subprocess.run(
         [sys.executable, "-m", "pydarknet", "train", str(data), str(cfg), "--max-batches", "3", "--map",

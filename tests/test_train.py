@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from pydarknet import CudaError, DarknetError, Network
 from pydarknet.data import Augment, load_sample
 
-from conftest import ROOT, TINY_CFG
+from conftest import ROOT, TINY_CFG, make_dataset, write_data
 
 # The module (`pydarknet.train` may name the function the package exports under the same name).
 tm = importlib.import_module("pydarknet.train")
@@ -40,39 +40,6 @@ BATCH = 4  # TINY_CFG: batch=4, subdivisions=2
 # ---------------------------------------------------------------------------------------------------------
 # Fixtures: an easy data set and small cfgs
 # ---------------------------------------------------------------------------------------------------------
-
-def make_dataset(root: Path, *, n: int = 8, size: int = 64, prefix: str = "run", seed: int = 0) -> Path:
-    """`n` images with one white (class 0) and one red (class 1) square each on a dark background, written in
-    Darknet's layout; returns the .data file (backup=<root>/backup, prefix=<prefix>)."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "labels").mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        image = np.full((size, size, 3), 30, np.uint8)
-        lines = []
-        for cls, colour in ((0, (255, 255, 255)), (1, (0, 0, 255))):
-            side = int(rng.integers(size // 4, size // 2))
-            x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
-            cv2.rectangle(image, (x0, y0), (x0 + side - 1, y0 + side - 1), colour, -1)
-            lines.append(f"{cls} {(x0 + side / 2) / size:.6f} {(y0 + side / 2) / size:.6f} "
-                         f"{side / size:.6f} {side / size:.6f}")
-        path = root / "images" / f"img{i:03d}.png"
-        cv2.imwrite(str(path), image)
-        (root / "labels" / f"img{i:03d}.txt").write_text("\n".join(lines) + "\n")
-        paths.append(str(path))
-    (root / "train.txt").write_text("".join(p + "\n" for p in paths))
-    (root / "valid.txt").write_text("".join(p + "\n" for p in paths))
-    (root / "obj.names").write_text("white\nred\n")
-    return write_data(root, prefix)
-
-
-def write_data(root: Path, prefix: str, name: str = "obj.data") -> Path:
-    data = root / name
-    data.write_text(f"classes=2\ntrain={root / 'train.txt'}\nvalid={root / 'valid.txt'}\n"
-                    f"names={root / 'obj.names'}\nbackup={root / 'backup'}\nprefix={prefix}\n")
-    return data
-
 
 def write_cfg(path: Path, text: str = TINY_CFG, **net) -> Path:
     """`text` with [net] keys replaced (or added) and, for `jitter`, every [yolo] jitter replaced."""
