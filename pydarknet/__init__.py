@@ -31,11 +31,10 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pydarknet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    if name in ("train", "valid"):
-        # the module itself, made callable as the function (see _callable_module), so that
-        # `import pydarknet.valid as m` still gives the module whichever was touched first
-        value = sys.modules[f"{__name__}.{name}"]
+    imported = importlib.import_module(module, __name__)
+    # train and valid: the module itself, made callable as the function (see _callable_module), so that
+    # `import pydarknet.valid as m` still gives the module whichever was touched first
+    value = imported if name in ("train", "valid") else getattr(imported, name)
     globals()[name] = value
     return value
 

@@ -287,12 +287,15 @@ def train(data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.Pat
         progress = _Progress(opts["max_batches"], progress_stream)
         result = TrainResult(iterations=net.seen // images_per_iteration, final_weights=None, run_dir=run_dir,
                              avg_loss=-1.0)
-        valid_paths = map_names = None
+        valid_paths = map_names = map_rules = None
         if map_eval or map_every:
             if "valid" not in options:
                 raise DarknetError(f"{data_path}: --map needs a 'valid' list")
             valid_paths = read_list(_resolve(options["valid"], data_path))
             map_names = _class_names(options, data_path)
+            from .eval.listeval import voc_rules  # noqa: PLC0415
+
+            map_rules = voc_rules(valid_paths)  # once: it looks for VOC XML beside every image
         log.info("training %s: %d images, %d per iteration (%d x %d), up to iteration %d, %s",
                  base, len(train_paths), images_per_iteration, subdivisions, chunk, opts["max_batches"], run_dir)
         started = time.perf_counter()
@@ -353,11 +356,11 @@ def train(data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.Pat
                         net.save(path)
                         result.checkpoints.append(path)
                         if map_eval and not map_every and valid_paths:
-                            _map_at(cfg, path, valid_paths, num_classes, map_names, iteration, logs, progress, result)
+                            _map_at(cfg, path, valid_paths, num_classes, map_names, map_rules, iteration, logs, progress, result)
                     if map_every and valid_paths and iteration % map_every == 0:
                         path = run_dir / f"{base}.backup"
                         net.save(path)
-                        _map_at(cfg, path, valid_paths, num_classes, map_names, iteration, logs, progress, result)
+                        _map_at(cfg, path, valid_paths, num_classes, map_names, map_rules, iteration, logs, progress, result)
                     if chart_every and iteration % chart_every == 0:
                         _refresh_chart(run_dir)
             finally:
@@ -377,7 +380,7 @@ def train(data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.Pat
             progress.message(f"saved {final} after {result.iterations} iterations "
                              f"({time.perf_counter() - started:.0f} s, avg loss {avg_loss:.3f})")
             if map_eval and valid_paths:
-                _map_at(cfg, final, valid_paths, num_classes, map_names, "final", logs, progress, result)
+                _map_at(cfg, final, valid_paths, num_classes, map_names, map_rules, "final", logs, progress, result)
         _refresh_chart(run_dir)
         logs.close()
         return result
@@ -390,24 +393,25 @@ def _class_names(options: dict, data_path: Path) -> list[str] | None:
     return read_names(_resolve(names, data_path)) if names else None
 
 
-def _evaluate(detector, paths, num_classes: int, class_names):
-    """mAP of the valid list by the rules voc_all_map.py uses (VOC XML with difficult flags when present, the
-    11-point rule for VOC2007), so rows that training and cron write to one map.txt are comparable."""
+def _evaluate(detector, paths, num_classes: int, class_names, rules):
+    """mAP of the valid list by the rules voc_all_map.py uses (`rules` = voc_rules(paths): VOC XML with
+    difficult flags when present, the 11-point rule for VOC2007), so rows that training and cron write to one
+    map.txt are comparable."""
     from .eval import evaluate_list  # noqa: PLC0415
-    from .eval.listeval import voc_rules  # noqa: PLC0415
 
-    truth, use_07 = voc_rules(paths)
+    truth, use_07 = rules
     return evaluate_list(detector, paths, num_classes, truth=truth, use_07_metric=use_07,
                          class_names=class_names[:num_classes] if class_names else None)
 
 
-def _map_at(cfg, weights_path, valid_paths, num_classes, class_names, iteration, logs, progress, result) -> None:
+def _map_at(cfg, weights_path, valid_paths, num_classes, class_names, rules, iteration, logs, progress,
+            result) -> None:
     """Evaluate the valid list with the checkpoint just written; log it and add rows to map.txt."""
     from .detect import Detector  # noqa: PLC0415
     from .eval import map_txt_row  # noqa: PLC0415
 
     with Detector(cfg, weights_path) as detector:
-        res = _evaluate(detector, valid_paths, num_classes, class_names)
+        res = _evaluate(detector, valid_paths, num_classes, class_names, rules)
     for metric in ("iou", "giou"):
         logs.map_row(map_txt_row(res, metric, iteration))
     result.map_results[iteration] = res
@@ -428,13 +432,14 @@ def evaluate_map(data, cfg, weights, prefix=None):
     """`detector map`: mAP of WEIGHTS on the valid list of DATA with both metrics, printed as a table."""
     from .detect import Detector  # noqa: PLC0415
     from .eval import format_map_table  # noqa: PLC0415
+    from .eval.listeval import voc_rules  # noqa: PLC0415
 
     data_path = Path(data)
     options = read_data_file(data_path)
     paths = read_list(_resolve(options["valid"], data_path))
     names = _class_names(options, data_path)
     with Detector(cfg, weights, names=names) as detector:
-        res = _evaluate(detector, paths, detector.num_classes, names)
+        res = _evaluate(detector, paths, detector.num_classes, names, voc_rules(paths))
     print(format_map_table(res))
     return res
 
