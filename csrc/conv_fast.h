@@ -2,8 +2,8 @@
  * OpenMP team, with Winograd F(2x2,3x3) / F(4x4,3x3) for 3x3 stride-1 layers and im2col + GEMM elsewhere.
  * Training never comes here (layer_convolutional.c keeps its own path for net->train).
  *
- * Environment, read at every forward: PYDARKNET_NO_WINOGRAD=1 sends 3x3 layers through im2col + GEMM too;
- * PYDARKNET_NO_FASTCONV=1 makes conv_fast_forward decline so the caller runs its plain path. */
+ * The network's options choose the algorithm (dn_conv_algo): DN_CONV_GEMM sends 3x3 layers through
+ * im2col + GEMM too; DN_CONV_PLAIN makes conv_fast_forward decline so the caller runs its plain path. */
 #ifndef DN_CONV_FAST_H
 #define DN_CONV_FAST_H
 
@@ -21,11 +21,12 @@ typedef struct conv_fast_desc {
     uint64_t weights_version;    /* changes whenever the weights may have (the network's params_version) */
     const float *mul, *add;      /* per filter: y = act(conv * mul + add) (bias and batch norm folded) */
     dn_activation activation;
+    int algo;                    /* dn_conv_algo */
 } conv_fast_desc;
 
 /* Computes `batch` images of `in` into `out` (batch x filters x out_h x out_w), using `workspace` (the
  * network's) as scratch when it is large enough, else a buffer of its own in the cache. Returns 0 when done,
- * nonzero when it declined (disabled by the environment, or out of memory): the caller then runs its plain
+ * nonzero when it declined (DN_CONV_PLAIN, or out of memory): the caller then runs its plain
  * path. *cache is created on first use; free it with conv_fast_free. */
 int conv_fast_forward(conv_fast_cache **cache, const conv_fast_desc *d, float *workspace, size_t workspace_floats,
                       const float *in, float *out, int batch);

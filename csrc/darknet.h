@@ -42,6 +42,28 @@ typedef enum dn_representation { DN_REPR_EXP = 0, DN_REPR_LIN = 1 } dn_represent
 
 typedef struct dn_network dn_network;
 
+/* How a network's convolutions run at inference. AUTO: Winograd for 3x3 stride-1 layers with enough
+ * channels (tile chosen by map size), im2col + GEMM elsewhere, bias/batch norm/activation fused. */
+typedef enum dn_conv_algo {
+    DN_CONV_AUTO = 0,
+    DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */
+    DN_CONV_WINOGRAD_F2 = 2,  /* Winograd F(2x2,3x3) wherever Winograd applies */
+    DN_CONV_WINOGRAD_F4 = 3,  /* Winograd F(4x4,3x3) wherever Winograd applies */
+    DN_CONV_PLAIN = 4         /* the training path's convolution, unfused (a reference for tests) */
+} dn_conv_algo;
+
+/* Per-network options, given at load. Fill with dn_options_init, then change what you need. */
+typedef struct dn_options {
+    int device;              /* -1 = CPU (default); k >= 0 = CUDA device k */
+    int conv_algo;           /* dn_conv_algo */
+    int threads;             /* threads for this network's calls; 0 = the process setting (dn_set_threads) */
+    int reserved;
+    uint64_t memory_limit;   /* bytes this network may claim (parameters, activations, workspace) at load and
+                                resize; 0 = DN_DEFAULT_MEMORY_LIMIT */
+} dn_options;
+
+#define DN_DEFAULT_MEMORY_LIMIT 17179869184
+
 /* Statistics of one [yolo] layer's training forward, as the reference engine logs them. */
 typedef struct dn_yolo_stats {
     float avg_iou;     /* mean IoU of the matched predictions with their truths */
@@ -131,7 +153,10 @@ int dn_get_threads(void);
 const char *dn_blas_name(void);
 const char *dn_activation_name(int code);
 
-/* Build a network from a cfg; batch <= 0 takes the cfg's batch/subdivisions. Weights are initialised
+void dn_options_init(dn_options *options);
+/* Build a network from a cfg with options (NULL = defaults); batch <= 0 takes the cfg's batch/subdivisions. */
+dn_status dn_network_load(const char *cfg_path, int batch, const dn_options *options, dn_network **out);
+/* The same with default options. Build a network from a cfg; batch <= 0 takes the cfg's batch/subdivisions. Weights are initialised
  * (He-style uniform, biases 0, BN scales 1, rolling mean 0, rolling variance 1) from a fixed seed. */
 dn_status dn_network_load_cfg(const char *cfg_path, int batch, dn_network **out);
 void dn_network_free(dn_network *net);

@@ -98,6 +98,7 @@ struct dn_layer {
 
 struct dn_network {
     char *cfg_path;
+    dn_options opt;              /* as given at load */
     int n;
     dn_layer *layers;
     int batch;

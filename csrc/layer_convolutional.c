@@ -158,7 +158,7 @@ static int conv_forward_fast(dn_layer *l, dn_network *net, const conv_views *v, 
         .c = l->c, .h = l->h, .w = l->w, .filters = f, .size = l->size, .stride = l->stride, .pad = p->pad,
         .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w, .weights = v->weights,
         .weights_version = net->params_version, .mul = mul, .add = add,
-        .activation = p->activation};
+        .activation = p->activation, .algo = net->opt.conv_algo};
     return conv_fast_forward(&p->fast, &d, net->workspace, net->workspace_floats, in, l->output, batch);
 }
 

@@ -150,15 +150,45 @@ DN_EXPORT dn_status dn_network_init_params(dn_network *net, uint64_t seed)
     return DN_OK;
 }
 
+DN_EXPORT void dn_options_init(dn_options *options)
+{
+    if (!options) return;
+    memset(options, 0, sizeof *options);
+    options->device = -1;
+    options->conv_algo = DN_CONV_AUTO;
+}
+
+static dn_status check_options(const dn_options *o)
+{
+    if (o->conv_algo < DN_CONV_AUTO || o->conv_algo > DN_CONV_PLAIN)
+        return dn_fail(DN_E_ARG, "unknown convolution algorithm %d", o->conv_algo);
+    if (o->threads < 0) return dn_fail(DN_E_ARG, "threads must be >= 0, got %d", o->threads);
+    if (o->device < -1) return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", o->device);
+    if (o->device >= 0)
+        return dn_fail(DN_E_CUDA, "device cuda:%d asked for, but this libdarknet.so was built without CUDA "
+                       "(rebuild with `make GPU=1`)", o->device);
+    return DN_OK;
+}
+
 DN_EXPORT dn_status dn_network_load_cfg(const char *cfg_path, int batch, dn_network **out)
+{
+    return dn_network_load(cfg_path, batch, NULL, out);
+}
+
+DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_options *options, dn_network **out)
 {
     if (!out) return dn_fail(DN_E_ARG, "out pointer is NULL");
     *out = NULL;
-    cfg_file cfg;
-    dn_status st = cfg_read(cfg_path, &cfg);
+    dn_options opt;
+    dn_options_init(&opt);
+    if (options) opt = *options;
+    dn_status st = check_options(&opt);
     if (st) return st;
+    cfg_file cfg;
+    if ((st = cfg_read(cfg_path, &cfg))) return st;
     dn_network *net = dn_calloc(1, sizeof *net);
     if (!net) { st = dn_fail(DN_E_NOMEM, "out of memory"); goto fail; }
+    net->opt = opt;
     net->cfg_path = strdup(cfg_path);
     cfg_section *first = &cfg.sections[0];
     if (strcmp(first->name, "net") != 0 && strcmp(first->name, "network") != 0) {

@@ -65,12 +65,6 @@ void conv_fast_free(conv_fast_cache *cache)
     free(cache);
 }
 
-static int env_flag(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v && strcmp(v, "0") != 0;
-}
-
 static int team_threads(void)
 {
 #ifdef _OPENMP
@@ -516,8 +510,9 @@ static int winograd_tile(const conv_fast_desc *d)
 {
     if (d->size != 3 || d->stride != 1 || d->groups != 1 || d->c < 8 || d->filters < 8) return 0;
     if (d->out_h < 2 || d->out_w < 2) return 0;
-    const char *force = getenv("PYDARKNET_WINOGRAD_M");
-    if (force && (force[0] == '2' || force[0] == '4') && force[1] == 0) return force[0] - '0';
+    if (d->algo == DN_CONV_GEMM) return 0;
+    if (d->algo == DN_CONV_WINOGRAD_F2) return 2;
+    if (d->algo == DN_CONV_WINOGRAD_F4) return 4;
     return d->out_h * d->out_w >= 24 * 24 ? 4 : 2;
 }
 
@@ -536,13 +531,13 @@ static float *scratch(conv_fast_cache *cache, float *ws, size_t ws_floats, size_
 int conv_fast_forward(conv_fast_cache **cachep, const conv_fast_desc *d, float *workspace, size_t workspace_floats,
                       const float *in, float *out, int batch)
 {
-    if (env_flag("PYDARKNET_NO_FASTCONV")) return 1;
+    if (d->algo == DN_CONV_PLAIN) return 1;
     if (!*cachep) {
         *cachep = calloc(1, sizeof **cachep);
         if (!*cachep) return 1;
     }
     conv_fast_cache *cache = *cachep;
-    int m = env_flag("PYDARKNET_NO_WINOGRAD") ? 0 : winograd_tile(d);
+    int m = winograd_tile(d);
     float *V = NULL, *Mb = NULL;
     if (m) {
         const int A = m + 2;
