@@ -114,8 +114,10 @@ class Detector:
     Images are file paths or HxWx3 uint8 **BGR** arrays as ``cv2.imread`` returns.
     """
 
-    def __init__(self, cfg: str | os.PathLike, weights: str | os.PathLike | None, names=None, batch: int = 1):
-        self.network = Network(cfg, weights, batch=batch)
+    def __init__(self, cfg: str | os.PathLike, weights: str | os.PathLike | None, names=None, batch: int = 1,
+                 **network_options):
+        """``network_options``: ``device``, ``conv_algo``, ``threads``, ``memory_limit``, as for ``Network``."""
+        self.network = Network(cfg, weights, batch=batch, **network_options)
         yolo = self.network.yolo_layers
         if not yolo:
             self.network.close()

@@ -91,22 +91,66 @@ def _fspath(path) -> bytes:
     return os.fsencode(os.fspath(path))
 
 
+CONV_ALGOS = {"auto": 0, "gemm": 1, "winograd2": 2, "winograd4": 3, "plain": 4}
+
+
+def parse_device(device) -> int:
+    """``None``/``"cpu"``/``-1`` -> -1; ``"cuda"`` -> 0; ``"cuda:K"`` or ``K`` -> K (a CUDA device index)."""
+    if device is None or device == -1:
+        return -1
+    if isinstance(device, int) and not isinstance(device, bool):
+        if device < 0:
+            raise DarknetValueError(f"device index must be >= 0 (or -1 for the CPU), got {device}")
+        return device
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return -1
+    if text == "cuda":
+        return 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise DarknetValueError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:K')")
+
+
+def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None):
+    """The C load options (dn_options) for these Python arguments."""
+    options = ffi.new("dn_options *")
+    lib.dn_options_init(options)
+    options.device = parse_device(device)
+    if conv_algo not in CONV_ALGOS:
+        raise DarknetValueError(f"unknown conv_algo {conv_algo!r} (one of {', '.join(CONV_ALGOS)})")
+    options.conv_algo = CONV_ALGOS[conv_algo]
+    options.threads = int(threads)
+    if memory_limit is not None:
+        if int(memory_limit) < 1:
+            raise DarknetValueError(f"memory_limit must be a positive number of bytes, got {memory_limit}")
+        options.memory_limit = int(memory_limit)
+    return options
+
+
 class Network:
     """A network built from a Darknet ``.cfg``.
 
-    ``Network(cfg, weights=None, batch=1)``: without weights the parameters get Darknet's initialisation.
+    ``Network(cfg, weights=None, batch=1, device=None, conv_algo="auto", threads=0, memory_limit=None)``:
+    without weights the parameters get Darknet's initialisation. ``device`` is ``"cpu"`` (default),
+    ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto``, ``gemm``, ``winograd2``, ``winograd4``,
+    ``plain``; ``threads`` this network's threads (0 = the process setting); ``memory_limit`` the bytes the
+    network may claim (None = the library's default).
     ``forward(x)`` takes float32 NCHW (or CHW) and returns the output of every ``[yolo]`` layer, in Darknet's
     layout ``(n, anchors*(5+classes), h, w)`` after the layer's activations. Use it as a context manager or
     call ``close()`` to free the C memory at a known time (calling it twice is fine).
     """
 
-    def __init__(self, cfg: str | os.PathLike, weights: str | os.PathLike | None = None, batch: int = 1):
+    def __init__(self, cfg: str | os.PathLike, weights: str | os.PathLike | None = None, batch: int = 1, *,
+                 device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None):
         self.cfg_path = Path(cfg)
         self.weights_path = Path(weights) if weights is not None else None
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: weights file not found")
+        options = load_options(device, conv_algo, threads, memory_limit)
+        self.device = "cpu" if options.device < 0 else f"cuda:{options.device}"
         out = ffi.new("dn_network **")
-        check(lib.dn_network_load_cfg(_fspath(cfg), int(batch), out))
+        check(lib.dn_network_load(_fspath(cfg), int(batch), options, out))
         self._ptr = ffi.gc(out[0], lib.dn_network_free)
         # One call at a time per network: the C object keeps per-call buffers.
         self._lock = threading.RLock()

@@ -499,3 +499,30 @@ def test_inference_follows_every_change_of_the_weights(tiny_cfg, tmp_path):
         assert any(not np.array_equal(a, b) for a, b in zip(before, after))
         for a, b in zip(after, fresh_outputs(net)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_conv_algorithms_agree_and_cuda_on_a_cpu_build_is_a_clear_error(tmp_path):
+    """Every convolution algorithm of the options gives the plain path's outputs; a CUDA device on a build
+    without CUDA (or any unknown device) is refused at load, naming the device."""
+    import pydarknet
+    from pydarknet.errors import CudaError, DarknetValueError
+
+    cfg = tmp_path / "w.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=8\n\n[convolutional]\nbatch_normalize=1\nfilters=16\n"
+                   "size=3\npad=1\nactivation=leaky\n\n[convolutional]\nfilters=8\nsize=1\nactivation=linear\n")
+    x = np.random.default_rng(3).random((2, 8, 32, 32), dtype=np.float32)
+    outs = {}
+    for algo in ("plain", "auto", "gemm", "winograd2", "winograd4"):
+        with pydarknet.Network(cfg, batch=2, conv_algo=algo) as net:
+            net.forward(x)
+            outs[algo] = net.layer_output(1).copy()
+    for algo, out in outs.items():
+        np.testing.assert_allclose(out, outs["plain"], rtol=1e-4, atol=1e-4, err_msg=algo)
+    info = pydarknet.build_info() if hasattr(pydarknet, "build_info") else {"cuda": False}
+    if not info.get("cuda"):
+        with pytest.raises(CudaError, match="cuda:0"):
+            pydarknet.Network(cfg, device="cuda:0")
+    with pytest.raises(DarknetValueError, match="unknown device"):
+        pydarknet.Network(cfg, device="tpu")
+    with pytest.raises(DarknetValueError, match="conv_algo"):
+        pydarknet.Network(cfg, conv_algo="fft")
