@@ -57,7 +57,7 @@ typedef struct dn_options {
     int device;              /* -1 = CPU (default); k >= 0 = CUDA device k */
     int conv_algo;           /* dn_conv_algo */
     int threads;             /* threads for this network's calls; 0 = the process setting (dn_set_threads) */
-    int reserved;
+    int allow_tf32;          /* CUDA: let cuBLAS/cuDNN use TensorFloat-32 tensor cores (faster, ~1e-3 relative) */
     uint64_t memory_limit;   /* bytes this network may claim (parameters, activations, workspace) at load and
                                 resize; 0 = DN_DEFAULT_MEMORY_LIMIT */
 } dn_options;
