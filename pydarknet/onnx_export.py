@@ -249,6 +249,9 @@ def build_onnx_model(network, *, batch: int = 1, dynamic_batch: bool = False, op
     opset = int(opset)
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: the exporter writes opset {MIN_OPSET} or newer")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is newer than the installed onnx package knows "
+                          f"({onnx.defs.onnx_opset_version()})")
     if not dynamic_batch and int(batch) < 1:
         raise ExportError(f"batch must be at least 1, got {batch}")
     layers = network.layers

@@ -366,6 +366,8 @@ def test_cli_export(tiny_cfg, tmp_path):
     both = CliRunner().invoke(main, ["export", str(tiny_cfg), str(weights), str(tmp_path / "x.onnx"), "--batch", "2",
                                      "--dynamic-batch"])
     assert both.exit_code != 0 and "exclude each other" in both.output
+    old = CliRunner().invoke(main, ["export", str(tiny_cfg), str(weights), str(tmp_path / "x.onnx"), "--opset", "9"])
+    assert old.exit_code == 1 and "Error: opset 9 is too old" in old.output
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -415,6 +417,8 @@ def test_bad_arguments(tiny_cfg, tmp_path, monkeypatch):
     with Network(tiny_cfg) as net:
         with pytest.raises(ExportError, match="opset 10 is too old"):
             net.export_onnx(out, opset=10)
+        with pytest.raises(ExportError, match="newer than the installed onnx package knows"):
+            net.export_onnx(out, opset=onnx.defs.onnx_opset_version() + 1)
         with pytest.raises(ExportError, match="batch must be at least 1"):
             net.export_onnx(out, batch=0)
         monkeypatch.setitem(sys.modules, "onnx", None)
