@@ -115,13 +115,11 @@ def _conv(g: _Graph, layer, x: str, outputs: list, params: np.ndarray) -> str:
     biases = params[:f]
     if layer.batch_normalize:
         scales, mean, var = params[f:2 * f], params[2 * f:3 * f], params[3 * f:4 * f]
-        weights = params[4 * f:]
         mul = scales / (np.sqrt(var) + BN_EPS)
+        weights = params[4 * f:].reshape(f, in_c // layer.groups, k, k) * mul[:, None, None, None]
         add = biases - mean * mul
     else:
-        weights = params[f:]
-        mul, add = np.ones(f, np.float32), biases
-    weights = weights.reshape(f, in_c // layer.groups, k, k) * mul[:, None, None, None]
+        weights, add = params[f:].reshape(f, in_c // layer.groups, k, k), biases
     p = layer.padding
     y = g.op("Conv", [x, g.const(f"l{layer.index}_weights", weights), g.const(f"l{layer.index}_bias", add)],
              f"l{layer.index}_conv", kernel_shape=[k, k], strides=[layer.stride, layer.stride], pads=[p, p, p, p],
