@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define DN_ABI_VERSION 1
+#define DN_ABI_VERSION 2
 
 typedef enum dn_status {
     DN_OK = 0,
@@ -113,9 +113,14 @@ typedef struct dn_layer_info {
     int max_boxes;
     int random;
     float jitter;
-    /* [route] only: up to 4 source layers (absolute indices), n_sources of them */
+    /* [route]: up to 4 source layers (absolute indices), n_sources of them; [shortcut]: its `from` layer
+     * (n_sources = 1), its activation in `activation` */
     int n_sources;
     int sources[4];
+    /* [convolutional]: zero padding on each side; [maxpool]: Darknet's total `padding` (the window starts at
+     * -padding/2) */
+    int padding;
+    float scale;         /* [upsample]: the factor applied after the nearest-neighbour copy */
 } dn_layer_info;
 
 /* The [net] section and the header of the last weights file loaded. */

@@ -142,6 +142,9 @@ extern const layer_ops conv_ops, maxpool_ops, route_ops, shortcut_ops, upsample_
 void yolo_layer_info(const dn_layer *l, dn_layer_info *out);
 void route_layer_info(const dn_layer *l, dn_layer_info *out);
 void conv_layer_info(const dn_layer *l, dn_layer_info *out);
+void maxpool_layer_info(const dn_layer *l, dn_layer_info *out);
+void shortcut_layer_info(const dn_layer *l, dn_layer_info *out);
+void upsample_layer_info(const dn_layer *l, dn_layer_info *out);
 dn_status yolo_layer_stats(const dn_layer *l, dn_yolo_stats *out);
 float yolo_layer_cost(const dn_layer *l);
 /* DN_OK, or the error of the last training forward's loss (e.g. a bad truth box), with its message set. */

@@ -59,6 +59,7 @@ void conv_layer_info(const dn_layer *l, dn_layer_info *out)
     const conv_priv *p = l->priv;
     out->batch_normalize = p->batch_normalize;
     out->activation = p->activation;
+    out->padding = p->pad;
 }
 
 static void conv_free(dn_layer *l)

@@ -16,6 +16,11 @@ static void maxpool_free(dn_layer *l)
     l->priv = NULL;
 }
 
+void maxpool_layer_info(const dn_layer *l, dn_layer_info *out)
+{
+    out->padding = ((const maxpool_priv *)l->priv)->padding;
+}
+
 static dn_status maxpool_reshape(dn_layer *l, dn_network *net)
 {
     maxpool_priv *p = l->priv;

@@ -10,6 +10,14 @@ typedef struct shortcut_priv {
 
 static void shortcut_free(dn_layer *l) { free(l->priv); l->priv = NULL; }
 
+void shortcut_layer_info(const dn_layer *l, dn_layer_info *out)
+{
+    const shortcut_priv *p = l->priv;
+    out->n_sources = 1;
+    out->sources[0] = p->from;
+    out->activation = p->activation;
+}
+
 static dn_status shortcut_reshape(dn_layer *l, dn_network *net)
 {
     shortcut_priv *p = l->priv;

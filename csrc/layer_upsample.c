@@ -5,6 +5,11 @@ typedef struct upsample_priv { float scale; } upsample_priv;
 
 static void upsample_free(dn_layer *l) { free(l->priv); l->priv = NULL; }
 
+void upsample_layer_info(const dn_layer *l, dn_layer_info *out)
+{
+    out->scale = ((const upsample_priv *)l->priv)->scale;
+}
+
 static dn_status upsample_reshape(dn_layer *l, dn_network *net)
 {
     l->out_w = l->w * l->stride;

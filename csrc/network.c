@@ -488,6 +488,9 @@ DN_EXPORT dn_status dn_network_layer_info(const dn_network *net, int index, dn_l
     if (layer_is(l, &conv_ops)) conv_layer_info(l, out);
     if (layer_is(l, &yolo_ops)) yolo_layer_info(l, out);
     if (layer_is(l, &route_ops)) route_layer_info(l, out);
+    if (layer_is(l, &maxpool_ops)) maxpool_layer_info(l, out);
+    if (layer_is(l, &shortcut_ops)) shortcut_layer_info(l, out);
+    if (layer_is(l, &upsample_ops)) upsample_layer_info(l, out);
     return DN_OK;
 }
 

@@ -9,7 +9,7 @@ import importlib
 import sys
 import types
 
-from .errors import CfgError, CudaError, DarknetError, ImageError, LabelError, WeightsError
+from .errors import CfgError, CudaError, DarknetError, ExportError, ImageError, LabelError, WeightsError
 
 __version__ = "0.1.0"
 
@@ -24,7 +24,7 @@ _LAZY = {
 
 __all__ = ["Network", "Detector", "Detection", "yolo_loss", "train", "valid", "evaluate_list", "MapResult",
            "format_map_table", "map_txt_row", "set_threads", "get_threads", "DarknetError", "CfgError",
-           "WeightsError", "LabelError", "ImageError", "CudaError", "__version__"]
+           "WeightsError", "LabelError", "ImageError", "CudaError", "ExportError", "__version__"]
 
 
 def __getattr__(name: str):

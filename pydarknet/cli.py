@@ -106,6 +106,29 @@ def layers(cfg, weights):
 
 
 @main.command()
+@click.argument("cfg", type=click.Path(dir_okay=False))
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Fixed batch size of the model [1].")
+@click.option("--dynamic-batch", is_flag=True, help="Leave the batch dimension free (named 'batch').")
+@click.option("--opset", type=int, default=None, help="ONNX opset to write [13].")
+@click.option("--decode", is_flag=True,
+              help="One output (N, boxes, 4+1+classes): boxes in input pixels, objectness, class scores.")
+def export(cfg, weights, out, batch, dynamic_batch, opset, decode):
+    """Write CFG with WEIGHTS as an ONNX model OUT (needs pydarknet[onnx])."""
+    from .network import Network  # noqa: PLC0415
+
+    if batch is not None and dynamic_batch:
+        raise click.UsageError("--batch and --dynamic-batch exclude each other")
+    with Network(cfg, weights) as net:
+        try:
+            path = net.export_onnx(out, batch=batch or 1, dynamic_batch=dynamic_batch, opset=opset, decode=decode)
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{path}: input {net.width}x{net.height}, " + ("decoded boxes" if decode else "raw [yolo] inputs"))
+
+
+@main.command()
 @click.option("--repeat", default=10, show_default=True, help="Timed runs per model (after warm-up).")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--models", default="yolov3-tiny,yolov3", show_default=True)

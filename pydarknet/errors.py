@@ -39,3 +39,7 @@ class DarknetValueError(DarknetError, ValueError):
 
 class DarknetArithmeticError(DarknetError, ArithmeticError):
     """A NaN or infinity appeared, e.g. a diverging training run."""
+
+
+class ExportError(DarknetError, ValueError):
+    """A network cannot be written in the requested format (ONNX); the message names the layer."""

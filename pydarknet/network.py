@@ -42,8 +42,10 @@ class LayerInfo:
     bflops: float
     n_params: int
     batch_normalize: bool = False
-    activation: str = ""
-    sources: tuple[int, ...] = ()
+    activation: str = ""               # [convolutional] and [shortcut]
+    sources: tuple[int, ...] = ()       # [route]: the layers concatenated; [shortcut]: its `from` layer
+    padding: int = 0                    # [convolutional]: zeros on each side; [maxpool]: Darknet's total padding
+    scale: float = 1.0                  # [upsample]
     # [yolo] only
     classes: int = 0
     n_anchors: int = 0
@@ -194,9 +196,16 @@ class Network:
             check(lib.dn_network_layer_info(self._handle(), i, c_info))
             t = ffi.string(c_info.type).decode()
             extra = {}
+            activation = ffi.string(lib.dn_activation_name(c_info.activation)).decode()
             if t == "conv":
-                extra = dict(batch_normalize=bool(c_info.batch_normalize),
-                             activation=ffi.string(lib.dn_activation_name(c_info.activation)).decode())
+                extra = dict(batch_normalize=bool(c_info.batch_normalize), activation=activation,
+                             padding=c_info.padding)
+            elif t == "max":
+                extra = dict(padding=c_info.padding)
+            elif t == "upsample":
+                extra = dict(scale=c_info.scale)
+            elif t == "shortcut":
+                extra = dict(sources=(c_info.sources[0],), activation=activation)
             elif t == "yolo":
                 extra = dict(classes=c_info.classes, n_anchors=c_info.n, total_anchors=c_info.total,
                              iou_loss=IOU_LOSSES[c_info.iou_loss], representation=REPRESENTATIONS[c_info.representation],
@@ -360,6 +369,16 @@ class Network:
     def set_batch(self, batch: int) -> None:
         with self._lock:
             check(lib.dn_network_set_batch(self._handle(), int(batch)))
+
+    def export_onnx(self, path: str | os.PathLike, *, batch: int = 1, dynamic_batch: bool = False,
+                    opset: int | None = None, decode: bool = False) -> Path:
+        """Write this network (at its current input size) as an ONNX model; see ``pydarknet.onnx_export``.
+        Outputs: the raw input of each [yolo] layer, or with ``decode`` one (N, boxes, 4+1+classes) tensor."""
+        from . import onnx_export  # noqa: PLC0415 - the onnx package is an optional extra
+
+        with self._lock:
+            return onnx_export.export_onnx(self, path, batch=batch, dynamic_batch=dynamic_batch,
+                                           opset=onnx_export.DEFAULT_OPSET if opset is None else opset, decode=decode)
 
     # ---- compute --------------------------------------------------------------------------------------
     def _input(self, x: np.ndarray) -> np.ndarray:
