@@ -46,23 +46,11 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def _draw(image, detections):
-    import cv2  # noqa: PLC0415
-
-    out = image.copy()
-    for d in detections:
-        x0, y0, x1, y1 = (int(round(v)) for v in d.corners)
-        color = tuple(int(c) for c in ((d.class_id * 67) % 256, (d.class_id * 131 + 80) % 256, (d.class_id * 199 + 160) % 256))
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, 2)
-        cv2.putText(out, f"{d.name} {d.prob:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,
-                    cv2.LINE_AA)
-    return out
-
-
 def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None) -> None:
     import cv2  # noqa: PLC0415
 
     from .detect import Detector  # noqa: PLC0415
+    from .draw import draw_detections  # noqa: PLC0415
     from .image import read_image  # noqa: PLC0415
 
     with Detector(cfg, weights, names=names) as detector:
@@ -77,7 +65,7 @@ def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=
             if out_dir is not None:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
                 target = Path(out_dir) / (Path(path).stem + "_pred.jpg")
-                cv2.imwrite(str(target), _draw(image, detections))
+                cv2.imwrite(str(target), draw_detections(image, detections, detector.num_classes))
                 click.echo(f"saved {target}")
 
 

@@ -103,6 +103,22 @@ def test_detect_out_saves_annotated_image(ref, tmp_path):
     # boxes are drawn: many pixels differ from the photo by far more than JPEG re-encoding would explain
     changed = np.abs(image.astype(int) - original.astype(int)).max(axis=2) > 100
     assert changed.sum() > 1000
+    assert_dog_label_drawn(image, parse(result.stdout))
+
+
+def assert_dog_label_drawn(image, lines):
+    """The dog's label sits on a filled rectangle of the dog's palette colour (yellow) in the saved JPEG."""
+    from pydarknet.draw import class_color, label_layout  # noqa: PLC0415
+
+    dog = next(l for l in lines if l["name"] == "dog")
+    x, y, w, h = (float(dog[k]) for k in "xywh")
+    height, width = image.shape[:2]
+    box = tuple(int(min(max(round(v), 0), lim - 1)) for v, lim in
+                zip((x - w / 2, y - h / 2, x + w / 2, y + h / 2), (width, height, width, height)))
+    x0, y0, x1, y1 = label_layout(f"dog 0.{dog['pct']}", box, width, height).rect
+    # most of the rectangle is the fill (JPEG blurs the colour a little at the edges and around the text)
+    close = np.abs(image[y0:y1, x0:x1].astype(int) - class_color(16, 80)).max(axis=2) < 40
+    assert close.mean() > 0.6, close.mean()
 
 
 @pytest.mark.parametrize("flags", [["-thresh", "0.5"], ["-thresh", "0.5", "-hier", "0.5", "-nms", "0.45"]])
@@ -116,6 +132,14 @@ def test_darknet_detector_test_form(ref, tmp_path, flags):
     # At .5, exactly the reference's detections above .5 remain (NMS only lets a box suppress lower scores).
     assert_matches_reference(lines, [e for e in ref["detections"] if e["prob"] > 0.5])
     assert all(int(l["pct"]) >= 50 for l in lines) and len(lines) == 5
+
+
+def test_darknet_detector_test_out_draws_labels(ref, tmp_path):
+    data = tmp_path / "coco.data"
+    data.write_text(f"names={ref['names']}\n")
+    result = invoke("detector", "test", data, ref["cfg"], ref["weights"], ref["dog"], "-out", tmp_path / "pred")
+    assert result.exit_code == 0, result.output
+    assert_dog_label_drawn(cv2.imread(str(tmp_path / "pred" / "dog_pred.jpg")), parse(result.stdout))
 
 
 def test_darknet_detector_test_default_threshold(ref, tmp_path):
