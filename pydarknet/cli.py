@@ -141,15 +141,16 @@ def _is_number(s: str) -> bool:
 # No -h here: click would read Darknet's `-thresh` / `-hier` as the short options -t -h ... and print the help.
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                 "help_option_names": ["--help"]})
-@click.argument("action", type=click.Choice(["train", "valid", "test", "map"]))
+@click.argument("action", type=click.Choice(["train", "valid", "test", "map", "demo"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def detector(action, args):
-    """Darknet's syntax: detector train|valid|test|map DATA CFG [WEIGHTS] [IMAGE] [-flags].
+    """Darknet's syntax: detector train|valid|test|map|demo DATA CFG [WEIGHTS] [IMAGE] [-flags].
 
     \b
     detector train DATA CFG [WEIGHTS] [-clear] [-gpus 0,1] [-map]
     detector valid DATA CFG WEIGHTS [-prefix DIR] [-i GPU]
     detector test  DATA CFG WEIGHTS [IMAGE] [-thresh T] [-nms N] [-out DIR]
+    detector demo  DATA CFG WEIGHTS [VIDEO | -c N] [-thresh T] [-out_filename OUT.mp4] [-dont_show]
     """
     from .datafile import read_data_file  # noqa: PLC0415
 
@@ -181,6 +182,21 @@ def detector(action, args):
             images = [click.prompt("Enter Image Path")]
         run_detect(pos[1], pos[2], images, names=names, thresh=float(opt.get("thresh", 0.25)),
                    nms=float(opt.get("nms", 0.45)), out_dir=opt.get("out"))
+    elif action == "demo":
+        pos, opt = _darknet_args(list(args), {"thresh": True, "hier": True, "nms": True, "c": True, "i": True,
+                                              "out_filename": True, "dont_show": False})
+        if len(pos) not in (3, 4) or (len(pos) == 4 and "c" in opt):
+            raise click.UsageError("detector demo DATA CFG WEIGHTS [VIDEO | -c N] [-thresh T] "
+                                   "[-out_filename OUT.mp4] [-dont_show]")
+        try:
+            source = pos[3] if len(pos) == 4 else int(opt.get("c", 0))
+        except ValueError:
+            raise click.UsageError(f"-c takes a camera index, got {opt['c']!r}") from None
+        from .video import run_demo  # noqa: PLC0415
+
+        run_demo(pos[1], pos[2], source, names=read_data_file(pos[0]).get("names"),
+                 thresh=float(opt.get("thresh", 0.25)), nms=float(opt.get("nms", 0.45)),
+                 out_filename=opt.get("out_filename"), show=not opt.get("dont_show"))
     else:  # map
         pos, opt = _darknet_args(list(args), {"i": True, "thresh": True})
         if len(pos) != 3:
