@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import require_reference
 from pydarknet.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +42,8 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def ref(reference_dir):
+    require_reference(reference_dir, "yolov3-tiny.weights", "images")
     weights = reference_dir / "yolov3-tiny.weights"
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent")
     detections = json.loads((reference_dir / "yolov3_tiny_detections.json").read_text())
     return {"cfg": reference_dir / "yolov3-tiny.cfg", "weights": weights, "names": reference_dir / "coco.names",
             "dog": reference_dir / "images" / "dog.jpg", "detections": detections["dog.jpg"]}
@@ -151,6 +151,7 @@ def test_darknet_detector_test_default_threshold(ref, tmp_path):
 
 
 def test_missing_weights_message_without_traceback(reference_dir, tmp_path):
+    require_reference(reference_dir, "images")
     missing = tmp_path / "nowhere" / "missing.weights"
     image = reference_dir / "images" / "dog.jpg"
     result = run_module("detect", ROOT / "cfg" / "yolov3-tiny.cfg", missing, image, cwd=tmp_path)
@@ -160,6 +161,7 @@ def test_missing_weights_message_without_traceback(reference_dir, tmp_path):
 
 
 def test_missing_weights_darknet_form(reference_dir, tmp_path):
+    require_reference(reference_dir, "images")
     data = tmp_path / "coco.data"
     data.write_text(f"names={reference_dir / 'coco.names'}\n")
     missing = tmp_path / "missing.weights"

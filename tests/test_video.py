@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import require_reference
 from pydarknet import Detector
 from pydarknet.cli import main
 from pydarknet.draw import class_color, label_layout
@@ -22,9 +23,8 @@ FPS = 12.0
 
 @pytest.fixture(scope="module")
 def model(reference_dir):
+    require_reference(reference_dir, "yolov3-tiny.weights", "images")
     weights = reference_dir / "yolov3-tiny.weights"
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent (scripts/get_pretrained.sh downloads it)")
     return {"cfg": reference_dir / "yolov3-tiny.cfg", "weights": weights, "names": reference_dir / "coco.names",
             "images": reference_dir / "images"}
 
