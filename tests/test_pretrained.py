@@ -229,3 +229,88 @@ def test_get_pretrained_replaces_a_damaged_file(site):
     assert result.returncode == 0, result.stderr
     assert target.stat().st_size == TINY_FIRST3_BYTES
     assert "fails its check" in result.stderr
+
+
+# --- paper_table.py on a tiny fake setup: yolov3-tiny stands in for two runs --------------------------------
+
+PHOTOS = ["dog.jpg", "horses.jpg", "person.jpg", "eagle.jpg"]
+
+
+def fake_sets(root: Path, reference_dir: Path) -> dict[str, Path]:
+    """A COCO-style and a Darknet-label set of Darknet's photos whose ground truth is the reference engine's
+    detections; returns the two .data files."""
+    import json
+    import shutil
+
+    import cv2
+
+    sys.path.insert(0, str(SCRIPTS))
+    from coco_label import COCO_IDS  # noqa: PLC0415
+
+    names = (reference_dir / "coco.names").read_text().splitlines()
+    reference = json.loads((reference_dir / "yolov3_tiny_detections.json").read_text())
+    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": names[k]}
+                                                             for k, i in enumerate(COCO_IDS)]}
+    coco_list, label_list = [], []
+    for image_id, photo in enumerate(PHOTOS, start=1):
+        h, w = cv2.imread(str(reference_dir / "images" / photo)).shape[:2]
+        coco_path = root / "coco" / "images" / f"{image_id:012d}.jpg"
+        voc_path = root / "voc" / "images" / photo
+        for path in (coco_path, voc_path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(reference_dir / "images" / photo, path)
+        coco["images"].append({"id": image_id, "file_name": coco_path.name, "width": w, "height": h})
+        lines = []
+        for d in reference[photo]:
+            k = names.index(d["class"])
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                        "category_id": COCO_IDS[k], "iscrowd": 0, "area": d["w"] * d["h"],
+                                        "bbox": [d["x"] - d["w"] / 2, d["y"] - d["h"] / 2, d["w"], d["h"]]})
+            lines.append(f"{k} {d['x'] / w:.6f} {d['y'] / h:.6f} {d['w'] / w:.6f} {d['h'] / h:.6f}\n")
+        (root / "voc" / "labels").mkdir(exist_ok=True)
+        (root / "voc" / "labels" / f"{Path(photo).stem}.txt").write_text("".join(lines))
+        coco_list.append(str(coco_path))
+        label_list.append(str(voc_path))
+    (root / "gt.json").write_text(json.dumps(coco))
+    datas = {}
+    for style, paths in (("coco", coco_list), ("voc", label_list)):
+        (root / f"{style}.txt").write_text("".join(p + "\n" for p in paths))
+        datas[style] = root / f"{style}.data"
+        datas[style].write_text(f"classes=80\nvalid={root / f'{style}.txt'}\nnames={reference_dir / 'coco.names'}\n"
+                                f"eval={style}\n")
+    return datas
+
+
+def test_paper_table_measures_downloaded_runs_beside_the_published_figures(reference_dir, tmp_path):
+    require_reference(reference_dir, "yolov3-tiny.weights", "images")
+    datas = fake_sets(tmp_path, reference_dir)
+    backup = tmp_path / "backup"
+    for run, weights in (("coco-giou-12", "yolov3_final.weights"), ("yolov3-baseline2", "yolov3-voc_50000.weights")):
+        (backup / run).mkdir(parents=True)
+        (backup / run / weights).symlink_to(reference_dir / "yolov3-tiny.weights")
+    cfg = reference_dir / "yolov3-tiny.cfg"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "paper_table.py"), "--backup", str(backup), "--limit", "3",
+         "--coco_gt", str(tmp_path / "gt.json"), "--cfg", f"coco-giou-12={cfg}", "--cfg", f"yolov3-baseline2={cfg}",
+         "--data", f"coco-giou-12={datas['coco']}", "--data", f"yolov3-baseline2={datas['voc']}", "--threads", "2"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(result.stdout)  # the table, for `pytest -s`
+    rows = {}
+    for line in result.stdout.splitlines()[1:]:
+        fields = line.split()
+        rows[(fields[0], fields[3] if fields[3] in ("iou", "giou") else "")] = fields
+    # the four runs without weights say so
+    for run in ("coco-baseline4", "coco-iou-14", "yolov3-giou-30", "yolov3-giou-40"):
+        assert "no weights" in " ".join(rows[(run, "")]), rows
+    # measured: 3 images (--limit), AP and AP75 of detections against the reference's own detections: high;
+    # published: the reference's figures where it reported them, '-' elsewhere
+    expected_published = {("coco-giou-12", "iou"): ["0.335", "0.359"], ("coco-giou-12", "giou"): ["-", "-"],
+                          ("yolov3-baseline2", "iou"): ["0.461", "0.486"],
+                          ("yolov3-baseline2", "giou"): ["0.451", "0.467"]}
+    for key, published in expected_published.items():
+        fields = rows[key]
+        assert fields[4] == "3", fields
+        ap, ap75 = float(fields[5]), float(fields[6])
+        assert 0.9 < ap <= 1.0 and 0.9 < ap75 <= 1.0, fields
+        assert fields[7:9] == published, fields
