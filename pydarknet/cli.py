@@ -98,12 +98,17 @@ def layers(cfg, weights):
 @click.option("--threads", default=2, show_default=True)
 @click.option("--models", default="yolov3-tiny,yolov3", show_default=True)
 @click.option("--train/--no-train", default=False, help="Also time training (images/s).")
+@click.option("--valid", is_flag=True, help="Also time `valid` on real JPEGs (decoding included).")
+@click.option("--valid-images", type=click.Path(exists=True),
+              help="Folder of JPEGs or image list for --valid (default: ../shared/realdata's COCO val slice).")
+@click.option("--valid-limit", default=20, show_default=True, help="Images used by --valid.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def bench(repeat, threads, models, train, json_path):
-    """Time inference (and training) against OpenCV DNN in the same run."""
+def bench(repeat, threads, models, train, valid, valid_images, valid_limit, json_path):
+    """Time inference (and training, and valid on real JPEGs) against OpenCV DNN in the same run."""
     from .bench import run_benchmarks  # noqa: PLC0415
 
-    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, json_path=json_path)
+    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, valid=valid,
+                   valid_images=valid_images, valid_limit=valid_limit, json_path=json_path)
 
 
 def _darknet_args(args: list[str], flags: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:
