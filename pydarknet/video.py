@@ -189,6 +189,10 @@ class VideoOutput:
         self._temp.unlink(missing_ok=True)
 
 
+class _NoDisplay(Exception):
+    """OpenCV cannot open a window here."""
+
+
 def _show(frame: np.ndarray) -> bool:
     """Show a frame in a window; False when there is no display (a headless OpenCV or no X server)."""
     try:
@@ -196,10 +200,6 @@ def _show(frame: np.ndarray) -> bool:
         return cv2.waitKey(1) & 0xFF not in (27, ord("q"))
     except cv2.error as exc:
         raise _NoDisplay(str(exc).strip().splitlines()[-1]) from None
-
-
-class _NoDisplay(Exception):
-    pass
 
 
 def run_demo(cfg, weights, source, names=None, thresh: float = 0.25, nms: float = 0.45,

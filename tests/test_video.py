@@ -1,6 +1,7 @@
 """Video and streams: Detector.stream over a video file, a camera index or frames, and `detector demo`."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -205,3 +206,15 @@ def test_demo_missing_camera_names_it(model, tmp_path):
     result = demo(model, tmp_path, "-c", "97", "-dont_show")
     assert result.exit_code == 1
     assert "camera 97" in result.output
+
+
+def test_demo_with_a_display_variable_but_a_headless_opencv(model, video, tmp_path, monkeypatch, caplog):
+    if not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
+        pytest.skip("this OpenCV has a GUI backend; the headless fallback is not reachable")
+    monkeypatch.setenv("DISPLAY", ":97")
+    out = tmp_path / "shown.mp4"
+    with caplog.at_level("WARNING", logger="pydarknet"):
+        result = demo(model, tmp_path, video, "-out_filename", out)
+    assert result.exit_code == 0, result.output
+    assert "running as with -dont_show" in caplog.text
+    assert len(decoded_frames(out)) == 6
