@@ -3,12 +3,10 @@ scripts/get_pretrained.sh with a fake curl (checks, resume, placement), and scri
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_CFG, require_reference

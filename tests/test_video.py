@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -218,3 +219,21 @@ def test_demo_with_a_display_variable_but_a_headless_opencv(model, video, tmp_pa
     assert result.exit_code == 0, result.output
     assert "running as with -dont_show" in caplog.text
     assert len(decoded_frames(out)) == 6
+
+
+def test_demo_prints_frames_per_second_on_a_terminal(tiny_cfg, capsys, monkeypatch):
+    from pydarknet.video import run_demo
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    frames = [np.full((40, 60, 3), v, np.uint8) for v in (10, 120, 240)]
+    assert run_demo(tiny_cfg, None, frames, show=False) == 3
+    out = capsys.readouterr().out
+    assert out.count("\rFPS:") == 3 and "frames: 3 frames in" in out
+
+
+def test_demo_prints_no_live_line_into_a_file(tiny_cfg, capsys):
+    from pydarknet.video import run_demo
+
+    run_demo(tiny_cfg, None, [np.zeros((40, 60, 3), np.uint8)] * 2, show=False)
+    out = capsys.readouterr().out
+    assert "FPS" not in out and "2 frames in" in out
