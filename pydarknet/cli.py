@@ -46,23 +46,11 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def _draw(image, detections):
-    import cv2  # noqa: PLC0415
-
-    out = image.copy()
-    for d in detections:
-        x0, y0, x1, y1 = (int(round(v)) for v in d.corners)
-        color = tuple(int(c) for c in ((d.class_id * 67) % 256, (d.class_id * 131 + 80) % 256, (d.class_id * 199 + 160) % 256))
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, 2)
-        cv2.putText(out, f"{d.name} {d.prob:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,
-                    cv2.LINE_AA)
-    return out
-
-
 def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None) -> None:
     import cv2  # noqa: PLC0415
 
     from .detect import Detector  # noqa: PLC0415
+    from .draw import draw_detections  # noqa: PLC0415
     from .image import read_image  # noqa: PLC0415
 
     with Detector(cfg, weights, names=names) as detector:
@@ -77,7 +65,7 @@ def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=
             if out_dir is not None:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
                 target = Path(out_dir) / (Path(path).stem + "_pred.jpg")
-                cv2.imwrite(str(target), _draw(image, detections))
+                cv2.imwrite(str(target), draw_detections(image, detections, detector.num_classes))
                 click.echo(f"saved {target}")
 
 
@@ -133,12 +121,17 @@ def export(cfg, weights, out, batch, dynamic_batch, opset, decode):
 @click.option("--threads", default=2, show_default=True)
 @click.option("--models", default="yolov3-tiny,yolov3", show_default=True)
 @click.option("--train/--no-train", default=False, help="Also time training (images/s).")
+@click.option("--valid", is_flag=True, help="Also time `valid` on real JPEGs (decoding included).")
+@click.option("--valid-images", type=click.Path(exists=True),
+              help="Folder of JPEGs or image list for --valid (default: ../shared/realdata's COCO val slice).")
+@click.option("--valid-limit", default=20, show_default=True, help="Images used by --valid.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def bench(repeat, threads, models, train, json_path):
-    """Time inference (and training) against OpenCV DNN in the same run."""
+def bench(repeat, threads, models, train, valid, valid_images, valid_limit, json_path):
+    """Time inference (and training, and valid on real JPEGs) against OpenCV DNN in the same run."""
     from .bench import run_benchmarks  # noqa: PLC0415
 
-    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, json_path=json_path)
+    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, valid=valid,
+                   valid_images=valid_images, valid_limit=valid_limit, json_path=json_path)
 
 
 def _darknet_args(args: list[str], flags: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:
@@ -176,15 +169,16 @@ def _is_number(s: str) -> bool:
 # No -h here: click would read Darknet's `-thresh` / `-hier` as the short options -t -h ... and print the help.
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                 "help_option_names": ["--help"]})
-@click.argument("action", type=click.Choice(["train", "valid", "test", "map"]))
+@click.argument("action", type=click.Choice(["train", "valid", "test", "map", "demo"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def detector(action, args):
-    """Darknet's syntax: detector train|valid|test|map DATA CFG [WEIGHTS] [IMAGE] [-flags].
+    """Darknet's syntax: detector train|valid|test|map|demo DATA CFG [WEIGHTS] [IMAGE] [-flags].
 
     \b
     detector train DATA CFG [WEIGHTS] [-clear] [-gpus 0,1] [-map]
     detector valid DATA CFG WEIGHTS [-prefix DIR] [-i GPU]
     detector test  DATA CFG WEIGHTS [IMAGE] [-thresh T] [-nms N] [-out DIR]
+    detector demo  DATA CFG WEIGHTS [VIDEO | -c N] [-thresh T] [-out_filename OUT.mp4] [-dont_show]
     """
     from .datafile import read_data_file  # noqa: PLC0415
 
@@ -216,6 +210,21 @@ def detector(action, args):
             images = [click.prompt("Enter Image Path")]
         run_detect(pos[1], pos[2], images, names=names, thresh=float(opt.get("thresh", 0.25)),
                    nms=float(opt.get("nms", 0.45)), out_dir=opt.get("out"))
+    elif action == "demo":
+        pos, opt = _darknet_args(list(args), {"thresh": True, "hier": True, "nms": True, "c": True, "i": True,
+                                              "out_filename": True, "dont_show": False})
+        if len(pos) not in (3, 4) or (len(pos) == 4 and "c" in opt):
+            raise click.UsageError("detector demo DATA CFG WEIGHTS [VIDEO | -c N] [-thresh T] "
+                                   "[-out_filename OUT.mp4] [-dont_show]")
+        try:
+            source = pos[3] if len(pos) == 4 else int(opt.get("c", 0))
+        except ValueError:
+            raise click.UsageError(f"-c takes a camera index, got {opt['c']!r}") from None
+        from .video import run_demo  # noqa: PLC0415
+
+        run_demo(pos[1], pos[2], source, names=read_data_file(pos[0]).get("names"),
+                 thresh=float(opt.get("thresh", 0.25)), nms=float(opt.get("nms", 0.45)),
+                 out_filename=opt.get("out_filename"), show=not opt.get("dont_show"))
     else:  # map
         pos, opt = _darknet_args(list(args), {"i": True, "thresh": True})
         if len(pos) != 3:

@@ -154,6 +154,15 @@ class Detector:
         """Detections of one image, one per (box, class) with prob > thresh, highest prob first."""
         return self.detect_batch([image], thresh=thresh, nms=nms)[0]
 
+    def stream(self, source, thresh: float = 0.25, nms: float = 0.45, prefetch: int = 4):
+        """Detections of every frame of a video file, a camera index (int) or an iterable of BGR frames:
+        iterate the returned ``DetectionStream`` for ``(frame, detections)``. Frames are decoded on a
+        background thread (up to `prefetch` ahead) while the network runs. A missing or unreadable source
+        raises here (FileNotFoundError, ImageError, or DarknetIOError for a camera)."""
+        from .video import DetectionStream  # noqa: PLC0415
+
+        return DetectionStream(self, source, thresh=thresh, nms=nms, prefetch=prefetch)
+
     def detect_batch(self, images: Iterable, thresh: float = 0.25, nms: float = 0.45) -> list[list[Detection]]:
         """Detect in several images with one forward pass over all of them."""
         bgrs = [as_bgr(im) for im in images]

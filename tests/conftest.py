@@ -15,19 +15,43 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# The reference engine's outputs the tests compare with (its detections, the [yolo] loss golden files) and the
+# reference cfg and names are committed in tests/data; the pretrained weights and Darknet's sample photos are
+# downloaded there by scripts/get_pretrained.sh (git-ignored), or found in $PYDARKNET_REFERENCE or
+# ../shared/reference.
+DATA = ROOT / "tests" / "data"
+DOWNLOADED = ("yolov3-tiny.weights", "images")
+
+
 def reference_path() -> Path:
-    """$PYDARKNET_REFERENCE, else ../shared/reference next to the project root."""
+    """$PYDARKNET_REFERENCE, else ../shared/reference next to the project root: where the weights and photos
+    are found when scripts/get_pretrained.sh has not put them in tests/data."""
     env = os.environ.get("PYDARKNET_REFERENCE")
     return Path(env) if env else ROOT.parent / "shared" / "reference"
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    """The reference engine's files (shared/reference); the test is skipped, saying why, when absent."""
-    path = reference_path()
-    if not path.is_dir():
-        pytest.skip(f"reference data not found at {path} (set PYDARKNET_REFERENCE to its folder)")
-    return path
+def reference_dir(tmp_path_factory) -> Path:
+    """A folder with the reference files: tests/data, plus the weights and photos from tests/data when
+    downloaded there, else from reference_path(). A test that needs a downloaded file it lacks is skipped."""
+    missing = [name for name in DOWNLOADED if not (DATA / name).exists()]
+    if not missing:
+        return DATA
+    view = tmp_path_factory.mktemp("reference")
+    for entry in DATA.iterdir():
+        (view / entry.name).symlink_to(entry)
+    for name in missing:
+        if (reference_path() / name).exists():
+            (view / name).symlink_to(reference_path() / name)
+    return view
+
+
+def require_reference(reference_dir: Path, *names: str) -> None:
+    """Skip, saying how to get them, unless the reference files `names` are there."""
+    for name in names:
+        if not (reference_dir / name).exists():
+            pytest.skip(f"{name} not found in {DATA} or {reference_path()}: run scripts/get_pretrained.sh "
+                        f"(or set PYDARKNET_REFERENCE)")
 
 
 # A small network with every layer type YOLOv3 uses: 64x64 input, two [yolo] heads (grids 8 and 16), 2 classes.

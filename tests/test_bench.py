@@ -54,3 +54,28 @@ def test_bench_command_writes_json(tmp_path):
     report = json.loads(path.read_text())
     assert report["settings"]["repeat"] == 1 and report["machine"]["threads"] == 1
     check_row(report["inference"][0])
+
+
+def test_valid_on_real_jpegs_against_opencv(tmp_path):
+    from pydarknet.bench import default_valid_images
+
+    images = default_valid_images()
+    if not images.is_dir():
+        pytest.skip(f"real COCO slice not found at {images}")
+    path = tmp_path / "b.json"
+    result = CliRunner().invoke(main, ["bench", "--models", "", "--repeat", "1", "--threads", "1", "--valid",
+                                       "--valid-limit", "3", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "pydarknet img/s" in result.output and "OpenCV img/s" in result.output
+    row = json.loads(path.read_text())["valid"]
+    assert row["images"] == 3 and row["model"] == "yolov3-tiny"
+    assert row["pydarknet_images_per_s"] > 0 and row["opencv_images_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["opencv_images_per_s"] / row["pydarknet_images_per_s"])
+    if row["weights"] == "reference":  # the same model on the same photos: about as many confident boxes
+        ours, theirs = row["pydarknet_detections_over_25"], row["opencv_detections_over_25"]
+        assert ours > 0 and abs(ours - theirs) <= max(2, 0.2 * theirs), (ours, theirs)
+
+
+def test_valid_bench_missing_images_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_benchmarks(models=[], repeat=1, threads=1, valid=True, valid_images=tmp_path / "nowhere")

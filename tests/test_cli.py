@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import require_reference
 from pydarknet.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +42,8 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def ref(reference_dir):
+    require_reference(reference_dir, "yolov3-tiny.weights", "images")
     weights = reference_dir / "yolov3-tiny.weights"
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent")
     detections = json.loads((reference_dir / "yolov3_tiny_detections.json").read_text())
     return {"cfg": reference_dir / "yolov3-tiny.cfg", "weights": weights, "names": reference_dir / "coco.names",
             "dog": reference_dir / "images" / "dog.jpg", "detections": detections["dog.jpg"]}
@@ -103,6 +103,22 @@ def test_detect_out_saves_annotated_image(ref, tmp_path):
     # boxes are drawn: many pixels differ from the photo by far more than JPEG re-encoding would explain
     changed = np.abs(image.astype(int) - original.astype(int)).max(axis=2) > 100
     assert changed.sum() > 1000
+    assert_dog_label_drawn(image, parse(result.stdout))
+
+
+def assert_dog_label_drawn(image, lines):
+    """The dog's label sits on a filled rectangle of the dog's palette colour (yellow) in the saved JPEG."""
+    from pydarknet.draw import class_color, label_layout  # noqa: PLC0415
+
+    dog = next(l for l in lines if l["name"] == "dog")
+    x, y, w, h = (float(dog[k]) for k in "xywh")
+    height, width = image.shape[:2]
+    box = tuple(int(min(max(round(v), 0), lim - 1)) for v, lim in
+                zip((x - w / 2, y - h / 2, x + w / 2, y + h / 2), (width, height, width, height)))
+    x0, y0, x1, y1 = label_layout(f"dog 0.{dog['pct']}", box, width, height).rect
+    # most of the rectangle is the fill (JPEG blurs the colour a little at the edges and around the text)
+    close = np.abs(image[y0:y1, x0:x1].astype(int) - class_color(16, 80)).max(axis=2) < 40
+    assert close.mean() > 0.6, close.mean()
 
 
 @pytest.mark.parametrize("flags", [["-thresh", "0.5"], ["-thresh", "0.5", "-hier", "0.5", "-nms", "0.45"]])
@@ -118,6 +134,14 @@ def test_darknet_detector_test_form(ref, tmp_path, flags):
     assert all(int(l["pct"]) >= 50 for l in lines) and len(lines) == 5
 
 
+def test_darknet_detector_test_out_draws_labels(ref, tmp_path):
+    data = tmp_path / "coco.data"
+    data.write_text(f"names={ref['names']}\n")
+    result = invoke("detector", "test", data, ref["cfg"], ref["weights"], ref["dog"], "-out", tmp_path / "pred")
+    assert result.exit_code == 0, result.output
+    assert_dog_label_drawn(cv2.imread(str(tmp_path / "pred" / "dog_pred.jpg")), parse(result.stdout))
+
+
 def test_darknet_detector_test_default_threshold(ref, tmp_path):
     data = tmp_path / "coco.data"
     data.write_text(f"names={ref['names']}\n")
@@ -127,6 +151,7 @@ def test_darknet_detector_test_default_threshold(ref, tmp_path):
 
 
 def test_missing_weights_message_without_traceback(reference_dir, tmp_path):
+    require_reference(reference_dir, "images")
     missing = tmp_path / "nowhere" / "missing.weights"
     image = reference_dir / "images" / "dog.jpg"
     result = run_module("detect", ROOT / "cfg" / "yolov3-tiny.cfg", missing, image, cwd=tmp_path)
@@ -136,6 +161,7 @@ def test_missing_weights_message_without_traceback(reference_dir, tmp_path):
 
 
 def test_missing_weights_darknet_form(reference_dir, tmp_path):
+    require_reference(reference_dir, "images")
     data = tmp_path / "coco.data"
     data.write_text(f"names={reference_dir / 'coco.names'}\n")
     missing = tmp_path / "missing.weights"

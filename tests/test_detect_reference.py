@@ -17,6 +17,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import require_reference
 from pydarknet import Detector
 from pydarknet.image import read_image
 
@@ -32,9 +33,8 @@ def reference(reference_dir):
 
 @pytest.fixture(scope="module")
 def detector(reference_dir):
+    require_reference(reference_dir, "yolov3-tiny.weights", "images")
     weights = reference_dir / "yolov3-tiny.weights"
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent")
     with Detector(reference_dir / "yolov3-tiny.cfg", weights, names=reference_dir / "coco.names") as det:
         yield det
 

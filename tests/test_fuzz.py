@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from pydarknet import CfgError, DarknetError, Network, WeightsError
 
-from conftest import ROOT, TINY_CFG, reference_path
+from conftest import DATA, ROOT, TINY_CFG
 
 FUZZ_SECONDS = float(os.environ.get("PYDARKNET_FUZZ_SECONDS", "16") or 16)
 CFG_SHARE = 0.6                 # of the budget for the cfg parser; the rest for the weights loader
@@ -78,9 +78,7 @@ def _corpus() -> list[tuple[str, bytes]]:
     items = [("TINY_CFG", TINY_CFG.encode())]
     for path in sorted((ROOT / "cfg").glob("*.cfg")):
         items.append((path.name, path.read_bytes()))
-    ref = reference_path() / "yolov3-tiny.cfg"
-    if ref.is_file():
-        items.append(("reference/yolov3-tiny.cfg", ref.read_bytes()))
+    items.append(("reference/yolov3-tiny.cfg", (DATA / "yolov3-tiny.cfg").read_bytes()))
     return items
 
 

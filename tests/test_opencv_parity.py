@@ -16,6 +16,7 @@ cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):  # pragma: no cover
     pytest.skip("this OpenCV has no DNN module with the Darknet reader", allow_module_level=True)
 
+from conftest import require_reference
 from pydarknet import Network
 from pydarknet.image import letterbox, read_image
 
@@ -58,9 +59,8 @@ def compare(ours: list[np.ndarray], theirs: list[np.ndarray]) -> list[float]:
 
 @pytest.fixture(scope="module")
 def tiny(reference_dir):
+    require_reference(reference_dir, "yolov3-tiny.weights", "images")
     weights = reference_dir / "yolov3-tiny.weights"
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent")
     return reference_dir / "yolov3-tiny.cfg", weights
 
 

@@ -21,8 +21,9 @@ from pycocotools.cocoeval import COCOeval
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
-PY_SCRIPTS = ["voc_reval.py", "coco_eval.py", "voc_all_map.py", "coco_all_map.py", "voc_label.py", "coco_label.py"]
-SH_SCRIPTS = ["build_run.sh", "package_libs.sh", "get_2017_coco_dataset.sh"]
+PY_SCRIPTS = ["voc_reval.py", "coco_eval.py", "voc_all_map.py", "coco_all_map.py", "voc_label.py", "coco_label.py",
+              "paper_table.py"]
+SH_SCRIPTS = ["build_run.sh", "package_libs.sh", "get_2017_coco_dataset.sh", "get_pretrained.sh"]
 
 
 def run(args, **kwargs):

@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from pydarknet import CudaError, DarknetError, Network
 from pydarknet.data import Augment, load_sample
 
-from conftest import ROOT, TINY_CFG, make_dataset, write_data
+from conftest import ROOT, TINY_CFG, make_dataset, require_reference, write_data
 
 # The module (`pydarknet.train` may name the function the package exports under the same name).
 tm = importlib.import_module("pydarknet.train")
@@ -571,6 +571,7 @@ def _iou(a, b) -> float:
 def test_finetune_reference_yolov3_tiny(reference_dir, tmp_path):
     from pydarknet.detect import Detector
 
+    require_reference(reference_dir, "yolov3-tiny.weights", "images")
     names = (reference_dir / "coco.names").read_text().splitlines()
     detections = json.loads((reference_dir / "yolov3_tiny_detections.json").read_text())
     root = tmp_path / "ft"

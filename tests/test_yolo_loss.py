@@ -1,6 +1,6 @@
 """The [yolo] layer's loss (pydarknet.loss.yolo_loss over dn_yolo_loss).
 
-- Golden: every case of ../shared/reference/yolo_golden (the reference engine's forward_yolo_layer) must be
+- Golden: every case of tests/data/yolo_golden (the reference engine's forward_yolo_layer) must be
   reproduced: outputs, deltas (against CASE.delta_clamped.f32, see the reference README) within rtol 1e-5 /
   atol 1e-4, the cost within 1e-5 relative, and the statistics it printed.
 - Finite differences: the iou/giou box deltas against central differences of IoU/GIoU computed here in
@@ -14,31 +14,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import DATA
 from pydarknet._ffi import ffi, lib
 from pydarknet.errors import DarknetError
 from pydarknet.loss import yolo_loss
 
 
-def _reference_dir() -> Path:
-    env = os.environ.get("PYDARKNET_REFERENCE")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
-
-GOLDEN = _reference_dir() / "yolo_golden"
+GOLDEN = DATA / "yolo_golden"  # the reference engine's files, committed (tests/data/README.md)
 CASE_NAMES = ["mse_exp", "mse_lin", "iou_exp", "iou_lin", "giou_exp", "giou_lin", "giou_exp_in1_cn2"]
 needs_golden = pytest.mark.skipif(
     not (GOLDEN / "cases.json").is_file(),
-    reason=f"reference data not found: {GOLDEN} (set PYDARKNET_REFERENCE to the shared/reference folder)",
+    reason=f"golden files not found: {GOLDEN}",
 )
 
 
