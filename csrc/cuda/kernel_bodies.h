@@ -14,6 +14,9 @@
 
 #include "../elementwise.h"
 
+/* Threads per block of the kernels; the per-filter reductions split a filter's values over this many threads. */
+#define DN_CUDA_BLOCK 256
+
 /* ---- im2col / col2im (blas.c) ---- */
 
 /* col[(c*k*k + ky*k + kx) * (oh*ow) + y*ow + x] = im[c][y*stride - pad + ky][x*stride - pad + kx] or 0. */

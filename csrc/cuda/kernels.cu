@@ -5,7 +5,7 @@
 #include "cuda_common.h"
 #include "kernel_bodies.h"
 
-#define DN_THREADS 256
+#define DN_THREADS DN_CUDA_BLOCK
 #define DN_MAX_BLOCKS (1u << 20)
 
 static unsigned blocks_for(size_t n)
