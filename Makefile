@@ -2,7 +2,9 @@
 #   make            the library (CPU)
 #   make GPU=1 [CUDNN=1] [CUDA_ARCH="sm_80 sm_90"] [LIBRARY=build/gpu/libdarknet.so]
 #                   the library with CUDA (csrc/cuda/, nvcc from CUDA_HOME), which still runs on the CPU where
-#                   there is no GPU or driver; cuBLAS/cuDNN from NVIDIA's wheels (pip install ".[cuda]") or CUDA_HOME
+#                   there is no GPU or driver; cuBLAS/cuDNN from NVIDIA's wheels (pip install ".[cuda]") or CUDA_HOME.
+#                   pip: GPU=1 [CUDNN=1] pip install --no-build-isolation ".[cuda]" (make reads them from the
+#                   environment; without isolation the build sees the wheels installed beforehand)
 #   make demo       install and run the main job (the built-in training default)
 #   make test       install and run the test suite
 #   make asan       the test suite against a library built with AddressSanitizer + UBSan
@@ -66,10 +68,13 @@ ifeq ($(GPU),1)
     GPU_LIBS = $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) \
                -Wl,-rpath,'$$ORIGIN/../nvidia/cu13/lib' -Wl,-rpath,'$$ORIGIN/../nvidia/cudnn/lib' \
                -l:libcudart.so.13 -l:libcublas.so.13 $(if $(filter 1,$(CUDNN)),-l:libcudnn.so.9)
-  else
+  else ifneq ($(wildcard $(CUDA_HOME)/include/cublas_v2.h),)
     CUDA_WHEEL_HEADERS =
     CUDA_INC = -I$(CUDA_HOME)/include
     GPU_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas $(if $(filter 1,$(CUDNN)),-lcudnn)
+  else
+    $(error GPU=1: cuBLAS not found, neither NVIDIA's wheels for $(PYTHON) nor $(CUDA_HOME)/include/cublas_v2.h: \
+      pip install ".[cuda]" (with pip install --no-build-isolation when pip builds the package) or set CUDA_HOME)
   endif
   GPU_LIBS += -lstdc++
   GPU_DEFS = -DDN_GPU $(if $(filter 1,$(CUDNN)),-DDN_CUDNN)
