@@ -49,6 +49,9 @@ SIGNATURES = {
 }
 
 
+RETURNS_STATUS = {"hk_batchnorm_forward", "hk_bias_gradient", "hk_batchnorm_backward"}  # 0, or -1: out of memory
+
+
 @pytest.fixture(scope="module")
 def hk(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -60,7 +63,7 @@ def hk(tmp_path_factory):
     lib = ctypes.CDLL(str(out))
     for name, args in SIGNATURES.items():
         getattr(lib, name).argtypes = args
-        getattr(lib, name).restype = ctypes.c_int if name == "hk_batchnorm_backward" else None
+        getattr(lib, name).restype = ctypes.c_int if name in RETURNS_STATUS else None
     return lib
 
 
@@ -238,8 +241,9 @@ class HostConv:
         if self.bn:
             self.mean, self.var = np.zeros(self.f, np.float32), np.zeros(self.f, np.float32)
             self.x_norm, pre = np.empty_like(z), np.empty_like(z)
-            self.hk.hk_batchnorm_forward(fp(z), n, self.f, spatial, fp(self.v["scales"]), fp(self.v["biases"]),
-                                         fp(self.mean), fp(self.var), None, None, 0, fp(self.x_norm), fp(pre))
+            assert self.hk.hk_batchnorm_forward(fp(z), n, self.f, spatial, fp(self.v["scales"]),
+                                                fp(self.v["biases"]), fp(self.mean), fp(self.var), None, None, 0,
+                                                fp(self.x_norm), fp(pre)) == 0
         else:
             pre = z.copy()
             self.hk.hk_affine_inference(fp(pre), n, self.f, spatial, fp(self.v["biases"]), None, None, None)
@@ -265,7 +269,7 @@ class HostConv:
         self.hk.hk_gradient(fp(self.out), fp(self.raw), delta.size, self.act, fp(delta))
         updates = np.zeros(sum(sl.stop - sl.start for sl in self.lay.values()), np.float32)
         bias_up = np.zeros(self.f, np.float32)
-        self.hk.hk_bias_gradient(fp(delta), n, self.f, spatial, fp(bias_up))
+        assert self.hk.hk_bias_gradient(fp(delta), n, self.f, spatial, fp(bias_up)) == 0
         updates[self.lay["L0.biases"]] = bias_up
         if self.bn:
             scale_up = np.zeros(self.f, np.float32)
@@ -289,7 +293,12 @@ class HostConv:
         return dx, updates
 
 
-@pytest.mark.parametrize("shape,batch,opts", [c[1:] for c in CONV_CASES], ids=[c[0] for c in CONV_CASES])
+# test_gradients' cases, and one whose 64x64 maps split the per-filter reductions over two blocks (chunks)
+HOST_CONV_CASES = CONV_CASES + [("3x3-bn-mish-64x64-two-chunks", (64, 64, 3), 2, dict(filters=4, size=3, bn=1,
+                                                                                      act="mish"))]
+
+
+@pytest.mark.parametrize("shape,batch,opts", [c[1:] for c in HOST_CONV_CASES], ids=[c[0] for c in HOST_CONV_CASES])
 def test_conv_layer_from_kernels_matches_cpu(hk, tmp_path, shape, batch, opts):
     """Every layer configuration of test_gradients.py: outputs, batch statistics, input deltas and parameter
     updates of the kernel composition equal the CPU engine's within 1e-4 (relative to each array's scale)."""
@@ -314,11 +323,13 @@ def test_conv_layer_from_kernels_matches_cpu(hk, tmp_path, shape, batch, opts):
     assert_close(host.forward_inference(x), plain.forward_last(x), what="inference forward")
 
 
-def test_batchnorm_statistics_and_rolling_update(hk):
+@pytest.mark.parametrize("spatial", [700, 5000, 200_000], ids=["one-chunk", "three-chunks", "max-chunks"])
+def test_batchnorm_statistics_and_rolling_update(hk, spatial):
     """Batch mean, unbiased variance and the .99/.01 rolling update against numpy (float64), including a
-    filter whose values all but cancel (large mean, tiny spread) where a float sum would lose digits."""
+    filter whose values all but cancel (large mean, tiny spread) where a float sum would lose digits; with
+    reductions on one block per filter, on three, and on the most (64)."""
     rng = np.random.default_rng(3)
-    n, f, spatial = 3, 5, 700
+    n, f = 3, 5
     x = rng.normal(0, 1, (n, f, spatial)).astype(np.float32)
     x[:, 2] = 1000 + rng.normal(0, 1e-2, (n, spatial))
     scales, biases = rng.uniform(.5, 1.5, f).astype(np.float32), rng.uniform(-1, 1, f).astype(np.float32)
@@ -326,8 +337,8 @@ def test_batchnorm_statistics_and_rolling_update(hk):
     rm, rv = rm0.copy(), rv0.copy()
     mean, var = np.zeros(f, np.float32), np.zeros(f, np.float32)
     xn, out = np.empty_like(x), np.empty_like(x)
-    hk.hk_batchnorm_forward(fp(x), n, f, spatial, fp(scales), fp(biases), fp(mean), fp(var), fp(rm), fp(rv), 1,
-                            fp(xn), fp(out))
+    assert hk.hk_batchnorm_forward(fp(x), n, f, spatial, fp(scales), fp(biases), fp(mean), fp(var), fp(rm), fp(rv),
+                                   1, fp(xn), fp(out)) == 0
     x64 = x.astype(np.float64)
     ref_mean = x64.mean(axis=(0, 2))
     ref_var = ((x64 - ref_mean[None, :, None]) ** 2).sum(axis=(0, 2)) / (n * spatial - 1)
@@ -338,6 +349,25 @@ def test_batchnorm_statistics_and_rolling_update(hk):
     ref_xn = (x64 - mean[None, :, None]) / (np.sqrt(var.astype(np.float64)) + 1e-6)[None, :, None]
     np.testing.assert_allclose(xn, ref_xn, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out, ref_xn * scales[None, :, None] + biases[None, :, None], rtol=1e-4, atol=1e-4)
+
+    # backward: bias gradient, then batch norm's backward (the CPU's formula, in float64 here)
+    d = rng.uniform(-1, 1, x.shape).astype(np.float32)
+    bias_up = np.full(f, 0.5, np.float32)
+    assert hk.hk_bias_gradient(fp(d), n, f, spatial, fp(bias_up)) == 0
+    np.testing.assert_allclose(bias_up, 0.5 + d.astype(np.float64).sum(axis=(0, 2)), rtol=1e-5, atol=1e-3)
+    scale_up = np.zeros(f, np.float32)
+    got = d.copy()
+    assert hk.hk_batchnorm_backward(fp(got), fp(x), fp(xn), fp(mean), fp(var), fp(scales), n, f, spatial,
+                                    fp(scale_up)) == 0
+    d64, m64, v64 = d.astype(np.float64), mean.astype(np.float64)[None, :, None], var.astype(np.float64)
+    count = n * spatial
+    np.testing.assert_allclose(scale_up, (d64 * xn).sum(axis=(0, 2)), rtol=1e-5, atol=1e-3)
+    g = d64 * scales[None, :, None]
+    sigma = np.sqrt(v64)
+    s = sigma + 1e-6
+    k = -(g * (x64 - m64)).sum(axis=(0, 2)) / s ** 2 / (sigma * (count - 1))
+    ref = (g - g.mean(axis=(0, 2))[None, :, None]) / s[None, :, None] + k[None, :, None] * (x64 - m64)
+    assert_close(got, ref, rtol=1e-4, what="batch-norm backward")
 
 
 # ---------------------------------------------------------------------------------------------------------

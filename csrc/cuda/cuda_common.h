@@ -38,8 +38,8 @@ struct dn_cuda_ctx {
     int allow_tf32;
     cudaStream_t stream;
     cublasHandle_t blas;
-    /* per-filter coefficients of batch norm's backward; grown on demand */
-    float *scratch;
+    /* partial sums of the per-filter reductions and batch norm's backward coefficients; grown on demand */
+    void *scratch;
     size_t scratch_bytes;
 #ifdef DN_CUDNN
     cudnnHandle_t dnn;

@@ -14,8 +14,30 @@
 
 #include "../elementwise.h"
 
-/* Threads per block of the kernels; the per-filter reductions split a filter's values over this many threads. */
+/* Threads per block of the kernels. */
 #define DN_CUDA_BLOCK 256
+/* A per-filter reduction runs on up to this many blocks per filter (grid: chunks x filters), each writing one
+ * partial sum; a second kernel adds a filter's partials in chunk order (deterministic, no atomics). */
+#define DN_REDUCE_MAX_CHUNKS 64
+
+/* Index arithmetic in 32 bits when both operands fit (64-bit division is several times slower on a GPU). */
+DN_HD size_t dn_div(size_t a, size_t b)
+{
+    return ((a | b) >> 32) ? a / b : (size_t)((unsigned)a / (unsigned)b);
+}
+DN_HD size_t dn_mod(size_t a, size_t b)
+{
+    return ((a | b) >> 32) ? a % b : (size_t)((unsigned)a % (unsigned)b);
+}
+
+/* Blocks per filter of a reduction over `spatial` positions of each image: about 8 values per thread of a
+ * row, between 1 and DN_REDUCE_MAX_CHUNKS. */
+DN_HD int dn_reduce_chunks(size_t spatial)
+{
+    const size_t per_block = (size_t)DN_CUDA_BLOCK * 8;
+    const size_t chunks = (spatial + per_block - 1) / per_block;
+    return chunks < 1 ? 1 : (chunks > DN_REDUCE_MAX_CHUNKS ? DN_REDUCE_MAX_CHUNKS : (int)chunks);
+}
 
 /* ---- im2col / col2im (blas.c) ---- */
 
@@ -23,11 +45,10 @@
 DN_HD float dn_im2col_at(const float *im, int height, int width, int ksize, int stride, int pad, int oh, int ow,
                          size_t i)
 {
-    const int x = (int)(i % (size_t)ow);
-    const int y = (int)(i / (size_t)ow % (size_t)oh);
-    const size_t r = i / ((size_t)ow * oh);
-    const int kx = (int)(r % (size_t)ksize), ky = (int)(r / (size_t)ksize % (size_t)ksize);
-    const size_t c = r / ((size_t)ksize * ksize);
+    const size_t row = dn_div(i, (size_t)ow), r = dn_div(row, (size_t)oh);
+    const int x = (int)(i - row * ow), y = (int)(row - r * oh);
+    const size_t rk = dn_div(r, (size_t)ksize), c = dn_div(rk, (size_t)ksize);
+    const int kx = (int)(r - rk * ksize), ky = (int)(rk - c * ksize);
     const int iy = y * stride - pad + ky, ix = x * stride - pad + kx;
     if (iy < 0 || iy >= height || ix < 0 || ix >= width) return 0.f;
     return im[(c * height + iy) * width + ix];
@@ -38,9 +59,8 @@ DN_HD float dn_im2col_at(const float *im, int height, int width, int ksize, int 
 DN_HD float dn_col2im_cell(const float *col, const float *im, int height, int width, int ksize, int stride, int pad,
                            int oh, int ow, size_t i)
 {
-    const int ix = (int)(i % (size_t)width);
-    const int iy = (int)(i / (size_t)width % (size_t)height);
-    const size_t c = i / ((size_t)width * height);
+    const size_t row = dn_div(i, (size_t)width), c = dn_div(row, (size_t)height);
+    const int ix = (int)(i - row * width), iy = (int)(row - c * height);
     float acc = im[i];
     for (int ky = 0; ky < ksize; ky++) {
         const int ty = iy + pad - ky; /* = y * stride */
@@ -60,31 +80,43 @@ DN_HD float dn_col2im_cell(const float *col, const float *im, int height, int wi
 
 /* ---- bias and batch norm (layer_convolutional.c), x: batch x filters x spatial ---- */
 
-DN_HD int dn_filter_of(size_t i, int filters, size_t spatial) { return (int)(i / spatial % (size_t)filters); }
-
-/* The element of filter f numbered j in 0 .. batch*spatial-1 (image j / spatial). */
-DN_HD size_t dn_filter_elem(int f, int filters, size_t spatial, size_t j)
+DN_HD int dn_filter_of(size_t i, int filters, size_t spatial)
 {
-    return (j / spatial * (size_t)filters + (size_t)f) * spatial + j % spatial;
+    return (int)dn_mod(dn_div(i, spatial), (size_t)filters);
 }
 
-/* One thread's share of a per-filter reduction: elements j = t, t + threads, ... of filter f. */
-DN_HD double dn_filter_partial_sum(const float *x, int f, int filters, size_t spatial, size_t count, int t,
-                                   int threads)
+/* One thread's share of a per-filter reduction: positions t, t + threads, ... of every image's row of filter f
+ * (t numbers the threads of all the filter's blocks). */
+DN_HD double dn_filter_partial_sum(const float *x, int f, int batch, int filters, size_t spatial, size_t t,
+                                   size_t threads)
 {
     double s = 0;
-    for (size_t j = (size_t)t; j < count; j += (size_t)threads) s += x[dn_filter_elem(f, filters, spatial, j)];
+    for (int b = 0; b < batch; b++) {
+        const float *row = x + ((size_t)b * filters + f) * spatial;
+        for (size_t i = t; i < spatial; i += threads) s += row[i];
+    }
     return s;
 }
 
-DN_HD double dn_filter_partial_sq(const float *x, float mean, int f, int filters, size_t spatial, size_t count,
-                                  int t, int threads)
+DN_HD double dn_filter_partial_sq(const float *x, float mean, int f, int batch, int filters, size_t spatial,
+                                  size_t t, size_t threads)
 {
     double s = 0;
-    for (size_t j = (size_t)t; j < count; j += (size_t)threads) {
-        const float d = x[dn_filter_elem(f, filters, spatial, j)] - mean;
-        s += (double)(d * d);
+    for (int b = 0; b < batch; b++) {
+        const float *row = x + ((size_t)b * filters + f) * spatial;
+        for (size_t i = t; i < spatial; i += threads) {
+            const float d = row[i] - mean;
+            s += (double)(d * d);
+        }
     }
+    return s;
+}
+
+/* A filter's total from its blocks' partial sums (partial[f * chunks + chunk]), added in chunk order. */
+DN_HD double dn_chunk_total(const double *partial, int f, int chunks)
+{
+    double s = 0;
+    for (int k = 0; k < chunks; k++) s += partial[(size_t)f * chunks + k];
     return s;
 }
 
@@ -129,17 +161,32 @@ DN_HD float dn_affine_one(float v, const float *biases, const float *scales, con
 typedef struct dn_bn_back_sums { double dscale, sum_g, sum_gx; } dn_bn_back_sums;
 
 DN_HD dn_bn_back_sums dn_bn_back_partial(const float *delta, const float *x, const float *x_norm, float mean,
-                                         float scale, int f, int filters, size_t spatial, size_t count, int t,
-                                         int threads)
+                                         float scale, int f, int batch, int filters, size_t spatial, size_t t,
+                                         size_t threads)
 {
     dn_bn_back_sums s = {0, 0, 0};
-    for (size_t j = (size_t)t; j < count; j += (size_t)threads) {
-        const size_t i = dn_filter_elem(f, filters, spatial, j);
-        const float d = delta[i];
-        const float g = d * scale;
-        s.dscale += (double)(d * x_norm[i]);
-        s.sum_g += (double)g;
-        s.sum_gx += (double)(g * (x[i] - mean));
+    for (int b = 0; b < batch; b++) {
+        const size_t base = ((size_t)b * filters + f) * spatial;
+        for (size_t i = base + t; i < base + spatial; i += threads) {
+            const float d = delta[i];
+            const float g = d * scale;
+            s.dscale += (double)(d * x_norm[i]);
+            s.sum_g += (double)g;
+            s.sum_gx += (double)(g * (x[i] - mean));
+        }
+    }
+    return s;
+}
+
+/* A filter's three totals from its blocks' partials (partial[3 * (f * chunks + chunk) + 0, 1, 2]). */
+DN_HD dn_bn_back_sums dn_bn_back_total(const double *partial, int f, int chunks)
+{
+    dn_bn_back_sums s = {0, 0, 0};
+    for (int k = 0; k < chunks; k++) {
+        const double *p = partial + 3 * ((size_t)f * chunks + k);
+        s.dscale += p[0];
+        s.sum_g += p[1];
+        s.sum_gx += p[2];
     }
     return s;
 }
@@ -165,10 +212,9 @@ DN_HD float dn_bn_back_one(float d, float x, float mean, float scale, const floa
 DN_HD float dn_maxpool_one(const float *in, int channels, int height, int width, int size, int stride, int offset,
                            int out_h, int out_w, size_t o, int *argmax_out)
 {
-    const int x = (int)(o % (size_t)out_w);
-    const int y = (int)(o / (size_t)out_w % (size_t)out_h);
-    const size_t bc = o / ((size_t)out_w * out_h); /* image * channels + channel */
-    const int c = (int)(bc % (size_t)channels);
+    const size_t row = dn_div(o, (size_t)out_w), bc = dn_div(row, (size_t)out_h); /* bc: image * channels + c */
+    const int x = (int)(o - row * out_w), y = (int)(row - bc * out_h);
+    const int c = (int)dn_mod(bc, (size_t)channels);
     const float *src = in + bc * height * width;
     float best = -FLT_MAX;
     int best_i = -1;
@@ -193,16 +239,15 @@ DN_HD float dn_maxpool_one(const float *in, int channels, int height, int width,
 DN_HD long long dn_maxpool_target(const int *argmax, size_t outputs, size_t inputs, size_t o)
 {
     const int j = argmax[o];
-    return j < 0 ? -1 : (long long)(o / outputs * inputs + (size_t)j);
+    return j < 0 ? -1 : (long long)(dn_div(o, outputs) * inputs + (size_t)j);
 }
 
 /* ---- upsample (layer_upsample.c) ---- */
 DN_HD float dn_upsample_one(const float *in, int height, int width, int stride, float scale, size_t o)
 {
     const int ow = width * stride, oh = height * stride;
-    const int x = (int)(o % (size_t)ow);
-    const int y = (int)(o / (size_t)ow % (size_t)oh);
-    const size_t bc = o / ((size_t)ow * oh);
+    const size_t row = dn_div(o, (size_t)ow), bc = dn_div(row, (size_t)oh);
+    const int x = (int)(o - row * ow), y = (int)(row - bc * oh);
     return scale * in[(bc * height + y / stride) * width + x / stride];
 }
 
@@ -211,9 +256,8 @@ DN_HD float dn_upsample_back_cell(const float *delta, const float *in_delta, int
                                   float scale, size_t i)
 {
     const int ow = width * stride, oh = height * stride;
-    const int ix = (int)(i % (size_t)width);
-    const int iy = (int)(i / (size_t)width % (size_t)height);
-    const size_t bc = i / ((size_t)width * height);
+    const size_t row = dn_div(i, (size_t)width), bc = dn_div(row, (size_t)height);
+    const int ix = (int)(i - row * width), iy = (int)(row - bc * height);
     const float *src = delta + bc * oh * ow;
     float acc = in_delta[i];
     for (int dy = 0; dy < stride; dy++)
@@ -224,7 +268,7 @@ DN_HD float dn_upsample_back_cell(const float *delta, const float *in_delta, int
 /* ---- [yolo] (yolo_loss.c yolo_activate): value i of layout [batch][anchor][entry][h*w] ---- */
 DN_HD float dn_yolo_activate_at(const float *in, int entries, int hw, int representation_lin, size_t i)
 {
-    const int entry = (int)(i / (size_t)hw % (size_t)entries);
+    const int entry = (int)dn_mod(dn_div(i, (size_t)hw), (size_t)entries);
     return dn_yolo_activate_one(in[i], entry, representation_lin);
 }
 
@@ -232,7 +276,7 @@ DN_HD float dn_yolo_activate_at(const float *in, int entries, int hw, int repres
 DN_HD void dn_copy_rows_one(size_t cols, const float *src, size_t src_stride, float *dst, size_t dst_stride,
                             int accumulate, size_t i)
 {
-    const size_t r = i / cols, k = i % cols;
+    const size_t r = dn_div(i, cols), k = i - r * cols;
     const float v = src[r * src_stride + k];
     float *d = dst + r * dst_stride + k;
     *d = accumulate ? *d + v : v;

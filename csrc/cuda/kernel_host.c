@@ -52,52 +52,87 @@ HK_EXPORT void hk_affine_inference(float *x, int batch, int filters, size_t spat
         x[i] = dn_affine_one(x[i], biases, scales, rolling_mean, rolling_variance, filters, spatial, i);
 }
 
-HK_EXPORT void hk_batchnorm_forward(const float *x, int batch, int filters, size_t spatial, const float *scales,
-                                    const float *biases, float *mean, float *variance, float *rolling_mean,
-                                    float *rolling_variance, int update_rolling, float *x_norm, float *out)
+/* k_filter_partials: block (f, chunk) adds its threads' partials in thread order (the device adds them pairwise;
+ * either way a double sum of float values). mean == NULL: sums of x, else of (x - mean[f])^2. */
+static void filter_partials(const float *x, const float *mean, int batch, int filters, size_t spatial, int chunks,
+                            double *partial)
+{
+    const size_t threads = (size_t)chunks * DN_CUDA_BLOCK;
+    for (int f = 0; f < filters; f++)
+        for (int chunk = 0; chunk < chunks; chunk++) {
+            double block = 0;
+            for (int tid = 0; tid < DN_CUDA_BLOCK; tid++) {
+                const size_t t = (size_t)chunk * DN_CUDA_BLOCK + tid;
+                block += mean ? dn_filter_partial_sq(x, mean[f], f, batch, filters, spatial, t, threads)
+                              : dn_filter_partial_sum(x, f, batch, filters, spatial, t, threads);
+            }
+            partial[(size_t)f * chunks + chunk] = block;
+        }
+}
+
+/* 0, or -1 when the partial sums cannot be allocated. */
+HK_EXPORT int hk_batchnorm_forward(const float *x, int batch, int filters, size_t spatial, const float *scales,
+                                   const float *biases, float *mean, float *variance, float *rolling_mean,
+                                   float *rolling_variance, int update_rolling, float *x_norm, float *out)
 {
     const size_t count = (size_t)batch * spatial;
-    for (int f = 0; f < filters; f++) { /* k_bn_stats: one block per filter */
-        double sum = 0, sq = 0;
-        for (int t = 0; t < DN_CUDA_BLOCK; t++)
-            sum += dn_filter_partial_sum(x, f, filters, spatial, count, t, DN_CUDA_BLOCK);
-        const float mean_f = dn_bn_mean(sum, (double)count);
-        for (int t = 0; t < DN_CUDA_BLOCK; t++)
-            sq += dn_filter_partial_sq(x, mean_f, f, filters, spatial, count, t, DN_CUDA_BLOCK);
-        dn_bn_stats(sum, sq, (double)count, &mean[f], &variance[f]);
+    const int chunks = dn_reduce_chunks(spatial);
+    double *sums = malloc(sizeof(double) * 2 * (size_t)filters * chunks);
+    if (!sums) return -1;
+    double *squares = sums + (size_t)filters * chunks;
+    filter_partials(x, NULL, batch, filters, spatial, chunks, sums);
+    for (int f = 0; f < filters; f++) mean[f] = dn_bn_mean(dn_chunk_total(sums, f, chunks), (double)count);
+    filter_partials(x, mean, batch, filters, spatial, chunks, squares);
+    for (int f = 0; f < filters; f++) {
+        dn_bn_stats(dn_chunk_total(sums, f, chunks), dn_chunk_total(squares, f, chunks), (double)count, &mean[f],
+                    &variance[f]);
         if (update_rolling) dn_bn_rolling(&rolling_mean[f], &rolling_variance[f], mean[f], variance[f]);
     }
     for (size_t i = 0; i < count * filters; i++)
         dn_bn_normalize_one(x, mean, variance, scales, biases, filters, spatial, i, x_norm, out);
+    free(sums);
+    return 0;
 }
 
-HK_EXPORT void hk_bias_gradient(const float *delta, int batch, int filters, size_t spatial, float *bias_updates)
+HK_EXPORT int hk_bias_gradient(const float *delta, int batch, int filters, size_t spatial, float *bias_updates)
 {
-    for (int f = 0; f < filters; f++) {
-        double sum = 0;
-        for (int t = 0; t < DN_CUDA_BLOCK; t++)
-            sum += dn_filter_partial_sum(delta, f, filters, spatial, (size_t)batch * spatial, t, DN_CUDA_BLOCK);
-        bias_updates[f] += (float)sum;
-    }
+    const int chunks = dn_reduce_chunks(spatial);
+    double *sums = malloc(sizeof(double) * (size_t)filters * chunks);
+    if (!sums) return -1;
+    filter_partials(delta, NULL, batch, filters, spatial, chunks, sums);
+    for (int f = 0; f < filters; f++) bias_updates[f] += (float)dn_chunk_total(sums, f, chunks);
+    free(sums);
+    return 0;
 }
 
-/* 0, or -1 when the coefficients' scratch cannot be allocated. */
 HK_EXPORT int hk_batchnorm_backward(float *delta, const float *x, const float *x_norm, const float *mean,
                                     const float *variance, const float *scales, int batch, int filters,
                                     size_t spatial, float *scale_updates)
 {
     const size_t count = (size_t)batch * spatial;
+    const int chunks = dn_reduce_chunks(spatial);
+    const size_t threads = (size_t)chunks * DN_CUDA_BLOCK;
+    double *partial = malloc(sizeof(double) * 3 * (size_t)filters * chunks);
     float *coef = malloc(sizeof(float) * 3 * (size_t)filters);
-    if (!coef) return -1;
-    for (int f = 0; f < filters; f++) { /* k_bn_back_sums */
-        dn_bn_back_sums s = {0, 0, 0};
-        for (int t = 0; t < DN_CUDA_BLOCK; t++) {
-            const dn_bn_back_sums p = dn_bn_back_partial(delta, x, x_norm, mean[f], scales[f], f, filters, spatial,
-                                                         count, t, DN_CUDA_BLOCK);
-            s.dscale += p.dscale;
-            s.sum_g += p.sum_g;
-            s.sum_gx += p.sum_gx;
+    if (!partial || !coef) {
+        free(partial);
+        free(coef);
+        return -1;
+    }
+    for (int f = 0; f < filters; f++) /* k_bn_back_partials */
+        for (int chunk = 0; chunk < chunks; chunk++) {
+            double *p = partial + 3 * ((size_t)f * chunks + chunk);
+            p[0] = p[1] = p[2] = 0;
+            for (int tid = 0; tid < DN_CUDA_BLOCK; tid++) {
+                const dn_bn_back_sums s = dn_bn_back_partial(delta, x, x_norm, mean[f], scales[f], f, batch, filters,
+                                                             spatial, (size_t)chunk * DN_CUDA_BLOCK + tid, threads);
+                p[0] += s.dscale;
+                p[1] += s.sum_g;
+                p[2] += s.sum_gx;
+            }
         }
+    for (int f = 0; f < filters; f++) { /* k_bn_back_finish */
+        const dn_bn_back_sums s = dn_bn_back_total(partial, f, chunks);
         scale_updates[f] += (float)s.dscale;
         dn_bn_back_coefficients(s, variance[f], (double)count, coef + 3 * f);
     }
@@ -105,6 +140,7 @@ HK_EXPORT int hk_batchnorm_backward(float *delta, const float *x, const float *x
         const int f = dn_filter_of(i, filters, spatial);
         delta[i] = dn_bn_back_one(delta[i], x[i], mean[f], scales[f], coef + 3 * f);
     }
+    free(partial);
     free(coef);
     return 0;
 }

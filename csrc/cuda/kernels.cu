@@ -177,7 +177,7 @@ static dn_status cu_affine_inference(dn_backend *be, float *x, int batch, int fi
     return launched(ctx, "affine_inference");
 }
 
-/* Sum of v over the block into red[0] (blockDim.x = DN_THREADS, a power of two); every thread gets it. */
+/* Sum of v over the block (blockDim.x = DN_THREADS, a power of two); every thread gets it. */
 __device__ double block_sum(double v, double *red)
 {
     red[threadIdx.x] = v;
@@ -191,21 +191,46 @@ __device__ double block_sum(double v, double *red)
     return total;
 }
 
-/* One block per filter: mean, unbiased variance and the rolling averages. */
-__global__ void k_bn_stats(const float *x, int filters, size_t spatial, size_t count, float *mean, float *variance,
-                           float *rolling_mean, float *rolling_variance, int update_rolling)
+/* The per-filter reductions run on a grid of filters x chunks blocks (blockIdx.x = filter, blockIdx.y = chunk);
+ * thread t of all a filter's blocks is chunk * DN_THREADS + threadIdx.x. */
+#define DN_REDUCE_THREAD ((size_t)blockIdx.y * DN_THREADS + threadIdx.x)
+#define DN_REDUCE_THREADS ((size_t)gridDim.y * DN_THREADS)
+
+/* Partial sums of x (mean == NULL) or of (x - mean[f])^2 per filter and chunk. */
+__global__ void k_filter_partials(const float *x, const float *mean, int batch, int filters, size_t spatial,
+                                  double *partial)
 {
     __shared__ double red[DN_THREADS];
-    const int f = blockIdx.x, t = threadIdx.x;
-    const double sum = block_sum(dn_filter_partial_sum(x, f, filters, spatial, count, t, DN_THREADS), red);
-    const float mean_f = dn_bn_mean(sum, (double)count);
-    const double sq = block_sum(dn_filter_partial_sq(x, mean_f, f, filters, spatial, count, t, DN_THREADS), red);
-    if (t == 0) {
-        float m, v;
-        dn_bn_stats(sum, sq, (double)count, &m, &v);
-        mean[f] = m;
-        variance[f] = v;
-        if (update_rolling) dn_bn_rolling(&rolling_mean[f], &rolling_variance[f], m, v);
+    const int f = blockIdx.x;
+    const double v = mean ? dn_filter_partial_sq(x, mean[f], f, batch, filters, spatial, DN_REDUCE_THREAD,
+                                                 DN_REDUCE_THREADS)
+                          : dn_filter_partial_sum(x, f, batch, filters, spatial, DN_REDUCE_THREAD, DN_REDUCE_THREADS);
+    const double total = block_sum(v, red);
+    if (threadIdx.x == 0) partial[(size_t)f * gridDim.y + blockIdx.y] = total;
+}
+
+static dn_status filter_partials(dn_cuda_ctx *ctx, const float *x, const float *mean, int batch, int filters,
+                                 size_t spatial, int chunks, double *partial, const char *what)
+{
+    k_filter_partials<<<dim3(filters, chunks), DN_THREADS, 0, ctx->stream>>>(x, mean, batch, filters, spatial,
+                                                                              partial);
+    return launched(ctx, what);
+}
+
+__global__ void k_bn_mean(const double *sums, int filters, int chunks, double count, float *mean)
+{
+    DN_FOR_EACH(f, (size_t)filters) mean[f] = dn_bn_mean(dn_chunk_total(sums, (int)f, chunks), count);
+}
+
+__global__ void k_bn_variance(const double *sums, const double *squares, int filters, int chunks, double count,
+                              float *mean, float *variance, float *rolling_mean, float *rolling_variance,
+                              int update_rolling)
+{
+    DN_FOR_EACH(f, (size_t)filters)
+    {
+        dn_bn_stats(dn_chunk_total(sums, (int)f, chunks), dn_chunk_total(squares, (int)f, chunks), count, &mean[f],
+                    &variance[f]);
+        if (update_rolling) dn_bn_rolling(&rolling_mean[f], &rolling_variance[f], mean[f], variance[f]);
     }
 }
 
@@ -216,6 +241,18 @@ __global__ void k_bn_normalize(const float *x, size_t n, int filters, size_t spa
     DN_FOR_EACH(i, n) dn_bn_normalize_one(x, mean, variance, scales, biases, filters, spatial, i, x_norm, out);
 }
 
+/* The scratch for the reductions of `filters` filters: 3 doubles per filter and chunk, then 3 floats per filter. */
+static dn_status reduce_scratch(dn_cuda_ctx *ctx, int filters, int chunks, double **partial, float **coef)
+{
+    const size_t doubles = 3 * (size_t)filters * chunks;
+    dn_status st = dn_cuda_grow(ctx, &ctx->scratch, &ctx->scratch_bytes,
+                                doubles * sizeof(double) + 3 * (size_t)filters * sizeof(float), "reduction scratch");
+    if (st) return st;
+    *partial = static_cast<double *>(ctx->scratch);
+    *coef = reinterpret_cast<float *>(*partial + doubles);
+    return DN_OK;
+}
+
 static dn_status cu_batchnorm_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
                                       const float *scales, const float *biases, float *mean, float *variance,
                                       float *rolling_mean, float *rolling_variance, int update_rolling,
@@ -224,21 +261,31 @@ static dn_status cu_batchnorm_forward(dn_backend *be, const float *x, int batch,
     DN_ENTER(be);
     const size_t count = (size_t)batch * spatial, n = count * filters;
     if (!n) return DN_OK;
-    k_bn_stats<<<filters, DN_THREADS, 0, ctx->stream>>>(x, filters, spatial, count, mean, variance, rolling_mean,
-                                                        rolling_variance, update_rolling);
-    dn_status st = launched(ctx, "batchnorm_forward (statistics)");
+    const int chunks = dn_reduce_chunks(spatial);
+    double *sums;
+    float *unused;
+    dn_status st = reduce_scratch(ctx, filters, chunks, &sums, &unused);
     if (st) return st;
+    double *squares = sums + (size_t)filters * chunks;
+    /* sums, then the mean, then squares about that (float) mean, then mean and variance as the CPU rounds them */
+    if ((st = filter_partials(ctx, x, NULL, batch, filters, spatial, chunks, sums, "batchnorm_forward (sums)")))
+        return st;
+    k_bn_mean<<<blocks_for(filters), DN_THREADS, 0, ctx->stream>>>(sums, filters, chunks, (double)count, mean);
+    if ((st = launched(ctx, "batchnorm_forward (mean)"))) return st;
+    if ((st = filter_partials(ctx, x, mean, batch, filters, spatial, chunks, squares, "batchnorm_forward (squares)")))
+        return st;
+    k_bn_variance<<<blocks_for(filters), DN_THREADS, 0, ctx->stream>>>(sums, squares, filters, chunks, (double)count,
+                                                                       mean, variance, rolling_mean, rolling_variance,
+                                                                       update_rolling);
+    if ((st = launched(ctx, "batchnorm_forward (variance)"))) return st;
     k_bn_normalize<<<blocks_for(n), DN_THREADS, 0, ctx->stream>>>(x, n, filters, spatial, mean, variance, scales,
                                                                   biases, x_norm, out);
     return launched(ctx, "batchnorm_forward (normalise)");
 }
 
-__global__ void k_bias_gradient(const float *delta, int filters, size_t spatial, size_t count, float *bias_updates)
+__global__ void k_bias_finish(const double *sums, int filters, int chunks, float *bias_updates)
 {
-    __shared__ double red[DN_THREADS];
-    const int f = blockIdx.x;
-    const double sum = block_sum(dn_filter_partial_sum(delta, f, filters, spatial, count, threadIdx.x, DN_THREADS), red);
-    if (threadIdx.x == 0) bias_updates[f] += (float)sum;
+    DN_FOR_EACH(f, (size_t)filters) bias_updates[f] += (float)dn_chunk_total(sums, (int)f, chunks);
 }
 
 static dn_status cu_bias_gradient(dn_backend *be, const float *delta, int batch, int filters, size_t spatial,
@@ -246,27 +293,43 @@ static dn_status cu_bias_gradient(dn_backend *be, const float *delta, int batch,
 {
     DN_ENTER(be);
     if (filters <= 0) return DN_OK;
-    k_bias_gradient<<<filters, DN_THREADS, 0, ctx->stream>>>(delta, filters, spatial, (size_t)batch * spatial,
-                                                             bias_updates);
+    const int chunks = dn_reduce_chunks(spatial);
+    double *sums;
+    float *unused;
+    dn_status st = reduce_scratch(ctx, filters, chunks, &sums, &unused);
+    if (st || (st = filter_partials(ctx, delta, NULL, batch, filters, spatial, chunks, sums, "bias_gradient (sums)")))
+        return st;
+    k_bias_finish<<<blocks_for(filters), DN_THREADS, 0, ctx->stream>>>(sums, filters, chunks, bias_updates);
     return launched(ctx, "bias_gradient");
 }
 
-/* One block per filter: the three sums, scale_updates, and the coefficients of the per-element step. */
-__global__ void k_bn_back_sums(const float *delta, const float *x, const float *x_norm, const float *mean,
-                               const float *variance, const float *scales, int filters, size_t spatial, size_t count,
-                               float *scale_updates, float *coef)
+/* Batch norm's backward: the three sums per filter and chunk, then per filter scale_updates and the coefficients,
+ * then the per-element step. */
+__global__ void k_bn_back_partials(const float *delta, const float *x, const float *x_norm, const float *mean,
+                                   const float *scales, int batch, int filters, size_t spatial, double *partial)
 {
     __shared__ double red[DN_THREADS];
     const int f = blockIdx.x;
-    const dn_bn_back_sums p = dn_bn_back_partial(delta, x, x_norm, mean[f], scales[f], f, filters, spatial, count,
-                                                 threadIdx.x, DN_THREADS);
-    dn_bn_back_sums s;
-    s.dscale = block_sum(p.dscale, red);
-    s.sum_g = block_sum(p.sum_g, red);
-    s.sum_gx = block_sum(p.sum_gx, red);
+    const dn_bn_back_sums p = dn_bn_back_partial(delta, x, x_norm, mean[f], scales[f], f, batch, filters, spatial,
+                                                 DN_REDUCE_THREAD, DN_REDUCE_THREADS);
+    const double dscale = block_sum(p.dscale, red), sum_g = block_sum(p.sum_g, red),
+                 sum_gx = block_sum(p.sum_gx, red);
     if (threadIdx.x == 0) {
+        double *out = partial + 3 * ((size_t)f * gridDim.y + blockIdx.y);
+        out[0] = dscale;
+        out[1] = sum_g;
+        out[2] = sum_gx;
+    }
+}
+
+__global__ void k_bn_back_finish(const double *partial, const float *variance, int filters, int chunks, double count,
+                                 float *scale_updates, float *coef)
+{
+    DN_FOR_EACH(f, (size_t)filters)
+    {
+        const dn_bn_back_sums s = dn_bn_back_total(partial, (int)f, chunks);
         scale_updates[f] += (float)s.dscale;
-        dn_bn_back_coefficients(s, variance[f], (double)count, coef + 3 * f);
+        dn_bn_back_coefficients(s, variance[f], count, coef + 3 * f);
     }
 }
 
@@ -287,14 +350,18 @@ static dn_status cu_batchnorm_backward(dn_backend *be, float *delta, const float
     DN_ENTER(be);
     const size_t count = (size_t)batch * spatial, n = count * filters;
     if (!n) return DN_OK;
-    dn_status st = dn_cuda_grow(ctx, (void **)&ctx->scratch, &ctx->scratch_bytes, sizeof(float) * 3 * (size_t)filters,
-                                "batch-norm backward coefficients");
+    const int chunks = dn_reduce_chunks(spatial);
+    double *partial;
+    float *coef;
+    dn_status st = reduce_scratch(ctx, filters, chunks, &partial, &coef);
     if (st) return st;
-    k_bn_back_sums<<<filters, DN_THREADS, 0, ctx->stream>>>(delta, x, x_norm, mean, variance, scales, filters, spatial,
-                                                            count, scale_updates, ctx->scratch);
+    k_bn_back_partials<<<dim3(filters, chunks), DN_THREADS, 0, ctx->stream>>>(delta, x, x_norm, mean, scales, batch,
+                                                                               filters, spatial, partial);
     if ((st = launched(ctx, "batchnorm_backward (sums)"))) return st;
-    k_bn_back_apply<<<blocks_for(n), DN_THREADS, 0, ctx->stream>>>(delta, x, mean, scales, ctx->scratch, n, filters,
-                                                                   spatial);
+    k_bn_back_finish<<<blocks_for(filters), DN_THREADS, 0, ctx->stream>>>(partial, variance, filters, chunks,
+                                                                          (double)count, scale_updates, coef);
+    if ((st = launched(ctx, "batchnorm_backward (coefficients)"))) return st;
+    k_bn_back_apply<<<blocks_for(n), DN_THREADS, 0, ctx->stream>>>(delta, x, mean, scales, coef, n, filters, spatial);
     return launched(ctx, "batchnorm_backward (apply)");
 }
 
