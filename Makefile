@@ -110,7 +110,7 @@ $(LIB): $(SRC) $(HDR) Makefile $(CONFIG_STAMP) $(GPU_OBJS)
 $(ASAN_LIB): $(SRC) $(HDR) Makefile
 	@mkdir -p build/asan
 	$(CC) $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	  $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm
+	  $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm -lpthread
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"

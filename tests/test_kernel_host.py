@@ -10,6 +10,7 @@ geometry, block reductions and cuBLAS/cuDNN calls are checked on a GPU by tests/
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import zlib
@@ -58,8 +59,10 @@ def hk(tmp_path_factory):
     if cc is None:
         pytest.skip("no C compiler (cc) to build the host version of the CUDA kernels")
     out = tmp_path_factory.mktemp("kernel_host") / "libdn_kernel_host.so"
+    # $PYDARKNET_KERNEL_HOST_CFLAGS adds flags, e.g. "-fsanitize=address,undefined" for a sanitizer run
+    extra = os.environ.get("PYDARKNET_KERNEL_HOST_CFLAGS", "").split()
     subprocess.run([cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
-                    "-fno-fast-math", "-ffp-contract=off", "-o", str(out), str(SOURCE), "-lm"], check=True)
+                    "-fno-fast-math", "-ffp-contract=off", *extra, "-o", str(out), str(SOURCE), "-lm"], check=True)
     lib = ctypes.CDLL(str(out))
     for name, args in SIGNATURES.items():
         getattr(lib, name).argtypes = args
