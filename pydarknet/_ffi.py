@@ -142,8 +142,9 @@ def _load():
                 f"pydarknet: {path} was built with CUDA and cannot load its CUDA libraries ({again}); install "
                 "them with `pip install \"pydarknet[cuda]\"` (NVIDIA's wheels) or put a CUDA toolkit's lib64 on "
                 "LD_LIBRARY_PATH") from again
-    if _parse_build_info(ffi.string(library.dn_build_info()).decode()).get("cudnn"):
-        _preload_cuda(cudnn=True)  # cuDNN dlopens its engine libraries by name when the first handle is made
+    if _parse_build_info(ffi.string(library.dn_build_info()).decode()).get("cudnn") and library.dn_cuda_device_count():
+        # cuDNN dlopens its engine libraries by name when the first handle is made (not needed without a device)
+        _preload_cuda(cudnn=True)
     abi = library.dn_abi_version()
     if abi != _EXPECTED_ABI:
         raise ImportError(f"pydarknet: {path} has ABI version {abi}, this package needs {_EXPECTED_ABI}; rebuild it")
