@@ -1,5 +1,10 @@
-# pydarknet: builds csrc/ into pydarknet/libdarknet.so (CPU), and runs the demo and tests.
-#   make            the library
+# pydarknet: builds csrc/ into pydarknet/libdarknet.so, and runs the demo and tests.
+#   make            the library (CPU)
+#   make GPU=1 [CUDNN=1] [CUDA_ARCH="sm_80 sm_90"] [LIBRARY=build/gpu/libdarknet.so]
+#                   the library with CUDA (csrc/cuda/, nvcc from CUDA_HOME), which still runs on the CPU where
+#                   there is no GPU or driver; cuBLAS/cuDNN from NVIDIA's wheels (pip install ".[cuda]") or CUDA_HOME.
+#                   pip: GPU=1 [CUDNN=1] pip install --no-build-isolation ".[cuda]" (make reads them from the
+#                   environment; without isolation the build sees the wheels installed beforehand)
 #   make demo       install and run the main job (the built-in training default)
 #   make test       install and run the test suite
 #   make asan       the test suite against a library built with AddressSanitizer + UBSan
@@ -12,8 +17,9 @@ OPT ?= -O3
 # (no reassociation), it only assumes floating-point traps are off, as they always are here.
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -fopenmp -fno-trapping-math -Wall -Wextra -Wno-unused-parameter
 SRC = $(wildcard csrc/*.c)
-HDR = $(wildcard csrc/*.h)
-LIB = pydarknet/libdarknet.so
+HDR = $(wildcard csrc/*.h) $(wildcard csrc/cuda/*.h)
+LIBRARY ?= pydarknet/libdarknet.so
+LIB = $(LIBRARY)
 ASAN_LIB = build/asan/libdarknet.so
 
 # BLAS: the scipy-openblas32 wheel (symbols prefixed scipy_), else a system OpenBLAS, else portable C.
@@ -30,17 +36,81 @@ else
   BLAS_LIBS =
 endif
 
-.PHONY: all lib demo test asan fuzz bench clean install
+
+# ---- CUDA ----
+GPU ?= 0
+CUDNN ?= 0
+# Default: Turing to Hopper as machine code, plus compute_90 PTX (of the last arch listed) for newer GPUs.
+CUDA_ARCH ?= sm_75 sm_80 sm_86 sm_89 sm_90
+CUDA_SRC = $(wildcard csrc/cuda/*.cu)
+CUDA_OBJDIR = build/obj/$(subst /,_,$(LIB))
+GPU_CFLAGS =
+GPU_OBJS =
+GPU_LIBS =
+ifeq ($(GPU),1)
+  CUDA_HOME ?= $(or $(wildcard /usr/local/cuda),$(patsubst %/bin/nvcc,%,$(realpath $(shell command -v nvcc 2>/dev/null))))
+  NVCC ?= $(CUDA_HOME)/bin/nvcc
+  ifeq ($(wildcard $(NVCC)),)
+    $(error GPU=1: nvcc not found at $(NVCC); set CUDA_HOME to a CUDA toolkit)
+  endif
+  LAST_ARCH = $(subst sm_,,$(lastword $(CUDA_ARCH)))
+  GENCODE = $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(subst sm_,,$(a)),code=$(a)) \
+            -gencode arch=compute_$(LAST_ARCH),code=compute_$(LAST_ARCH)
+  # NVIDIA's wheels (nvidia-cublas, nvidia-cuda-runtime, nvidia-cudnn-cu13) when installed, else the toolkit's.
+  NVIDIA_WHEELS := $(shell $(PYTHON) -c "import nvidia; print(list(nvidia.__path__)[0])" 2>/dev/null)
+  ifneq ($(wildcard $(NVIDIA_WHEELS)/cu13/lib/libcublas.so.13),)
+    # Only the cuBLAS/cuDNN headers come from the wheels (through links), so nvcc keeps its own runtime headers.
+    CUDA_WHEEL_HEADERS = $(wildcard $(NVIDIA_WHEELS)/cu13/include/cublas*.h) \
+                         $(if $(filter 1,$(CUDNN)),$(wildcard $(NVIDIA_WHEELS)/cudnn/include/cudnn*.h))
+    CUDA_INC = -Ibuild/cuda-include
+    CUDA_LIBDIRS = $(NVIDIA_WHEELS)/cu13/lib $(if $(filter 1,$(CUDNN)),$(NVIDIA_WHEELS)/cudnn/lib)
+    # $ORIGIN/../nvidia/...: the wheels next to an installed package; _ffi.py also preloads them.
+    GPU_LIBS = $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) \
+               -Wl,-rpath,'$$ORIGIN/../nvidia/cu13/lib' -Wl,-rpath,'$$ORIGIN/../nvidia/cudnn/lib' \
+               -l:libcudart.so.13 -l:libcublas.so.13 $(if $(filter 1,$(CUDNN)),-l:libcudnn.so.9)
+  else ifneq ($(wildcard $(CUDA_HOME)/include/cublas_v2.h),)
+    CUDA_WHEEL_HEADERS =
+    CUDA_INC = -I$(CUDA_HOME)/include
+    GPU_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas $(if $(filter 1,$(CUDNN)),-lcudnn)
+  else
+    $(error GPU=1: cuBLAS not found, neither NVIDIA's wheels for $(PYTHON) nor $(CUDA_HOME)/include/cublas_v2.h: \
+      pip install ".[cuda]" (with pip install --no-build-isolation when pip builds the package) or set CUDA_HOME)
+  endif
+  GPU_LIBS += -lstdc++
+  GPU_DEFS = -DDN_GPU $(if $(filter 1,$(CUDNN)),-DDN_CUDNN)
+  GPU_CFLAGS = $(GPU_DEFS)
+  NVCC_FLAGS = -O3 -std=c++17 $(GENCODE) $(GPU_DEFS) $(CUDA_INC) -DDN_CUDA_ARCHS='"$(CUDA_ARCH) +PTX compute_$(LAST_ARCH)"' \
+               -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Wno-unused-parameter
+  GPU_OBJS = $(patsubst csrc/cuda/%.cu,$(CUDA_OBJDIR)/%.o,$(CUDA_SRC))
+endif
+
+# The library is rebuilt whenever the build configuration changes (make GPU=1 after make, another CUDA_ARCH...).
+BUILD_CONFIG = GPU=$(GPU) CUDNN=$(CUDNN) CUDA_ARCH=$(CUDA_ARCH) CC=$(CC) OPT=$(OPT) BLAS=$(BLAS_CFLAGS)
+CONFIG_STAMP = build/config/$(subst /,_,$(LIB))
+$(CONFIG_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(BUILD_CONFIG)' | cmp -s - $@ || echo '$(BUILD_CONFIG)' > $@
+
+build/cuda-include: FORCE
+	@mkdir -p $@
+	@$(if $(CUDA_WHEEL_HEADERS),ln -sf $(CUDA_WHEEL_HEADERS) $@/)
+
+$(CUDA_OBJDIR)/%.o: csrc/cuda/%.cu $(HDR) Makefile $(CONFIG_STAMP) | build/cuda-include
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+.PHONY: all lib demo test asan fuzz bench clean install FORCE
 all: lib
 lib: $(LIB)
 
-$(LIB): $(SRC) $(HDR) Makefile
-	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm
+$(LIB): $(SRC) $(HDR) Makefile $(CONFIG_STAMP) $(GPU_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) $(GPU_CFLAGS) -shared -o $@ $(SRC) $(GPU_OBJS) $(BLAS_LIBS) $(GPU_LIBS) -lm -lpthread
 
 $(ASAN_LIB): $(SRC) $(HDR) Makefile
 	@mkdir -p build/asan
 	$(CC) $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	  $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm
+	  $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm -lpthread
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"

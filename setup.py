@@ -1,4 +1,10 @@
-"""Builds libdarknet.so with `make` and ships it (and darknet.h, which cffi reads) inside the package."""
+"""Builds libdarknet.so with `make` and ships it (and darknet.h, which cffi reads) inside the package.
+
+`make` reads its settings from the environment, so a CUDA build is
+``GPU=1 [CUDNN=1] [CUDA_ARCH="sm_80 sm_90"] pip install --no-build-isolation ".[cuda]"`` after
+``pip install nvidia-cuda-runtime nvidia-cublas nvidia-cudnn-cu13`` (the `cuda` extra): without build isolation
+the build sees those wheels' headers and libraries (or a toolkit's, from CUDA_HOME).
+"""
 import os
 import shutil
 import subprocess

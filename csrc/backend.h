@@ -149,9 +149,12 @@ dn_backend *dn_backend_cpu(void);
 dn_status dn_backend_create(int device, dn_backend **out);
 void dn_backend_destroy(dn_backend *be);
 
-/* Provided by csrc/cuda/ in a GPU build (DN_GPU defined). */
-dn_status dn_backend_cuda_create(int device, dn_backend **out);
+/* Provided by csrc/cuda/ in a GPU build (DN_GPU defined). allow_tf32: dn_options.allow_tf32 (cuBLAS and cuDNN
+ * may use TensorFloat-32 tensor cores; else plain FP32). dn_cuda_device_count_internal: 0 without a driver.
+ * dn_cuda_build_description: "key=value" lines (cuda, cudnn, cublas versions, cuda_archs) into out. */
+dn_status dn_backend_cuda_create(int device, int allow_tf32, dn_backend **out);
 int dn_cuda_device_count_internal(void);
+void dn_cuda_build_description(char *out, size_t size);
 
 #ifdef __cplusplus
 }

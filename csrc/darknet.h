@@ -156,6 +156,12 @@ void dn_set_log_callback(dn_log_fn fn, void *user);
 void dn_set_threads(int n);
 int dn_get_threads(void);
 const char *dn_blas_name(void);
+/* What this library was built with, as "key=value" lines: abi, blas, openmp (_OPENMP, 0 = none), cuda (the CUDA
+ * runtime version built against, e.g. 13000; 0 = a CPU-only build), cudnn (version, 0 = without), cublas,
+ * cuda_archs (the GPU code it carries). Other keys may be added; readers must ignore those they do not know. */
+const char *dn_build_info(void);
+/* CUDA devices the driver reports: 0 on a CPU-only build, without a driver or without a device. */
+int dn_cuda_device_count(void);
 const char *dn_activation_name(int code);
 
 void dn_options_init(dn_options *options);

@@ -19,12 +19,14 @@ _LAZY = {
     "yolo_loss": ".loss",
     "train": ".train",
     "valid": ".valid",
+    "build_info": "._ffi", "cuda_device_count": "._ffi",
     "evaluate_list": ".eval", "MapResult": ".eval", "format_map_table": ".eval", "map_txt_row": ".eval",
 }
 
 __all__ = ["Network", "Detector", "Detection", "yolo_loss", "train", "valid", "evaluate_list", "MapResult",
-           "format_map_table", "map_txt_row", "set_threads", "get_threads", "DarknetError", "CfgError",
-           "WeightsError", "LabelError", "ImageError", "CudaError", "ExportError", "__version__"]
+           "format_map_table", "map_txt_row", "set_threads", "get_threads", "build_info", "cuda_device_count",
+           "DarknetError", "CfgError", "WeightsError", "LabelError", "ImageError", "CudaError", "ExportError",
+           "__version__"]
 
 
 def __getattr__(name: str):
