@@ -1,6 +1,7 @@
 """``Network``: a Darknet network built from a .cfg, optionally with .weights, over the C core."""
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -87,6 +88,16 @@ def _stats_from_c(s) -> YoloStats:
                      count=s.count)
 
 
+def _locked(method):
+    """Run `method` holding the network's lock, so that close() cannot free the C object under it: close()
+    takes the same lock, so it waits for the call in flight, and later calls find the network closed."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 def _fspath(path) -> bytes:
     return os.fsencode(os.fspath(path))
 
@@ -149,11 +160,12 @@ class Network:
             raise FileNotFoundError(f"{weights}: weights file not found")
         options = load_options(device, conv_algo, threads, memory_limit)
         self.device = "cpu" if options.device < 0 else f"cuda:{options.device}"
+        # One call at a time per network: the C object keeps per-call buffers, and close() must not free it
+        # while a call from another thread still uses it. Every method that reaches C memory holds this lock.
+        self._lock = threading.RLock()
         out = ffi.new("dn_network **")
         check(lib.dn_network_load(_fspath(cfg), int(batch), options, out))
         self._ptr = ffi.gc(out[0], lib.dn_network_free)
-        # One call at a time per network: the C object keeps per-call buffers.
-        self._lock = threading.RLock()
         self.layers_loaded = 0
         if weights is not None:
             self.load_weights(weights)
@@ -161,9 +173,15 @@ class Network:
 
     # ---- lifetime -------------------------------------------------------------------------------------
     def close(self) -> None:
-        ptr, self._ptr = getattr(self, "_ptr", None), None
-        if ptr is not None:
-            ffi.release(ptr)
+        """Free the C memory now. A call running in another thread finishes first; calls made afterwards
+        raise ValueError ("the network is closed"). Calling it twice is fine."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the network existed
+            return
+        with lock:
+            ptr, self._ptr = getattr(self, "_ptr", None), None
+            if ptr is not None:
+                ffi.release(ptr)
 
     def __enter__(self) -> "Network":
         return self
@@ -176,16 +194,19 @@ class Network:
         return self._ptr is None
 
     def _handle(self):
+        """The C handle; only valid while the caller holds self._lock (see _locked)."""
         if self._ptr is None:
-            raise ValueError("the network is closed")
+            raise DarknetValueError("the network is closed")
         return self._ptr
 
     # ---- description ----------------------------------------------------------------------------------
+    @_locked
     def _info(self):
         info = ffi.new("dn_net_info *")
         check(lib.dn_network_info(self._handle(), info))
         return info
 
+    @_locked
     def _refresh_layers(self) -> None:
         info = self._info()
         layers = []
@@ -254,6 +275,7 @@ class Network:
         return int(self._info().seen)
 
     @seen.setter
+    @_locked
     def seen(self, value: int) -> None:
         check(lib.dn_network_set_seen(self._handle(), int(value)))
 
@@ -376,6 +398,7 @@ class Network:
             self.set_batch(x.shape[0])
         return x
 
+    @_locked
     def layer_output(self, index: int, n: int | None = None) -> np.ndarray:
         """A copy of layer `index`'s output after the last forward, shaped (n, c, h, w)."""
         layer = self._layers[index]
@@ -384,6 +407,7 @@ class Network:
         ptr = lib.dn_network_layer_output(self._handle(), index)
         return np.frombuffer(ffi.buffer(ptr, n * c * h * w * 4), np.float32).reshape(n, c, h, w).copy()
 
+    @_locked
     def _layer_delta(self, index: int, n: int) -> np.ndarray:
         layer = self._layers[index]
         w, h, c = layer.output_shape
@@ -469,6 +493,7 @@ class Network:
             check(lib.dn_network_zero_updates(self._handle()))
             return input_delta, updates
 
+    @_locked
     def yolo_stats(self) -> list[YoloStats]:
         out = []
         s = ffi.new("dn_yolo_stats *")
@@ -477,6 +502,7 @@ class Network:
             out.append(_stats_from_c(s))
         return out
 
+    @_locked
     def yolo_anchors(self, index: int) -> tuple[np.ndarray, list[int]]:
         """(anchors (total, 2) in network pixels, mask) of the [yolo] layer with absolute index `index`."""
         layer = self._layers[index]
