@@ -24,6 +24,7 @@ from . import _callable_module
 from .datafile import read_data_file, read_names
 from .errors import CfgError
 from .eval.boxes import COCO_CATEGORY_IDS, coco_box, coco_image_id, voc_box
+from .runfiles import COCO_RESULT_FILE, voc_result_name
 
 __all__ = ["VALID_THRESH", "ValidResult", "detect_images", "valid", "valid_command", "write_results"]
 
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 
 VALID_THRESH = 0.005
 VALID_NMS = 0.45
-VOC_FILE = "comp4_det_test_{}.txt"
-COCO_FILE = "coco_results.json"
 
 
 @dataclass
@@ -244,7 +243,7 @@ def _open_detector(cfg, weights, names, batch: int, gpu: int | None):
 
 def _write_voc(output_dir: Path, stream, names: Sequence[str]) -> list[Path]:
     # Darknet opens one file per class up front, so every class has a (possibly empty) file.
-    paths = [output_dir / VOC_FILE.format(name) for name in names]
+    paths = [output_dir / voc_result_name(name) for name in names]
     files = [open(path, "w") for path in paths]
     try:
         for image_path, (height, width), detections in stream:
@@ -266,7 +265,7 @@ def _printf_f(value: float) -> float:
 def _write_coco(output_dir: Path, stream, category_ids: Sequence[int]) -> Path:
     # Streamed one entry a line (a full COCO run at thresh .005 is millions of entries), into a temporary
     # file renamed at the end so a reader never sees half a JSON list.
-    path = output_dir / COCO_FILE
+    path = output_dir / COCO_RESULT_FILE
     temporary = path.with_name(path.name + ".tmp")
     try:
         with open(temporary, "w") as f:
