@@ -10,13 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ._ffi import check, ffi, lib
+from ._ffi import IOU_LOSS_NAMES, REPRESENTATION_NAMES, check, ffi, lib, yolo_stats_dict
 from .errors import DarknetValueError
+from .runfiles import YOLO_STAT_FIELDS
 
 __all__ = ["Network", "LayerInfo", "YoloStats", "set_threads", "get_threads"]
-
-IOU_LOSSES = ("mse", "iou", "giou")
-REPRESENTATIONS = ("exp", "lin")
 
 
 def set_threads(n: int) -> None:
@@ -77,15 +75,8 @@ class YoloStats:
     count: int
 
     def as_dict(self) -> dict:
-        return {"iou": self.iou, "giou": self.giou, "iou_loss": self.iou_loss, "cls_loss": self.cls_loss,
-                "cost": self.cost, "obj": self.obj, "noobj": self.noobj, "class": self.cls,
-                "recall50": self.recall50, "recall75": self.recall75, "count": self.count}
-
-
-def _stats_from_c(s) -> YoloStats:
-    return YoloStats(iou=s.avg_iou, giou=s.avg_giou, iou_loss=s.iou_loss, cls_loss=s.cls_loss, cost=s.cost,
-                     obj=s.avg_obj, noobj=s.avg_noobj, cls=s.avg_cls, recall50=s.recall50, recall75=s.recall75,
-                     count=s.count)
+        """Keyed by runfiles.YOLO_STAT_FIELDS (the attribute ``cls`` is the field ``class``)."""
+        return {key: getattr(self, "cls" if key == "class" else key) for key in YOLO_STAT_FIELDS}
 
 
 def _locked(method):
@@ -220,7 +211,7 @@ class Network:
                              activation=ffi.string(lib.dn_activation_name(c_info.activation)).decode())
             elif t == "yolo":
                 extra = dict(classes=c_info.classes, n_anchors=c_info.n, total_anchors=c_info.total,
-                             iou_loss=IOU_LOSSES[c_info.iou_loss], representation=REPRESENTATIONS[c_info.representation],
+                             iou_loss=IOU_LOSS_NAMES[c_info.iou_loss], representation=REPRESENTATION_NAMES[c_info.representation],
                              iou_normalizer=c_info.iou_normalizer, cls_normalizer=c_info.cls_normalizer,
                              ignore_thresh=c_info.ignore_thresh, truth_thresh=c_info.truth_thresh,
                              max_boxes=c_info.max_boxes, random=bool(c_info.random), jitter=c_info.jitter)
@@ -499,7 +490,9 @@ class Network:
         s = ffi.new("dn_yolo_stats *")
         for k in range(len(self._yolo_indices)):
             check(lib.dn_network_yolo_stats(self._handle(), k, s))
-            out.append(_stats_from_c(s))
+            stats = yolo_stats_dict(s)
+            stats["cls"] = stats.pop("class")
+            out.append(YoloStats(**stats))
         return out
 
     @_locked
