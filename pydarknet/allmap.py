@@ -118,9 +118,9 @@ class _Evaluator:
         return f"{len(self.image_paths)} images, {len(self.image_ids)} of them in the COCO annotations"
 
     def evaluate(self, checkpoint: Checkpoint) -> dict[str, tuple[str, str]]:
-        from .valid import _names_for, _open_detector, write_results
-        with _open_detector(self.cfg_file, checkpoint.path, self.names, 1, self.gpu_id) as detector:
-            names = _names_for(detector, self.names, self.cfg_file)
+        from .eval.runner import names_for, open_detector, write_results
+        with open_detector(self.cfg_file, checkpoint.path, self.names, 1, self.gpu_id) as detector:
+            names = names_for(detector, self.names, self.cfg_file)
             if self.style == "voc":
                 result = evaluate_list(detector, self.image_paths, len(names), metrics=METRICS,
                                        use_07_metric=self.use_07_metric, truth=self.truth,
