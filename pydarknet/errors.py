@@ -39,3 +39,7 @@ class DarknetValueError(DarknetError, ValueError):
 
 class DarknetArithmeticError(DarknetError, ArithmeticError):
     """A NaN or infinity appeared, e.g. a diverging training run."""
+
+
+class DataError(DarknetError, ValueError):
+    """The training data cannot be used, e.g. a list in which no image (or label file) is usable."""
