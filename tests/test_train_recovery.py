@@ -282,17 +282,27 @@ def test_sigkill_soak(tmp_path):
     rng = random.Random(8)
     command = ["train", str(data), str(cfg), "--max-batches", "100000", "--workers", "2", "--threads", "1",
                "--seed", "1"]
-    killed, reached = [], []
+    killed, reached, measured = [], [], 0
+    resumed_at = re.compile(r"resuming from \S+ \(iteration (\d+)\)")
     for kill in range(12):
-        proc = _cli(*command, cwd=tmp_path)
-        time.sleep(rng.uniform(1.0, 8.0))
+        err_path = tmp_path / f"stderr-{kill}.txt"
+        with open(err_path, "w") as err_file:
+            proc = subprocess.Popen([sys.executable, "-m", "pydarknet", *command], cwd=tmp_path, env=_env(),
+                                    stdout=subprocess.DEVNULL, stderr=err_file)
+        if kill % 3 == 0:  # any moment, start-up included
+            time.sleep(rng.uniform(0.2, 6.0))
+        else:  # a moment of the training proper
+            deadline = time.monotonic() + 120
+            while "training tiny" not in err_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 5.0))
         os.kill(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(30)
         killed.append(proc.pid)
-        if reached:  # this run resumed where the previous one's last backup was
-            resumed = re.search(r"resuming from \S+ \(iteration (\d+)\)", err)
-            start = int(resumed.group(1)) if resumed else 0
-            assert reached[-1] - start <= 100, (kill, reached[-1], start, err[-2000:])
+        resumed = resumed_at.search(err_path.read_text())
+        if resumed and reached:  # this run resumed where the last run that trained had its last backup
+            assert reached[-1] - int(resumed.group(1)) <= 100, (kill, reached, resumed.group(0))
+            measured += 1
         # every weights file loads (a kill during a write leaves at most a .tmp, which the next start handles)
         for path in [*run.glob("*.weights"), *run.glob("*.backup")]:
             with Network(cfg, path) as net:
@@ -300,13 +310,14 @@ def test_sigkill_soak(tmp_path):
         its = _logged_iterations(run)
         assert its == list(range(1, len(its) + 1)), (kill, its[-20:])  # each iteration once, none missing
         reached.append(its[-1] if its else 0)
+    assert measured >= 8, measured
     assert max(reached) > 100, reached  # the kills fell on both sides of backups
     # the next start resumes and cleans up; then nothing of the dead runs is left in /dev/shm
     command[4] = str(reached[-1] + 2)
     final = _cli(*command, cwd=tmp_path)
     _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
-    resumed = re.search(r"resuming from \S+ \(iteration (\d+)\)", err)
+    resumed = resumed_at.search(err)
     assert resumed and reached[-1] - int(resumed.group(1)) <= 100, err
     assert _logged_iterations(run) == list(range(1, reached[-1] + 3))
     shm = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
