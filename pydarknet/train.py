@@ -28,7 +28,8 @@ from .datafile import read_data_file, read_names
 from .errors import CudaError, DarknetArithmeticError, DarknetError
 from .network import Network, set_threads
 from .runfiles import (BAD_LIST, FINAL_ID, LOG_FILE, MAP_FILE, METRICS_FILE, append_map_rows, log_csv_iteration,
-                       log_csv_line, metrics_iteration, metrics_line, parse_map_line, strict_json_value)
+                       log_csv_line, metrics_iteration, metrics_line, parse_map_line, read_map_rows,
+                       strict_json_value)
 
 __all__ = ["train", "Trainer", "train_default", "learning_rate", "TrainResult", "checkpoint_due", "evaluate_map",
            "TrainingDiverged", "default_cfg_path"]
@@ -716,9 +717,10 @@ def default_cfg_path() -> Path:
 def train_default(threads: int | None = None, workers: int | None = None, cache_dir=None,
                   progress_stream=None) -> dict:
     """The main job: generate the synthetic data set once, train the default cfg with the GIoU loss,
-    evaluate the held-out split and print mAP at .50, .75 and .50:.95 with the IoU and GIoU metrics."""
+    evaluate the held-out split and print mAP at .50, .75 and .50:.95 with the IoU and GIoU metrics. The mAP
+    also goes to the run's map.txt (as the final checkpoint's rows), where the board's mAP chart finds it."""
     from .detect import Detector  # noqa: PLC0415
-    from .eval import evaluate_list, format_map_table  # noqa: PLC0415
+    from .eval import evaluate_list, format_map_table, map_txt_row  # noqa: PLC0415
     from .synth import ensure_dataset  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -745,6 +747,9 @@ def train_default(threads: int | None = None, workers: int | None = None, cache_
     valid_paths = read_list(options["valid"])
     with Detector(cfg, weights, names=names) as detector:
         res = evaluate_list(detector, valid_paths, detector.num_classes)
+    written = read_map_rows(run_dir / MAP_FILE)
+    append_map_rows(run_dir / MAP_FILE, [map_txt_row(res, metric, FINAL_ID) for metric in ("iou", "giou")
+                                         if (metric, FINAL_ID) not in written])
     print(f"\nheld-out mAP ({len(valid_paths)} images, {time.perf_counter() - started:.0f} s in all):")
     print(format_map_table(res))
     return {"weights": str(weights), "map": res}
