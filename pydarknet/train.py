@@ -132,6 +132,7 @@ class _Progress:
         self.every = every
         self.start = time.perf_counter()
         self.start_it: int | None = None
+        self.closed = False
 
     def update(self, it: int, loss: float, avg: float, lr: float, images_per_s: float) -> None:
         if self.start_it is None:
@@ -155,9 +156,11 @@ class _Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
+        """End the updating line (once: both the end of the loop and shutdown call it)."""
+        if self.tty and not self.closed:
             self.stream.write("\n")
             self.stream.flush()
+        self.closed = True
 
 
 def _hms(seconds: float) -> str:
@@ -310,10 +313,32 @@ class Trainer:
 
     # ---- set-up --------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        options = read_data_file(self.data_path)
+        """Everything before the first iteration; what it opens, shutdown() closes."""
+        train_paths = self._read_data()
+        self._open_network()
+        if self.is_writer:
+            _finish_temporaries(self.run_dir, self.net.n_params)
+        self.resume()
+        self._open_loader(train_paths)
+        if self.is_writer:
+            self.sinks.append(_RunFolderLog(self.run_dir))
+            if self.log_url:
+                self.sinks.append(_BoardLog(self.log_url, self.log_token, self.prefix or self.base))
+        self.progress = _Progress(self.opts["max_batches"], self.progress_stream)
+        self.result = TrainResult(iterations=self.current_iteration, final_weights=None, run_dir=self.run_dir,
+                                  avg_loss=-1.0)
+        if self.map_eval or self.map_every:
+            self._prepare_map()
+        log.info("training %s: %d images, %d per iteration (%d x %d), up to iteration %d, %s", self.base,
+                 len(train_paths), self.images_per_iteration, self.subdivisions, self.chunk,
+                 self.opts["max_batches"], self.run_dir)
+
+    def _read_data(self) -> list[str]:
+        """The .data file: the train list (its image paths are returned), classes, the run folder."""
+        self.options = options = read_data_file(self.data_path)
         if "train" not in options:
             raise DarknetError(f"{self.data_path}: no 'train' list given (train = path/to/train.txt)")
-        num_classes = options.integer("classes", 0)
+        self.data_classes = options.integer("classes", 0)
         self.train_list = _resolve(options["train"], self.data_path)
         train_paths = read_list(self.train_list)
         if not train_paths:
@@ -322,9 +347,11 @@ class Trainer:
         self.prefix = options.get("prefix", "")
         self.run_dir = backup / self.prefix if self.prefix else backup
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        return train_paths
+
+    def _open_network(self) -> None:
         if self.threads is not None:
             set_threads(self.threads)
-
         self.net = net = Network(self.cfg, batch=1)
         self.opts = opts = net.options
         self.chunk = max(1, opts["batch"] // opts["subdivisions"])
@@ -336,40 +363,30 @@ class Trainer:
         yolo = net.yolo_layers
         if not yolo:
             raise DarknetError(f"{self.cfg}: no [yolo] layer: nothing to train against")
-        if num_classes and yolo[0].classes != num_classes:
-            raise DarknetError(f"{options.where('classes')}: classes={num_classes} but {self.cfg} has "
+        if self.data_classes and yolo[0].classes != self.data_classes:
+            raise DarknetError(f"{self.options.where('classes')}: classes={self.data_classes} but {self.cfg} has "
                                f"classes={yolo[0].classes}")
         self.num_classes = yolo[0].classes
 
-        if self.is_writer:
-            _finish_temporaries(self.run_dir, net.n_params)
-        self.resume()
-
-        self.sizes = multiscale_sizes(net.width) if yolo[-1].random else []
-        aug = Augment.from_net_options(opts, jitter=_yolo_jitter(net))
+    def _open_loader(self, train_paths: list[str]) -> None:
+        net = self.net
+        self.sizes = multiscale_sizes(net.width) if net.yolo_layers[-1].random else []
+        aug = Augment.from_net_options(self.opts, jitter=_yolo_jitter(net))
         self.loader = DataLoader(self.shard(train_paths), num_classes=self.num_classes, batch=self.chunk,
                                  net_w=net.width, net_h=net.height, aug=aug, max_boxes=net.max_boxes,
                                  workers=2 if self.workers is None else self.workers,
                                  seed=self.rng.randrange(2**31), bad_list=self.run_dir / BAD_LIST,
                                  source=self.train_list)
-        if self.is_writer:
-            self.sinks.append(_RunFolderLog(self.run_dir))
-            if self.log_url:
-                self.sinks.append(_BoardLog(self.log_url, self.log_token, self.prefix or self.base))
-        self.progress = _Progress(opts["max_batches"], self.progress_stream)
-        self.result = TrainResult(iterations=self.current_iteration, final_weights=None, run_dir=self.run_dir,
-                                  avg_loss=-1.0)
-        if self.map_eval or self.map_every:
-            if "valid" not in options:
-                raise DarknetError(f"{self.data_path}: --map needs a 'valid' list")
-            self.valid_paths = read_list(_resolve(options["valid"], self.data_path))
-            self.map_names = _class_names(options, self.data_path)
-            from .eval.listeval import voc_rules  # noqa: PLC0415
 
-            self.map_rules = voc_rules(self.valid_paths)  # once: it looks for VOC XML beside every image
-        log.info("training %s: %d images, %d per iteration (%d x %d), up to iteration %d, %s", self.base,
-                 len(train_paths), self.images_per_iteration, self.subdivisions, self.chunk, opts["max_batches"],
-                 self.run_dir)
+    def _prepare_map(self) -> None:
+        """--map / --map-every: the valid list, class names and evaluation rules, decided once per run."""
+        if "valid" not in self.options:
+            raise DarknetError(f"{self.data_path}: --map needs a 'valid' list")
+        self.valid_paths = read_list(_resolve(self.options["valid"], self.data_path))
+        self.map_names = _class_names(self.options, self.data_path)
+        from .eval.listeval import voc_rules  # noqa: PLC0415
+
+        self.map_rules = voc_rules(self.valid_paths)  # once: it looks for VOC XML beside every image
 
     @property
     def backup_path(self) -> Path:
