@@ -640,8 +640,8 @@ def _reconcile_run_folder(run_dir: Path, base: str, start: int, images_per_itera
         log.warning("starting at iteration %d: %s held later checkpoints (%s); they are kept in %s with a copy of "
                     "the logs", start, run_dir, ", ".join(p.name for p in later), aside)
     replaced_final = any(p.name == f"{base}_final.weights" for p in later)
-    _keep_lines(logs[0], lambda line: (log_csv_iteration(line) or 0) <= start)
-    _keep_lines(logs[1], lambda line: (metrics_iteration(line) or 0) <= start)
+    _cut_tail(logs[0], lambda line: (log_csv_iteration(line) or 0) <= start)
+    _cut_tail(logs[1], lambda line: (metrics_iteration(line) or 0) <= start)
     _keep_lines(logs[2], lambda line: not _map_row_after(line, start, replaced_final))
 
 
@@ -663,6 +663,54 @@ def _map_row_after(line: str, start: int, replaced_final: bool) -> bool:
     except ValueError:
         return False
     return replaced_final if ident == FINAL_ID else ident > start
+
+
+def _lines_backwards(f, end: int, block_size: int = 1 << 20):
+    """(offset, text) of the lines of binary file `f` in [0, end), last first; `end` is just after a newline."""
+    pos, carry, first = end, b"", True
+    while pos > 0:
+        step = min(block_size, pos)
+        pos -= step
+        f.seek(pos)
+        parts = (f.read(step) + carry).split(b"\n")
+        if first:  # the block ends with the newline of the last line
+            parts.pop()
+            first = False
+        offsets = [pos]
+        for part in parts[:-1]:
+            offsets.append(offsets[-1] + len(part) + 1)
+        for k in range(len(parts) - 1, 0, -1):
+            yield offsets[k], parts[k].decode("utf-8", "replace")
+        carry = parts[0]  # may start before this block
+    if end > 0:
+        yield 0, carry.decode("utf-8", "replace")
+
+
+def _cut_tail(path: Path, keep) -> None:
+    """Truncate the log `path` after its last line for which `keep` is true, dropping a torn last line too. A
+    log is appended in iteration order, so the lines to drop are at its end: only they are read."""
+    try:
+        f = open(path, "rb+")
+    except FileNotFoundError:
+        return
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:  # the torn tail: after the last newline
+            f.seek(max(0, end - 4096))
+            chunk = f.read(end - max(0, end - 4096))
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = end - len(chunk) + newline + 1
+                break
+            end -= len(chunk)
+        cut = end
+        for offset, line in _lines_backwards(f, end):
+            if keep(line):
+                break
+            cut = offset
+        if cut < size:
+            f.truncate(cut)
 
 
 def _keep_lines(path: Path, keep) -> None:

@@ -104,6 +104,23 @@ def test_starting_over_keeps_the_old_checkpoints_aside(dataset, tmp_path, how):
     assert seen_of(cfg, run / "tiny.backup") == 2 * BATCH
 
 
+@pytest.mark.parametrize("block_size", [1, 5, 64, 1 << 20])
+def test_log_tail_cut_after_the_start_iteration(tmp_path, monkeypatch, block_size):
+    """Resuming at iteration s cuts the log after its line for s, reading the file from its end in blocks (a long
+    run's log is not read whole); a torn last line goes too."""
+    reader = tm._lines_backwards
+    monkeypatch.setattr(tm, "_lines_backwards", lambda f, end: reader(f, end, block_size))
+    rng = random.Random(block_size)
+    for _ in range(60):
+        n = rng.randint(0, 12)
+        lines = [f"{'A0.5,' * rng.randint(0, 4)}BATCH,{i + 1},99,1.000000" for i in range(n)]
+        start = rng.randint(0, n + 1)
+        path = tmp_path / "log.csv"
+        path.write_text("".join(line + "\n" for line in lines) + rng.choice(["", "A0.", "BATCH,9"]))
+        tm._cut_tail(path, lambda line: int(line.split(",")[-3]) <= start)
+        assert path.read_text() == "".join(line + "\n" for line in lines[:start])
+
+
 def test_interrupted_weights_writes_are_finished_or_removed(dataset, tmp_path):
     """A kill between writing `X.tmp` and renaming it leaves a complete temporary: it is renamed into place. A kill
     during the write leaves a short one: it is removed and never loaded."""
