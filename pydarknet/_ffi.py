@@ -219,3 +219,67 @@ def check(status: int) -> None:
         raise DarknetArithmeticError(message)
     raise DarknetError(f"error {status}: {message}")
 
+
+
+# ---- thin wrappers: the modules above this one (network, loss, image) call these, never cffi ------------------
+
+def _enum_names(type_name: str, prefix: str) -> dict[int, str]:
+    """A C enum of the header as {value: lower-case name without the prefix}: DN_LOSS_GIOU -> 'giou'."""
+    return {value: name[len(prefix):].lower() for value, name in ffi.typeof(type_name).elements.items()}
+
+
+#: The [yolo] layer's iou_loss and representation codes, read from darknet.h (value -> cfg name).
+IOU_LOSS_NAMES = _enum_names("dn_iou_loss", "DN_LOSS_")
+REPRESENTATION_NAMES = _enum_names("dn_representation", "DN_REPR_")
+
+# dn_yolo_stats' member for each statistic (runfiles.YOLO_STAT_FIELDS) whose C name differs.
+_YOLO_STATS_MEMBERS = {"iou": "avg_iou", "giou": "avg_giou", "obj": "avg_obj", "noobj": "avg_noobj",
+                       "class": "avg_cls"}
+
+
+def yolo_stats_dict(c_stats) -> dict:
+    """A dn_yolo_stats as a dict keyed by runfiles.YOLO_STAT_FIELDS."""
+    from .runfiles import YOLO_STAT_FIELDS  # noqa: PLC0415 - pure Python, no cycle
+
+    return {key: (int if key == "count" else float)(getattr(c_stats, _YOLO_STATS_MEMBERS.get(key, key)))
+            for key in YOLO_STAT_FIELDS}
+
+
+def _floats(array):
+    return ffi.from_buffer("float[]", array)
+
+
+def yolo_loss(x, truth, output, delta, *, classes: int, mask, anchors, net_w: int, net_h: int, iou_loss: int,
+              iou_normalizer: float, cls_normalizer: float, representation: int, ignore_thresh: float,
+              truth_thresh: float, max_boxes: int) -> tuple[float, dict]:
+    """dn_yolo_loss on float32 C-contiguous arrays x (n, c, h, w), truth (n, max_boxes, 5), output and delta
+    (x's shape); mask and anchors are int32 / float32 arrays. The C core checks the configuration."""
+    n, _, h, w = x.shape
+    c_mask = ffi.new("int[]", [int(m) for m in mask])
+    c_anchors = ffi.new("float[]", [float(a) for a in anchors])
+    cfg = ffi.new("dn_yolo_config *")
+    cfg.classes, cfg.n, cfg.total = classes, len(mask), len(anchors) // 2
+    cfg.mask, cfg.anchors = c_mask, c_anchors
+    cfg.net_w, cfg.net_h = net_w, net_h
+    cfg.iou_loss, cfg.representation = iou_loss, representation
+    cfg.iou_normalizer, cfg.cls_normalizer = iou_normalizer, cls_normalizer
+    cfg.ignore_thresh, cfg.truth_thresh = ignore_thresh, truth_thresh
+    cfg.max_boxes = max_boxes
+    cost = ffi.new("float *")
+    stats = ffi.new("dn_yolo_stats *")
+    check(lib.dn_yolo_loss(cfg, _floats(x), n, h, w, _floats(truth), _floats(output), _floats(delta), cost, stats))
+    return float(cost[0]), yolo_stats_dict(stats)
+
+
+def letterbox_bgr(bgr, net_w: int, net_h: int, out) -> None:
+    """dn_letterbox_bgr: uint8 HxWx3 BGR (rows may be padded) -> float32 (3, net_h, net_w) RGB in out."""
+    h, w, channels = bgr.shape
+    check(lib.dn_letterbox_bgr(ffi.from_buffer("unsigned char[]", bgr), w, h, channels, bgr.strides[0], net_w,
+                               net_h, _floats(out)))
+
+
+def resize_chw(image, out) -> None:
+    """dn_resize_chw: Darknet's bilinear resize of float32 CHW `image` into float32 CHW `out`."""
+    c, h, w = image.shape
+    _, out_h, out_w = out.shape
+    check(lib.dn_resize_chw(_floats(image), c, h, w, _floats(out), out_h, out_w))

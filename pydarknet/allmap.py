@@ -28,12 +28,11 @@ from .eval.boxes import METRICS, coco_image_id
 from .eval.coco import coco_map_txt_row, evaluate_coco, load_coco_gt
 from .eval.listeval import evaluate_list, voc_rules
 from .eval.result import format_voc_report, map_txt_row
+from .runfiles import FINAL_ID, MAP_FILE, append_map_rows, read_map_rows
 
 __all__ = ["Checkpoint", "MAP_FILE", "LOCK_FILE", "find_checkpoints", "folder_lock", "read_map_file", "run_all_map"]
 
-MAP_FILE = "map.txt"
 LOCK_FILE = ".map.lock"
-FINAL_ID = "final"
 _WEIGHTS_NAME = re.compile(r"_(\d+|final)\.weights$")
 
 
@@ -67,29 +66,7 @@ def find_checkpoints(folder: str | os.PathLike, min_weight_id: int = 0) -> list[
 
 def read_map_file(path: str | os.PathLike) -> dict[tuple[str, str], str]:
     """``map.txt`` rows keyed by ``(metric, id)``; a missing file is empty."""
-    rows: dict[tuple[str, str], str] = {}
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return rows
-    for line in text.splitlines():
-        fields = line.strip().split(",")
-        if len(fields) >= 3:
-            rows[(fields[0], fields[1])] = line.strip()
-    return rows
-
-
-def _append_map_rows(path: Path, new_rows: list[str]) -> None:
-    """Append rows to ``map.txt``. Append-only on purpose: the board tails the file, and training with
-    ``--map`` appends to the same file, so it is never rewritten."""
-    with open(path, "ab+") as f:
-        f.seek(0, os.SEEK_END)
-        prefix = b""
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":  # a hand-edited file without a final newline
-                prefix = b"\n"
-        f.write(prefix + "".join(row + "\n" for row in new_rows).encode())
+    return read_map_rows(path)
 
 
 @contextlib.contextmanager
@@ -141,9 +118,9 @@ class _Evaluator:
         return f"{len(self.image_paths)} images, {len(self.image_ids)} of them in the COCO annotations"
 
     def evaluate(self, checkpoint: Checkpoint) -> dict[str, tuple[str, str]]:
-        from .valid import _names_for, _open_detector, write_results
-        with _open_detector(self.cfg_file, checkpoint.path, self.names, 1, self.gpu_id) as detector:
-            names = _names_for(detector, self.names, self.cfg_file)
+        from .eval.runner import names_for, open_detector, write_results
+        with open_detector(self.cfg_file, checkpoint.path, self.names, 1, self.gpu_id) as detector:
+            names = names_for(detector, self.names, self.cfg_file)
             if self.style == "voc":
                 result = evaluate_list(detector, self.image_paths, len(names), metrics=METRICS,
                                        use_07_metric=self.use_07_metric, truth=self.truth,
@@ -227,7 +204,7 @@ def _evaluate_new_checkpoints(style, data_file, cfg_file, folder: Path, gt, gpu_
                 rows[(metric, checkpoint.id)] = row
                 new_rows.append(row)
                 echo(row)
-        _append_map_rows(map_path, new_rows)  # after each checkpoint, so an interrupted run keeps its work
+        append_map_rows(map_path, new_rows)  # after each checkpoint, so an interrupted run keeps its work
     if failures:
         echo(f"error: {failures} of {len(todo)} evaluation(s) failed")
         return 1

@@ -238,7 +238,8 @@ def detector(action, args):
 @click.argument("data", required=False, type=click.Path(dir_okay=False))
 @click.argument("cfg", required=False, type=click.Path(dir_okay=False))
 @click.argument("weights", required=False, type=click.Path(dir_okay=False))
-@click.option("--clear", is_flag=True, help="Reset the iteration count (seen) of WEIGHTS to 0.")
+@click.option("--clear", is_flag=True, help="Start over: reset the iteration count (seen) of WEIGHTS to 0, and "
+              "without WEIGHTS do not resume from the run's backup (later checkpoints are kept in replaced-<time>/).")
 @click.option("--gpus", help="GPU ids, e.g. 0,1 (needs the CUDA build).")
 @click.option("--map", "map_eval", is_flag=True, help="Evaluate mAP on the valid list at every checkpoint.")
 @click.option("--map-every", type=int, default=None, help="Evaluate mAP every N iterations instead.")

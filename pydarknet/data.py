@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import heapq
 import logging
 import mmap
@@ -11,6 +12,7 @@ import queue
 import shutil
 import signal
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import ImageError, LabelError
+from .errors import DataError, ImageError, LabelError
 
-__all__ = ["read_list", "label_path", "read_labels", "Augment", "load_sample", "DataLoader"]
+__all__ = ["read_list", "label_path", "read_labels", "Augment", "load_sample", "DataLoader", "remove_stale_buffers"]
 
 _log = logging.getLogger(__name__)
 
@@ -273,8 +275,12 @@ _SKIPPABLE = (OSError, ImageError, LabelError)
 _MAX_DRAWS_PER_IMAGE = 1000
 
 
-class _AllImagesBad(RuntimeError):
-    pass
+class _AllImagesBad(Exception):
+    """No usable image in many draws; carries the files found unusable on the way."""
+
+    def __init__(self, message: str, found_bad: list[tuple[str, str]]):
+        super().__init__(message)
+        self.found_bad = found_bad
 
 
 def _fill_batch(images: np.ndarray, truth: np.ndarray, paths: Sequence[str], num_classes: int, aug: Augment,
@@ -303,7 +309,7 @@ def _fill_batch(images: np.ndarray, truth: np.ndarray, paths: Sequence[str], num
                 found_bad.append((path, str(e)))
         else:
             raise _AllImagesBad(f"{_MAX_DRAWS_PER_IMAGE} draws in a row found no usable image "
-                                f"({len(known_bad)} of {len(paths)} list entries are unusable)")
+                                f"({len(known_bad)} of {len(paths)} list entries are unusable)", found_bad)
     return found_bad, False
 
 
@@ -344,8 +350,25 @@ def _views(buffer: mmap.mmap, image_floats: int, batch: int, w: int, h: int,
     return images, truth.reshape(batch, max_boxes, 5)
 
 
-def _worker_main(paths, num_classes, max_boxes, aug, seed, generation, tasks, results, parent_pid):
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill this worker when its parent dies (SIGKILL leaves no chance to close us). Elsewhere, or
+    if prctl is unavailable, the idle loop's parent check below still ends the worker."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _worker_main(paths, num_classes, max_boxes, aug, seed, generation, tasks, results, parent_pid, die_with_parent):
     """Worker process: fill the batch buffers named by the tasks until told to stop (None)."""
+    if die_with_parent:
+        _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it closes us
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
     mapped: dict[str, mmap.mmap] = {}
@@ -373,9 +396,53 @@ def _worker_main(paths, num_classes, max_boxes, aug, seed, generation, tasks, re
                                                    known_bad, lambda: generation.value != task_generation)
             del images, truth
             results.put((slot, "cancelled" if was_cancelled else "ok", found_bad))
+        except _AllImagesBad as e:
+            del images, truth
+            results.put((slot, "unusable", (str(e), e.found_bad)))
         except Exception as e:  # reported to the loader, which raises it in the training process
             del images, truth
             results.put((slot, "error", f"{type(e).__name__}: {e}"))
+
+
+_BUFFER_PREFIX = "pydarknet-loader-"
+
+
+def _buffer_folders() -> list[str]:
+    return [folder for folder in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(folder)]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_buffers() -> list[str]:
+    """Delete the batch buffers (``/dev/shm/pydarknet-loader-<pid>-...``) of loaders whose process is gone, e.g.
+    a training run killed with SIGKILL; returns the paths removed. Buffers of live processes are kept."""
+    removed = []
+    for folder in _buffer_folders():
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if not name.startswith(_BUFFER_PREFIX):
+                continue
+            pid_text = name[len(_BUFFER_PREFIX):].split("-", 1)[0]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+                continue
+            path = os.path.join(folder, name)
+            with contextlib.suppress(FileNotFoundError, PermissionError, IsADirectoryError):
+                os.unlink(path)
+                removed.append(path)
+    if removed:
+        _log.info("removed %d batch buffer(s) left by dead processes", len(removed))
+    return removed
 
 
 def _shutdown(processes: list, tasks, slot_files: list[_SlotFile]) -> None:
@@ -403,11 +470,16 @@ class DataLoader:
     With ``workers > 0`` worker processes fill shared batch buffers a few batches ahead. The arrays returned
     are views of such a buffer and stay valid until the next call to :meth:`next_batch`: copy them to keep
     them longer. Batch contents depend only on ``seed`` and the batch number, not on ``workers``.
+
+    Workers die with the process that made the loader (even under SIGKILL, on Linux), and a new loader removes
+    the batch buffers that loaders of dead processes left behind. When no image of the list is usable,
+    :meth:`next_batch` raises :class:`~pydarknet.errors.DataError` naming ``source`` (the list file).
     """
 
     def __init__(self, paths: Sequence[str], *, num_classes: int, batch: int, net_w: int, net_h: int,
                  aug: Augment, max_boxes: int = 90, workers: int = 2, seed: int = 0,
-                 bad_list: str | os.PathLike | None = None, prefetch: int = 2, mp_context: str | None = None):
+                 bad_list: str | os.PathLike | None = None, prefetch: int = 2, mp_context: str | None = None,
+                 source: str | os.PathLike | None = None):
         if not paths:
             raise ValueError("DataLoader needs at least one image path")
         if batch < 1 or net_w < 1 or net_h < 1 or max_boxes < 1:
@@ -418,6 +490,7 @@ class DataLoader:
         self.aug, self.seed, self.workers = aug, seed, workers
         self.bad_list = os.fspath(bad_list) if bad_list is not None else None
         self.bad_paths: set[str] = set()
+        self.source = os.fspath(source) if source is not None else "the image list"
         self._next_index = 0  # number of the next batch to hand out or dispatch
         self._closed = False
         if workers <= 0:
@@ -426,6 +499,7 @@ class DataLoader:
             return
         # "spawn": a forked child inherits OpenCV's (and BLAS's) thread pools in an unusable state and can
         # hang in its first parallel call. Scripts that make a loader need the usual __main__ guard.
+        remove_stale_buffers()
         ctx = multiprocessing.get_context(mp_context or "spawn")
         self._generation = ctx.Value("i", 0, lock=False)  # bumped by set_size: workers abandon stale batches
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
@@ -441,7 +515,10 @@ class DataLoader:
         self._processes = [
             ctx.Process(target=_worker_main, name=f"pydarknet-loader-{i}", daemon=True,
                         args=(self.paths, num_classes, max_boxes, aug, seed, self._generation, self._tasks,
-                              self._results, os.getpid()))
+                              self._results, os.getpid(),
+                              # prctl's parent is the thread that starts the worker: only the main thread
+                              # lives as long as the process
+                              threading.current_thread() is threading.main_thread()))
             for i in range(workers)]
         for p in self._processes:
             p.start()
@@ -496,7 +573,8 @@ class DataLoader:
             found_bad, _ = _fill_batch(images, truth, self.paths, self.num_classes, self.aug, self.seed,
                                        self._next_index, self._known_bad)
         except _AllImagesBad as e:
-            raise RuntimeError(f"DataLoader: {e}") from None
+            self._record_bad(e.found_bad)
+            raise self._no_usable_image(str(e)) from None
         self._next_index += 1
         self._record_bad(found_bad)
         return images, truth
@@ -511,9 +589,7 @@ class DataLoader:
             # Batches are handed out in number order whatever order the workers finish them in.
             slot, generation, w, h = self._in_flight.pop(self._next_out)
             status, detail = self._wait_for(slot)
-            if status == "error":
-                self.close()
-                raise RuntimeError(f"DataLoader worker failed: {detail}")
+            self._check_status(status, detail)
             self._record_bad(detail)
             if status == "ok" and generation == self._generation.value:
                 self._held = slot
@@ -558,9 +634,7 @@ class DataLoader:
         while self._in_flight:
             batch_index, (slot, _, _, _) = self._in_flight.popitem()
             status, detail = self._wait_for(slot)
-            if status == "error":
-                self.close()
-                raise RuntimeError(f"DataLoader worker failed: {detail}")
+            self._check_status(status, detail)
             self._record_bad(detail)
             self._free.append(slot)
             heapq.heappush(self._redo, batch_index)
@@ -581,7 +655,22 @@ class DataLoader:
         self._free = list(range(self._n_slots))[::-1]
         self._held = None
 
+    def _check_status(self, status: str, detail) -> None:
+        """Raise what a worker reported: no usable image (a DataError), or an unexpected failure."""
+        if status == "unusable":
+            message, found_bad = detail
+            self._record_bad(found_bad)
+            self.close()
+            raise self._no_usable_image(message)
+        if status == "error":
+            self.close()
+            raise RuntimeError(f"DataLoader worker failed: {detail}")
+
     # -- bad files -------------------------------------------------------------------------------------
+    def _no_usable_image(self, detail: str) -> DataError:
+        where = f"; they are listed in {self.bad_list}" if self.bad_list else ""
+        return DataError(f"{self.source}: no usable image: {detail}{where}")
+
     def _record_bad(self, found_bad: list[tuple[str, str]]) -> None:
         new = [(path, reason) for path, reason in found_bad if path not in self.bad_paths]
         for path, reason in new:

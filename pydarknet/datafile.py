@@ -6,10 +6,34 @@ from pathlib import Path
 
 from .errors import CfgError
 
-__all__ = ["read_data_file", "read_names"]
+__all__ = ["DataFile", "read_data_file", "read_names"]
 
 
-def read_data_file(path: str | os.PathLike) -> dict[str, str]:
+class DataFile(dict):
+    """The options of a ``.data`` file (a dict of strings) that remembers where each key was written, so a bad
+    value is reported as ``<file>:<line>: <key>=...``."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.lines: dict[str, int] = {}
+
+    def where(self, key: str) -> str:
+        """``<file>:<line>`` of ``key`` (just the file when the key is absent)."""
+        return f"{self.path}:{self.lines[key]}" if key in self.lines else str(self.path)
+
+    def integer(self, key: str, default: int) -> int:
+        """``key`` as an integer; a value that is not one is a CfgError naming the file, line and key."""
+        text = self.get(key, "")
+        if text == "":
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            raise CfgError(f"{self.where(key)}: {key}={text!r} is not an integer") from None
+
+
+def read_data_file(path: str | os.PathLike) -> DataFile:
     """Parse a ``.data`` file into a dict of strings.
 
     Whitespace inside a line is removed (Darknet's rule), ``#``/``;`` lines and blank lines are ignored, a
@@ -19,7 +43,7 @@ def read_data_file(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: .data file not found")
-    options: dict[str, str] = {}
+    options = DataFile(path)
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, raw in enumerate(f, 1):
             line = "".join(raw.split())
@@ -28,7 +52,9 @@ def read_data_file(path: str | os.PathLike) -> dict[str, str]:
             if "=" not in line:
                 raise CfgError(f"{path}:{lineno}: expected key=value, got {raw.strip()!r}")
             key, value = line.split("=", 1)
-            options.setdefault(key, value)
+            if key not in options:
+                options[key] = value
+                options.lines[key] = lineno
     return options
 
 

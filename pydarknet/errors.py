@@ -43,3 +43,7 @@ class DarknetArithmeticError(DarknetError, ArithmeticError):
 
 class ExportError(DarknetError, ValueError):
     """A network cannot be written in the requested format (ONNX); the message names the layer."""
+
+
+class DataError(DarknetError, ValueError):
+    """The training data cannot be used, e.g. a list in which no image (or label file) is usable."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ._ffi import check, ffi, lib
+from . import _ffi
 from .errors import ImageError
 
 __all__ = ["read_image", "as_bgr", "letterbox", "letterbox_sizes", "resize_chw"]
@@ -57,16 +57,13 @@ def letterbox(image: np.ndarray, net_w: int, net_h: int, out: np.ndarray | None 
         out = np.empty((3, net_h, net_w), np.float32)
     elif out.shape != (3, net_h, net_w) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be a contiguous float32 array of shape (3, net_h, net_w)")
-    h, w = bgr.shape[:2]
-    check(lib.dn_letterbox_bgr(ffi.from_buffer("unsigned char[]", bgr), w, h, 3, bgr.strides[0], net_w, net_h,
-                               ffi.from_buffer("float[]", out)))
+    _ffi.letterbox_bgr(bgr, net_w, net_h, out)
     return out
 
 
 def resize_chw(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Darknet's bilinear resize (aligned corners) of a float32 CHW image."""
     image = np.ascontiguousarray(image, dtype=np.float32)
-    c, h, w = image.shape
-    out = np.empty((c, out_h, out_w), np.float32)
-    check(lib.dn_resize_chw(ffi.from_buffer("float[]", image), c, h, w, ffi.from_buffer("float[]", out), out_h, out_w))
+    out = np.empty((image.shape[0], out_h, out_w), np.float32)
+    _ffi.resize_chw(image, out)
     return out

@@ -2,53 +2,39 @@
 
 The semantics are the reference engine's (the GIoU fork of Darknet), see SPEC §3.1: ``delta`` is the
 negative gradient of the cost with respect to the layer's output (Darknet's sign), and the box gradient of
-``iou``/``giou`` is folded into (x, y, w, h) the way the reference does it.
+``iou``/``giou`` is folded into (x, y, w, h) the way the reference does it. The C core checks the layer's
+configuration (ranges of classes, mask, anchors, sizes, normalisers); this module only shapes the arrays.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ._ffi import check, ffi, lib
+from . import _ffi
 
 __all__ = ["yolo_loss", "IOU_LOSSES", "REPRESENTATIONS"]
 
-IOU_LOSSES = {"mse": 0, "iou": 1, "giou": 2}
-REPRESENTATIONS = {"exp": 0, "lin": 1}
-
-_STAT_FIELDS = (
-    ("iou", "avg_iou"),
-    ("giou", "avg_giou"),
-    ("iou_loss", "iou_loss"),
-    ("cls_loss", "cls_loss"),
-    ("cost", "cost"),
-    ("obj", "avg_obj"),
-    ("noobj", "avg_noobj"),
-    ("class", "avg_cls"),
-    ("recall50", "recall50"),
-    ("recall75", "recall75"),
-)
+# cfg name -> C code, from the header's enums
+IOU_LOSSES = {name: code for code, name in _ffi.IOU_LOSS_NAMES.items()}
+REPRESENTATIONS = {name: code for code, name in _ffi.REPRESENTATION_NAMES.items()}
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+def _code(name: str, value, table: dict) -> int:
+    if not isinstance(value, str) or value.lower() not in table:
+        raise ValueError(f"yolo_loss: {name} must be one of {sorted(table)}, got {value!r}")
+    return table[value.lower()]
+
+
+def _convert(name: str, value, kind):
+    """int() or float() of an argument, naming it when that fails (the C core checks the range)."""
+    if isinstance(value, bool) or (kind is int and not isinstance(value, (int, np.integer))):
         raise ValueError(f"yolo_loss: {name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"yolo_loss: {name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _finite_float(name: str, value) -> float:
     try:
-        v = float(value)
+        return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"yolo_loss: {name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"yolo_loss: {name} must be finite, got {value!r}")
-    return v
 
 
 def _truths_array(truths, n_images: int, max_boxes: int) -> np.ndarray:
@@ -100,34 +86,16 @@ def yolo_loss(
     ``recall50``, ``recall75``, ``count`` (matched truths) and the split ``iou_loss + cls_loss == cost``.
     If ``out`` is given (float32 C-contiguous array of x's shape) it receives the activated output.
     """
-    if not isinstance(iou_loss, str) or iou_loss.lower() not in IOU_LOSSES:
-        raise ValueError(f"yolo_loss: iou_loss must be one of {sorted(IOU_LOSSES)}, got {iou_loss!r}")
-    if not isinstance(representation, str) or representation.lower() not in REPRESENTATIONS:
-        raise ValueError(
-            f"yolo_loss: representation must be one of {sorted(REPRESENTATIONS)}, got {representation!r}"
-        )
-    classes = _positive_int("classes", classes)
-    net_w = _positive_int("net_w", net_w)
-    net_h = _positive_int("net_h", net_h)
-    max_boxes = _positive_int("max_boxes", max_boxes)
-    iou_normalizer = _finite_float("iou_normalizer", iou_normalizer)
-    cls_normalizer = _finite_float("cls_normalizer", cls_normalizer)
-    ignore_thresh = _finite_float("ignore_thresh", ignore_thresh)
-    truth_thresh = _finite_float("truth_thresh", truth_thresh)
-
+    iou_loss_code = _code("iou_loss", iou_loss, IOU_LOSSES)
+    representation_code = _code("representation", representation, REPRESENTATIONS)
+    classes = _convert("classes", classes, int)
+    max_boxes = _convert("max_boxes", max_boxes, int)
     anchors_a = np.ascontiguousarray(np.asarray(anchors, dtype=np.float32).reshape(-1))
-    if anchors_a.size == 0 or anchors_a.size % 2:
-        raise ValueError(f"yolo_loss: anchors must hold w, h pairs (an even count > 0), got {anchors_a.size} values")
-    if not np.all(np.isfinite(anchors_a)) or np.any(anchors_a <= 0):
-        raise ValueError(f"yolo_loss: anchors must be finite and > 0, got {anchors_a.tolist()}")
-    total = anchors_a.size // 2
+    if anchors_a.size % 2:
+        raise ValueError(f"yolo_loss: anchors must hold w, h pairs (an even count), got {anchors_a.size} values")
     mask_a = np.asarray(mask).reshape(-1)
-    if mask_a.size == 0 or not np.issubdtype(mask_a.dtype, np.integer):
-        raise ValueError(f"yolo_loss: mask must be a non-empty sequence of integers, got {mask!r}")
-    mask_a = np.ascontiguousarray(mask_a, dtype=np.int32)
-    bad = [int(m) for m in mask_a if m < 0 or m >= total]
-    if bad:
-        raise ValueError(f"yolo_loss: mask entries {bad} outside [0, {total}) (anchors hold {total} pairs)")
+    if mask_a.size and not np.issubdtype(mask_a.dtype, np.integer):
+        raise ValueError(f"yolo_loss: mask must be a sequence of integers, got {mask!r}")
     n_anchors = mask_a.size
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -158,41 +126,11 @@ def yolo_loss(
             raise ValueError("yolo_loss: out must not share memory with x")
         output = out
     delta = np.zeros_like(x)
-
-    c_mask = ffi.new("int[]", mask_a.tolist())
-    c_anchors = ffi.new("float[]", anchors_a.tolist())
-    cfg = ffi.new("dn_yolo_config *")
-    cfg.classes = classes
-    cfg.n = n_anchors
-    cfg.total = total
-    cfg.mask = c_mask
-    cfg.anchors = c_anchors
-    cfg.net_w = net_w
-    cfg.net_h = net_h
-    cfg.iou_loss = IOU_LOSSES[iou_loss.lower()]
-    cfg.iou_normalizer = iou_normalizer
-    cfg.cls_normalizer = cls_normalizer
-    cfg.representation = REPRESENTATIONS[representation.lower()]
-    cfg.ignore_thresh = ignore_thresh
-    cfg.truth_thresh = truth_thresh
-    cfg.max_boxes = max_boxes
-    cost = ffi.new("float *")
-    stats = ffi.new("dn_yolo_stats *")
-
-    check(
-        lib.dn_yolo_loss(
-            cfg,
-            ffi.from_buffer("float[]", x),
-            n_images,
-            h,
-            w,
-            ffi.from_buffer("float[]", t),
-            ffi.from_buffer("float[]", output),
-            ffi.from_buffer("float[]", delta),
-            cost,
-            stats,
-        )
-    )
-    st = {key: float(getattr(stats, field)) for key, field in _STAT_FIELDS}
-    st["count"] = int(stats.count)
-    return float(cost[0]), delta, st
+    cost, stats = _ffi.yolo_loss(
+        x, t, output, delta, classes=classes, mask=mask_a, anchors=anchors_a,
+        net_w=_convert("net_w", net_w, int), net_h=_convert("net_h", net_h, int), iou_loss=iou_loss_code,
+        iou_normalizer=_convert("iou_normalizer", iou_normalizer, float),
+        cls_normalizer=_convert("cls_normalizer", cls_normalizer, float), representation=representation_code,
+        ignore_thresh=_convert("ignore_thresh", ignore_thresh, float),
+        truth_thresh=_convert("truth_thresh", truth_thresh, float), max_boxes=max_boxes)
+    return cost, delta, stats

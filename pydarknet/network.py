@@ -1,6 +1,7 @@
 """``Network``: a Darknet network built from a .cfg, optionally with .weights, over the C core."""
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -9,13 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ._ffi import check, ffi, lib
+from ._ffi import IOU_LOSS_NAMES, REPRESENTATION_NAMES, check, ffi, lib, yolo_stats_dict
 from .errors import DarknetValueError
+from .runfiles import YOLO_STAT_FIELDS
 
 __all__ = ["Network", "LayerInfo", "YoloStats", "set_threads", "get_threads"]
-
-IOU_LOSSES = ("mse", "iou", "giou")
-REPRESENTATIONS = ("exp", "lin")
 
 
 def set_threads(n: int) -> None:
@@ -78,15 +77,18 @@ class YoloStats:
     count: int
 
     def as_dict(self) -> dict:
-        return {"iou": self.iou, "giou": self.giou, "iou_loss": self.iou_loss, "cls_loss": self.cls_loss,
-                "cost": self.cost, "obj": self.obj, "noobj": self.noobj, "class": self.cls,
-                "recall50": self.recall50, "recall75": self.recall75, "count": self.count}
+        """Keyed by runfiles.YOLO_STAT_FIELDS (the attribute ``cls`` is the field ``class``)."""
+        return {key: getattr(self, "cls" if key == "class" else key) for key in YOLO_STAT_FIELDS}
 
 
-def _stats_from_c(s) -> YoloStats:
-    return YoloStats(iou=s.avg_iou, giou=s.avg_giou, iou_loss=s.iou_loss, cls_loss=s.cls_loss, cost=s.cost,
-                     obj=s.avg_obj, noobj=s.avg_noobj, cls=s.avg_cls, recall50=s.recall50, recall75=s.recall75,
-                     count=s.count)
+def _locked(method):
+    """Run `method` holding the network's lock, so that close() cannot free the C object under it: close()
+    takes the same lock, so it waits for the call in flight, and later calls find the network closed."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def _fspath(path) -> bytes:
@@ -151,11 +153,12 @@ class Network:
             raise FileNotFoundError(f"{weights}: weights file not found")
         options = load_options(device, conv_algo, threads, memory_limit)
         self.device = "cpu" if options.device < 0 else f"cuda:{options.device}"
+        # One call at a time per network: the C object keeps per-call buffers, and close() must not free it
+        # while a call from another thread still uses it. Every method that reaches C memory holds this lock.
+        self._lock = threading.RLock()
         out = ffi.new("dn_network **")
         check(lib.dn_network_load(_fspath(cfg), int(batch), options, out))
         self._ptr = ffi.gc(out[0], lib.dn_network_free)
-        # One call at a time per network: the C object keeps per-call buffers.
-        self._lock = threading.RLock()
         self.layers_loaded = 0
         if weights is not None:
             self.load_weights(weights)
@@ -163,9 +166,15 @@ class Network:
 
     # ---- lifetime -------------------------------------------------------------------------------------
     def close(self) -> None:
-        ptr, self._ptr = getattr(self, "_ptr", None), None
-        if ptr is not None:
-            ffi.release(ptr)
+        """Free the C memory now. A call running in another thread finishes first; calls made afterwards
+        raise ValueError ("the network is closed"). Calling it twice is fine."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the network existed
+            return
+        with lock:
+            ptr, self._ptr = getattr(self, "_ptr", None), None
+            if ptr is not None:
+                ffi.release(ptr)
 
     def __enter__(self) -> "Network":
         return self
@@ -178,16 +187,19 @@ class Network:
         return self._ptr is None
 
     def _handle(self):
+        """The C handle; only valid while the caller holds self._lock (see _locked)."""
         if self._ptr is None:
-            raise ValueError("the network is closed")
+            raise DarknetValueError("the network is closed")
         return self._ptr
 
     # ---- description ----------------------------------------------------------------------------------
+    @_locked
     def _info(self):
         info = ffi.new("dn_net_info *")
         check(lib.dn_network_info(self._handle(), info))
         return info
 
+    @_locked
     def _refresh_layers(self) -> None:
         info = self._info()
         layers = []
@@ -208,7 +220,7 @@ class Network:
                 extra = dict(sources=(c_info.sources[0],), activation=activation)
             elif t == "yolo":
                 extra = dict(classes=c_info.classes, n_anchors=c_info.n, total_anchors=c_info.total,
-                             iou_loss=IOU_LOSSES[c_info.iou_loss], representation=REPRESENTATIONS[c_info.representation],
+                             iou_loss=IOU_LOSS_NAMES[c_info.iou_loss], representation=REPRESENTATION_NAMES[c_info.representation],
                              iou_normalizer=c_info.iou_normalizer, cls_normalizer=c_info.cls_normalizer,
                              ignore_thresh=c_info.ignore_thresh, truth_thresh=c_info.truth_thresh,
                              max_boxes=c_info.max_boxes, random=bool(c_info.random), jitter=c_info.jitter)
@@ -263,6 +275,7 @@ class Network:
         return int(self._info().seen)
 
     @seen.setter
+    @_locked
     def seen(self, value: int) -> None:
         check(lib.dn_network_set_seen(self._handle(), int(value)))
 
@@ -395,6 +408,7 @@ class Network:
             self.set_batch(x.shape[0])
         return x
 
+    @_locked
     def layer_output(self, index: int, n: int | None = None) -> np.ndarray:
         """A copy of layer `index`'s output after the last forward, shaped (n, c, h, w)."""
         layer = self._layers[index]
@@ -403,6 +417,7 @@ class Network:
         ptr = lib.dn_network_layer_output(self._handle(), index)
         return np.frombuffer(ffi.buffer(ptr, n * c * h * w * 4), np.float32).reshape(n, c, h, w).copy()
 
+    @_locked
     def _layer_delta(self, index: int, n: int) -> np.ndarray:
         layer = self._layers[index]
         w, h, c = layer.output_shape
@@ -488,14 +503,18 @@ class Network:
             check(lib.dn_network_zero_updates(self._handle()))
             return input_delta, updates
 
+    @_locked
     def yolo_stats(self) -> list[YoloStats]:
         out = []
         s = ffi.new("dn_yolo_stats *")
         for k in range(len(self._yolo_indices)):
             check(lib.dn_network_yolo_stats(self._handle(), k, s))
-            out.append(_stats_from_c(s))
+            stats = yolo_stats_dict(s)
+            stats["cls"] = stats.pop("class")
+            out.append(YoloStats(**stats))
         return out
 
+    @_locked
     def yolo_anchors(self, index: int) -> tuple[np.ndarray, list[int]]:
         """(anchors (total, 2) in network pixels, mask) of the [yolo] layer with absolute index `index`."""
         layer = self._layers[index]

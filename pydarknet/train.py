@@ -7,12 +7,14 @@ policy; checkpoints go to ``<backup>/<prefix>/``; logs are ``log.csv`` (the refe
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random as _random
+import re
+import shutil
 import signal
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,8 +27,11 @@ from . import _callable_module
 from .datafile import read_data_file, read_names
 from .errors import CudaError, DarknetArithmeticError, DarknetError
 from .network import Network, set_threads
+from .runfiles import (BAD_LIST, FINAL_ID, LOG_FILE, MAP_FILE, METRICS_FILE, append_map_rows, log_csv_iteration,
+                       log_csv_line, metrics_iteration, metrics_line, parse_map_line, read_map_rows,
+                       strict_json_value)
 
-__all__ = ["train", "train_default", "learning_rate", "TrainResult", "checkpoint_due", "evaluate_map",
+__all__ = ["train", "Trainer", "train_default", "learning_rate", "TrainResult", "checkpoint_due", "evaluate_map",
            "TrainingDiverged", "default_cfg_path"]
 
 log = logging.getLogger("pydarknet.train")
@@ -127,6 +132,7 @@ class _Progress:
         self.every = every
         self.start = time.perf_counter()
         self.start_it: int | None = None
+        self.closed = False
 
     def update(self, it: int, loss: float, avg: float, lr: float, images_per_s: float) -> None:
         if self.start_it is None:
@@ -150,9 +156,11 @@ class _Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
+        """End the updating line (once: both the end of the loop and shutdown call it)."""
+        if self.tty and not self.closed:
             self.stream.write("\n")
             self.stream.flush()
+        self.closed = True
 
 
 def _hms(seconds: float) -> str:
@@ -181,40 +189,43 @@ def _yolo_jitter(net: Network) -> float:
     return layers[-1].jitter if layers else 0.2
 
 
-class _Logs:
-    """log.csv (reference format), metrics.jsonl, and an optional remote board."""
+class _RunFolderLog:
+    """The run folder's logs: log.csv (the reference's format), metrics.jsonl (strict JSON) and map.txt."""
 
-    def __init__(self, run_dir: Path, log_url: str | None, log_token: str | None, run_name: str):
+    def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.csv = open(run_dir / "log.csv", "a", buffering=1)
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        self.sender = None
-        if log_url:
-            from .board.client import MetricsSender  # noqa: PLC0415
-
-            self.sender = MetricsSender(log_url, log_token, run_name)
+        self.csv = open(run_dir / LOG_FILE, "a", buffering=1)
+        self.jsonl = open(run_dir / METRICS_FILE, "a", buffering=1)
 
     def iteration(self, record: dict, max_batches: int) -> None:
-        parts = [f"A{l['iou']:f},G{l['giou']:f},I{l['iou_loss']:f},C{l['cls_loss']:f},T{l['cost']:f},"
-                 for l in record["layers"]]
-        line = "".join(parts) + f"BATCH,{record['iteration']},{max_batches},{record['avg_loss']:f}"
-        self.csv.write(line + "\n")
-        self.jsonl.write(json.dumps(record) + "\n")
-        if self.sender:
-            self.sender.send_log(line)
-            self.sender.send_metrics(record)
+        self.csv.write(log_csv_line(record["layers"], record["iteration"], max_batches, record["avg_loss"]) + "\n")
+        self.jsonl.write(metrics_line(record) + "\n")
 
     def map_row(self, row: str) -> None:
-        with open(self.run_dir / "map.txt", "a") as f:
-            f.write(row + "\n")
-        if self.sender:
-            self.sender.send_map(row)
+        append_map_rows(self.run_dir / MAP_FILE, [row])
 
     def close(self) -> None:
         self.csv.close()
         self.jsonl.close()
-        if self.sender:
-            self.sender.close()
+
+
+class _BoardLog:
+    """The same lines sent to a remote board (--log-url)."""
+
+    def __init__(self, url: str, token: str | None, run_name: str):
+        from .board.client import MetricsSender  # noqa: PLC0415
+
+        self.sender = MetricsSender(url, token, run_name)
+
+    def iteration(self, record: dict, max_batches: int) -> None:
+        self.sender.send_log(log_csv_line(record["layers"], record["iteration"], max_batches, record["avg_loss"]))
+        self.sender.send_metrics(strict_json_value(record))
+
+    def map_row(self, row: str) -> None:
+        self.sender.send_map(row)
+
+    def close(self) -> None:
+        self.sender.close()
 
 
 def _average_stats(stats_per_chunk: list[list[dict]]) -> list[dict]:
@@ -229,163 +240,493 @@ def _average_stats(stats_per_chunk: list[list[dict]]) -> list[dict]:
     return out
 
 
+def _weights_iteration(path: Path, images_per_iteration: int) -> int | None:
+    """The training iteration stored in a weights file's header (SPEC §1.4), None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return None
+    if len(header) < 16:
+        return None
+    major, minor, _ = struct.unpack("<3i", header[:12])
+    if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
+        if len(header) < 20:
+            return None
+        seen = struct.unpack("<Q", header[12:20])[0]
+    else:
+        seen = struct.unpack("<I", header[12:16])[0]
+    return seen // images_per_iteration
+
+
+class Trainer:
+    """One training run, phase by phase: :meth:`setup` (data, network, the run folder, resume), :meth:`iteration`
+    (``subdivisions`` chunks, then one SGD step), :meth:`emit` (an iteration's metrics to every sink),
+    :meth:`checkpoint`, :meth:`finish` and :meth:`shutdown` (always, from a ``finally``: logs flushed and closed,
+    the metrics sender stopped, the loader's workers and the network freed). :meth:`run` strings them together.
+
+    Data-parallel training plugs in at three places: :meth:`shard` (each replica loads its own share of the
+    images), :meth:`reduce_updates` (all-reduce the update buffers before the SGD step) and :attr:`is_writer`
+    (rank 0 alone writes files). Another metrics destination (TensorBoard, ...) is one more object in
+    :attr:`sinks` with ``iteration(record, max_batches)``, ``map_row(row)`` and ``close()``.
+    """
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.PathLike | None = None,
+                 *, clear: bool = False, gpus=None, map_eval: bool = False, map_every: int | None = None,
+                 max_batches: int | None = None, threads: int | None = None, workers: int | None = None,
+                 log_url: str | None = None, log_token: str | None = None, seed: int | None = None,
+                 time_limit: float | None = None, progress_stream=None, chart_every: int = 200):
+        _check_gpus(gpus)
+        self.data_path, self.cfg = Path(data), cfg
+        self.weights = Path(weights) if weights is not None else None
+        self.clear, self.map_eval, self.map_every = clear, map_eval, map_every
+        self.max_batches_override, self.threads, self.workers = max_batches, threads, workers
+        self.log_url, self.log_token = log_url, log_token
+        self.rng = _random.Random(seed)
+        self.time_limit, self.progress_stream, self.chart_every = time_limit, progress_stream, chart_every
+        self.base = Path(cfg).stem
+        self.net: Network | None = None
+        self.loader: DataLoader | None = None
+        self.progress: _Progress | None = None
+        self.sinks: list = []
+        self.stop: _StopRequest | None = None
+        self.avg_loss = -1.0
+        self.count = 0
+        self.valid_paths = self.map_names = self.map_rules = None
+
+    # ---- hooks for data-parallel training ------------------------------------------------------------------
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the run's files (checkpoints, logs): rank 0 of the replicas."""
+        return self.rank == 0
+
+    def shard(self, paths: list[str]) -> list[str]:
+        """The images this replica draws from (all of them with one replica)."""
+        return paths
+
+    def reduce_updates(self) -> None:
+        """Called after the chunks' backward passes, before the SGD step: where replicas all-reduce the update
+        buffers. Nothing to do with one replica."""
+
+    # ---- set-up --------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything before the first iteration; what it opens, shutdown() closes."""
+        train_paths = self._read_data()
+        self._open_network()
+        if self.is_writer:
+            _finish_temporaries(self.run_dir, self.net.n_params)
+        self.resume()
+        self._open_loader(train_paths)
+        if self.is_writer:
+            self.sinks.append(_RunFolderLog(self.run_dir))
+            if self.log_url:
+                self.sinks.append(_BoardLog(self.log_url, self.log_token, self.prefix or self.base))
+        self.progress = _Progress(self.opts["max_batches"], self.progress_stream)
+        self.result = TrainResult(iterations=self.current_iteration, final_weights=None, run_dir=self.run_dir,
+                                  avg_loss=-1.0)
+        if self.map_eval or self.map_every:
+            self._prepare_map()
+        log.info("training %s: %d images, %d per iteration (%d x %d), up to iteration %d, %s", self.base,
+                 len(train_paths), self.images_per_iteration, self.subdivisions, self.chunk,
+                 self.opts["max_batches"], self.run_dir)
+
+    def _read_data(self) -> list[str]:
+        """The .data file: the train list (its image paths are returned), classes, the run folder."""
+        self.options = options = read_data_file(self.data_path)
+        if "train" not in options:
+            raise DarknetError(f"{self.data_path}: no 'train' list given (train = path/to/train.txt)")
+        self.data_classes = options.integer("classes", 0)
+        self.train_list = _resolve(options["train"], self.data_path)
+        train_paths = read_list(self.train_list)
+        if not train_paths:
+            raise DarknetError(f"{options['train']}: the train list is empty")
+        backup = _resolve(options["backup"], self.data_path) if "backup" in options else Path("backup")
+        self.prefix = options.get("prefix", "")
+        self.run_dir = backup / self.prefix if self.prefix else backup
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return train_paths
+
+    def _open_network(self) -> None:
+        if self.threads is not None:
+            set_threads(self.threads)
+        self.net = net = Network(self.cfg, batch=1)
+        self.opts = opts = net.options
+        self.chunk = max(1, opts["batch"] // opts["subdivisions"])
+        self.subdivisions = opts["subdivisions"]
+        self.images_per_iteration = self.chunk * self.subdivisions
+        net.set_batch(self.chunk)
+        if self.max_batches_override is not None:
+            opts["max_batches"] = self.max_batches_override
+        yolo = net.yolo_layers
+        if not yolo:
+            raise DarknetError(f"{self.cfg}: no [yolo] layer: nothing to train against")
+        if self.data_classes and yolo[0].classes != self.data_classes:
+            raise DarknetError(f"{self.options.where('classes')}: classes={self.data_classes} but {self.cfg} has "
+                               f"classes={yolo[0].classes}")
+        self.num_classes = yolo[0].classes
+
+    def _open_loader(self, train_paths: list[str]) -> None:
+        net = self.net
+        self.sizes = multiscale_sizes(net.width) if net.yolo_layers[-1].random else []
+        aug = Augment.from_net_options(self.opts, jitter=_yolo_jitter(net))
+        self.loader = DataLoader(self.shard(train_paths), num_classes=self.num_classes, batch=self.chunk,
+                                 net_w=net.width, net_h=net.height, aug=aug, max_boxes=net.max_boxes,
+                                 workers=2 if self.workers is None else self.workers,
+                                 seed=self.rng.randrange(2**31), bad_list=self.run_dir / BAD_LIST,
+                                 source=self.train_list)
+
+    def _prepare_map(self) -> None:
+        """--map / --map-every: the valid list, class names and evaluation rules, decided once per run."""
+        if "valid" not in self.options:
+            raise DarknetError(f"{self.data_path}: --map needs a 'valid' list")
+        self.valid_paths = read_list(_resolve(self.options["valid"], self.data_path))
+        self.map_names = _class_names(self.options, self.data_path)
+        from .eval.listeval import voc_rules  # noqa: PLC0415
+
+        self.map_rules = voc_rules(self.valid_paths)  # once: it looks for VOC XML beside every image
+
+    @property
+    def backup_path(self) -> Path:
+        return self.run_dir / f"{self.base}.backup"
+
+    @property
+    def current_iteration(self) -> int:
+        return self.net.seen // self.images_per_iteration
+
+    # ---- resume --------------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Pick the starting point and make the run folder agree with it.
+
+        Without WEIGHTS and without ``clear``, the run folder's own backup is where a run resumes (the same
+        command run again after a crash). Whatever the start, a checkpoint of a later iteration than the start
+        would be overwritten: such files go aside, into ``<run>/replaced-<time>/`` with a copy of the logs, and
+        the logs lose the iterations after the start, so they never hold an iteration twice.
+        """
+        net, weights = self.net, self.weights
+        if weights is None and not self.clear and self.backup_path.is_file():
+            weights = self.backup_path
+            log.info("resuming from %s (iteration %d); pass --clear or another prefix to start over", weights,
+                     _weights_iteration(weights, self.images_per_iteration) or 0)
+        if weights is not None:
+            net.load_weights(weights)
+            log.info("loaded %s (%d layers, seen %d)", weights, net.layers_loaded, net.seen)
+        if self.clear:
+            net.seen = 0
+        if self.is_writer:
+            _reconcile_run_folder(self.run_dir, self.base, self.current_iteration, self.images_per_iteration)
+
+    # ---- one iteration -------------------------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        if self.current_iteration >= self.opts["max_batches"]:
+            return True
+        if self.stop is not None and self.stop.signal_name:
+            return True
+        return bool(self.time_limit and time.perf_counter() - self.started > self.time_limit)
+
+    def _multiscale(self, iteration: int) -> None:
+        """random=1: a new square size every 10 iterations, the largest for the last 200 (SPEC §3)."""
+        if not self.sizes or self.count % 10:
+            return
+        dim = self.rng.choice(self.sizes)
+        if iteration + 200 > self.opts["max_batches"]:
+            dim = self.sizes[-1]
+        if dim != self.net.width:
+            self.net.resize(dim, dim)
+            self.loader.set_size(dim, dim)
+
+    def iteration(self) -> dict:
+        """Train one iteration: ``subdivisions`` chunks whose gradients add up, then one SGD step. Returns the
+        iteration's metrics record (what metrics.jsonl holds)."""
+        net, opts, ipi = self.net, self.opts, self.images_per_iteration
+        iteration = self.current_iteration
+        self._multiscale(iteration)
+        self.count += 1
+        t0 = time.perf_counter()
+        data_seconds = 0.0
+        loss_sum = 0.0
+        chunk_stats = []
+        for _ in range(self.subdivisions):
+            d0 = time.perf_counter()
+            x, truth = self.loader.next_batch()
+            data_seconds += time.perf_counter() - d0
+            try:
+                loss_sum += net.train_chunk(x, truth)
+            except DarknetArithmeticError as exc:
+                kept = (f"the last good checkpoint is {self.backup_path}" if self.backup_path.exists()
+                        else "no checkpoint had been written yet")
+                raise TrainingDiverged(f"training diverged at iteration {iteration}: {exc}; {kept} "
+                                       f"(lower learning_rate or raise burn_in)") from exc
+            chunk_stats.append([s.as_dict() for s in net.yolo_stats()])
+        self.reduce_updates()
+        # Darknet's get_current_rate at update time: the chunks have already advanced `seen`, so the step that
+        # completes iteration it uses the rate of it (steps[k] <= it).
+        lr = learning_rate(opts, net.seen // ipi, self.rng)
+        net.update(lr, opts["momentum"], opts["decay"], ipi)
+        loss = loss_sum / ipi
+        self.avg_loss = loss if self.avg_loss < 0 else self.avg_loss * 0.9 + loss * 0.1
+        seconds = time.perf_counter() - t0
+        return {"iteration": self.current_iteration, "loss": loss, "avg_loss": self.avg_loss, "lr": lr,
+                "images": net.seen, "seconds": seconds, "data_seconds": data_seconds, "time": time.time(),
+                "width": net.width, "layers": _average_stats(chunk_stats)}
+
+    def emit(self, record: dict) -> None:
+        """The one place an iteration's metrics leave the trainer: every sink, then the progress line."""
+        for sink in self.sinks:
+            sink.iteration(record, self.opts["max_batches"])
+        self.progress.update(record["iteration"], record["loss"], record["avg_loss"], record["lr"],
+                             self.images_per_iteration / max(record["seconds"], 1e-9))
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        if self.is_writer:
+            self.net.save(path)
+
+    def checkpoint(self, iteration: int) -> None:
+        """The checkpoints due after `iteration` (SPEC §3), mAP evaluations and the chart."""
+        if iteration % 100 == 0:
+            self.save(self.backup_path)
+        if checkpoint_due(iteration):
+            path = self.run_dir / f"{self.base}_{iteration}.weights"
+            self.save(path)
+            self.result.checkpoints.append(path)
+            if self.map_eval and not self.map_every and self.valid_paths:
+                self.evaluate(path, iteration)
+        if self.map_every and self.valid_paths and iteration % self.map_every == 0:
+            self.save(self.backup_path)
+            self.evaluate(self.backup_path, iteration)
+        if self.is_writer and self.chart_every and iteration % self.chart_every == 0:
+            _refresh_chart(self.run_dir)
+
+    def evaluate(self, weights_path: Path, iteration) -> None:
+        """mAP of the valid list with the checkpoint just written: logged, and rows added to map.txt."""
+        if not self.is_writer:
+            return
+        from .detect import Detector  # noqa: PLC0415
+        from .eval import map_txt_row  # noqa: PLC0415
+
+        with Detector(self.cfg, weights_path) as detector:
+            res = _evaluate(detector, self.valid_paths, self.num_classes, self.map_names, self.map_rules)
+        for metric in ("iou", "giou"):
+            row = map_txt_row(res, metric, iteration)
+            for sink in self.sinks:
+                sink.map_row(row)
+        self.result.map_results[iteration] = res
+        self.progress.message(f"iteration {iteration}: mAP@.50 {res['iou'].map_at(0.5):.4f} (IoU), "
+                              f"{res['giou'].map_at(0.5):.4f} (GIoU); mAP@.50:.95 {res['iou'].mean:.4f}")
+
+    def finish(self) -> TrainResult:
+        """After the loop: a backup when stopped early (signal, time limit), else the final weights."""
+        result = self.result
+        result.iterations = self.current_iteration
+        result.avg_loss = self.avg_loss
+        self.progress.close()
+        if (self.stop and self.stop.signal_name) or (self.time_limit and result.iterations < self.opts["max_batches"]):
+            self.save(self.backup_path)
+            result.stopped_by_signal = (self.stop and self.stop.signal_name) or "time limit"
+            log.warning("stopped at iteration %d (%s); resume with %s", result.iterations, result.stopped_by_signal,
+                        self.backup_path)
+        else:
+            final = self.run_dir / f"{self.base}_final.weights"
+            self.save(final)
+            self.save(self.backup_path)
+            result.final_weights = final
+            self.progress.message(f"saved {final} after {result.iterations} iterations "
+                                  f"({time.perf_counter() - self.started:.0f} s, avg loss {self.avg_loss:.3f})")
+            if self.map_eval and self.valid_paths:
+                self.evaluate(final, FINAL_ID)
+        if self.is_writer:
+            _refresh_chart(self.run_dir)
+        return result
+
+    def shutdown(self) -> None:
+        """Release everything, whatever state set-up or the loop reached: the progress line ends, every log is
+        flushed and closed and the metrics sender stopped, the loader's workers end, the network is freed."""
+        if self.progress is not None:
+            self.progress.close()
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - one failing sink must not keep the others open
+                log.warning("closing %s failed: %s", type(sink).__name__, exc)
+        if self.loader is not None:
+            self.loader.close()
+        if self.net is not None:
+            self.net.close()
+
+    def run(self) -> TrainResult:
+        try:
+            self.setup()
+            self.started = time.perf_counter()
+            with _StopRequest() as self.stop:
+                while not self.should_stop():
+                    record = self.iteration()
+                    self.emit(record)
+                    self.checkpoint(record["iteration"])
+            return self.finish()
+        finally:
+            self.shutdown()
+
+
 def train(data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.PathLike | None = None, *,
           clear: bool = False, gpus=None, map_eval: bool = False, map_every: int | None = None,
           max_batches: int | None = None, threads: int | None = None, workers: int | None = None,
           log_url: str | None = None, log_token: str | None = None, seed: int | None = None,
           time_limit: float | None = None, progress_stream=None, chart_every: int = 200) -> TrainResult:
     """Train `cfg` on the `train` list of `data`, optionally starting from `weights` (resumes at the
-    iteration stored in its `seen` unless `clear`). Returns where the results went.
+    iteration stored in its `seen` unless `clear`). Without `weights` a run resumes from its folder's
+    ``<base>.backup`` when there is one (``clear`` starts over; checkpoints that starting over would overwrite
+    are kept aside). Returns where the results went.
 
     `time_limit` (seconds) stops early like a signal would (saving a backup); `max_batches` overrides the cfg.
     """
-    _check_gpus(gpus)
-    data_path = Path(data)
-    options = read_data_file(data_path)
-    if "train" not in options:
-        raise DarknetError(f"{data_path}: no 'train' list given (train = path/to/train.txt)")
-    num_classes = int(options.get("classes", "0") or 0)
-    train_paths = read_list(_resolve(options["train"], data_path))
-    if not train_paths:
-        raise DarknetError(f"{options['train']}: the train list is empty")
-    backup = _resolve(options.get("backup", "backup"), data_path) if "backup" in options else Path("backup")
-    prefix = options.get("prefix", "")
-    run_dir = backup / prefix if prefix else backup
-    run_dir.mkdir(parents=True, exist_ok=True)
-    base = Path(cfg).stem
-    if threads is not None:
-        set_threads(threads)
-    rng = _random.Random(seed)
+    return Trainer(data, cfg, weights, clear=clear, gpus=gpus, map_eval=map_eval, map_every=map_every,
+                   max_batches=max_batches, threads=threads, workers=workers, log_url=log_url,
+                   log_token=log_token, seed=seed, time_limit=time_limit, progress_stream=progress_stream,
+                   chart_every=chart_every).run()
 
-    net = Network(cfg, batch=1)
-    try:
-        opts = net.options
-        chunk = max(1, opts["batch"] // opts["subdivisions"])
-        subdivisions = opts["subdivisions"]
-        images_per_iteration = chunk * subdivisions
-        net.set_batch(chunk)
-        if weights is not None:
-            net.load_weights(weights)
-            log.info("loaded %s (%d layers, seen %d)", weights, net.layers_loaded, net.seen)
-        if clear:
-            net.seen = 0
-        if max_batches is not None:
-            opts["max_batches"] = max_batches
-        yolo = net.yolo_layers
-        if not yolo:
-            raise DarknetError(f"{cfg}: no [yolo] layer: nothing to train against")
-        if num_classes and yolo[0].classes != num_classes:
-            raise DarknetError(f"{data_path}: classes={num_classes} but {cfg} has classes={yolo[0].classes}")
-        num_classes = yolo[0].classes
-        multiscale = yolo[-1].random
-        sizes = multiscale_sizes(net.width) if multiscale else []
-        aug = Augment.from_net_options(opts, jitter=_yolo_jitter(net))
-        loader = DataLoader(train_paths, num_classes=num_classes, batch=chunk, net_w=net.width, net_h=net.height,
-                            aug=aug, max_boxes=net.max_boxes, workers=2 if workers is None else workers,
-                            seed=rng.randrange(2**31), bad_list=run_dir / "bad.list")
-        logs = _Logs(run_dir, log_url, log_token, prefix or base)
-        progress = _Progress(opts["max_batches"], progress_stream)
-        result = TrainResult(iterations=net.seen // images_per_iteration, final_weights=None, run_dir=run_dir,
-                             avg_loss=-1.0)
-        valid_paths = map_names = map_rules = None
-        if map_eval or map_every:
-            if "valid" not in options:
-                raise DarknetError(f"{data_path}: --map needs a 'valid' list")
-            valid_paths = read_list(_resolve(options["valid"], data_path))
-            map_names = _class_names(options, data_path)
-            from .eval.listeval import voc_rules  # noqa: PLC0415
 
-            map_rules = voc_rules(valid_paths)  # once: it looks for VOC XML beside every image
-        log.info("training %s: %d images, %d per iteration (%d x %d), up to iteration %d, %s",
-                 base, len(train_paths), images_per_iteration, subdivisions, chunk, opts["max_batches"], run_dir)
-        started = time.perf_counter()
-        avg_loss = -1.0
-        count = 0
-        with _StopRequest() as stop, loader:
-            try:
-                while True:
-                    iteration = net.seen // images_per_iteration
-                    if iteration >= opts["max_batches"]:
-                        break
-                    if stop.signal_name or (time_limit and time.perf_counter() - started > time_limit):
-                        break
-                    if sizes and count % 10 == 0:
-                        dim = rng.choice(sizes)
-                        if iteration + 200 > opts["max_batches"]:
-                            dim = sizes[-1]
-                        if dim != net.width:
-                            net.resize(dim, dim)
-                            loader.set_size(dim, dim)
-                    count += 1
-                    t0 = time.perf_counter()
-                    data_seconds = 0.0
-                    loss_sum = 0.0
-                    chunk_stats = []
-                    for _ in range(subdivisions):
-                        d0 = time.perf_counter()
-                        x, truth = loader.next_batch()
-                        data_seconds += time.perf_counter() - d0
-                        try:
-                            loss_sum += net.train_chunk(x, truth)
-                        except DarknetArithmeticError as exc:
-                            backup_path = run_dir / (base + ".backup")
-                            kept = (f"the last good checkpoint is {backup_path}" if backup_path.exists()
-                                    else "no checkpoint had been written yet")
-                            raise TrainingDiverged(
-                                f"training diverged at iteration {iteration}: {exc}; {kept} "
-                                f"(lower learning_rate or raise burn_in)"
-                            ) from exc
-                        chunk_stats.append([s.as_dict() for s in net.yolo_stats()])
-                    # Darknet's get_current_rate at update time: the chunks have already advanced `seen`,
-                    # so the step that completes iteration it uses the rate of it (steps[k] <= it).
-                    lr = learning_rate(opts, net.seen // images_per_iteration, rng)
-                    net.update(lr, opts["momentum"], opts["decay"], images_per_iteration)
-                    iteration = net.seen // images_per_iteration
-                    loss = loss_sum / images_per_iteration
-                    avg_loss = loss if avg_loss < 0 else avg_loss * 0.9 + loss * 0.1
-                    seconds = time.perf_counter() - t0
-                    record = {"iteration": iteration, "loss": loss, "avg_loss": avg_loss, "lr": lr,
-                              "images": net.seen, "seconds": seconds, "data_seconds": data_seconds,
-                              "time": time.time(), "width": net.width, "layers": _average_stats(chunk_stats)}
-                    logs.iteration(record, opts["max_batches"])
-                    progress.update(iteration, loss, avg_loss, lr, images_per_iteration / max(seconds, 1e-9))
-                    if iteration % 100 == 0:
-                        net.save(run_dir / f"{base}.backup")
-                    if checkpoint_due(iteration):
-                        path = run_dir / f"{base}_{iteration}.weights"
-                        net.save(path)
-                        result.checkpoints.append(path)
-                        if map_eval and not map_every and valid_paths:
-                            _map_at(cfg, path, valid_paths, num_classes, map_names, map_rules, iteration, logs, progress, result)
-                    if map_every and valid_paths and iteration % map_every == 0:
-                        path = run_dir / f"{base}.backup"
-                        net.save(path)
-                        _map_at(cfg, path, valid_paths, num_classes, map_names, map_rules, iteration, logs, progress, result)
-                    if chart_every and iteration % chart_every == 0:
-                        _refresh_chart(run_dir)
-            finally:
-                progress.close()
-        result.iterations = net.seen // images_per_iteration
-        result.avg_loss = avg_loss
-        if stop.signal_name or (time_limit and result.iterations < opts["max_batches"]):
-            net.save(run_dir / f"{base}.backup")
-            result.stopped_by_signal = stop.signal_name or "time limit"
-            log.warning("stopped at iteration %d (%s); resume with %s", result.iterations, result.stopped_by_signal,
-                        run_dir / f"{base}.backup")
+# ---- the run folder at start: interrupted writes, checkpoints that would be overwritten ---------------------
+
+_WEIGHTS_HEADER_BYTES = 20  # 0.2.0 and a 64-bit seen: what Network.save writes
+
+
+def _finish_temporaries(run_dir: Path, n_params: int) -> None:
+    """A process killed while writing ``X.weights`` leaves ``X.weights.tmp``. A complete one (the exact size
+    of this network's weights) is renamed into place, as the write would have done; any other is removed."""
+    for tmp in sorted(run_dir.glob("*.tmp")):
+        target = tmp.with_suffix("")
+        if target.suffix not in (".weights", ".backup") or not tmp.is_file():
+            continue
+        complete = tmp.stat().st_size == _WEIGHTS_HEADER_BYTES + 4 * n_params
+        if complete:
+            with open(tmp, "rb") as f:
+                complete = struct.unpack("<3i", f.read(12))[:2] == (0, 2)
+        if complete:
+            os.replace(tmp, target)
+            log.warning("finished the interrupted write of %s", target)
         else:
-            final = run_dir / f"{base}_final.weights"
-            net.save(final)
-            net.save(run_dir / f"{base}.backup")
-            result.final_weights = final
-            progress.message(f"saved {final} after {result.iterations} iterations "
-                             f"({time.perf_counter() - started:.0f} s, avg loss {avg_loss:.3f})")
-            if map_eval and valid_paths:
-                _map_at(cfg, final, valid_paths, num_classes, map_names, map_rules, "final", logs, progress, result)
-        _refresh_chart(run_dir)
-        logs.close()
-        return result
-    finally:
-        net.close()
+            tmp.unlink()
+            log.warning("removed %s, the remains of an interrupted weights write", tmp)
+
+
+_CHECKPOINT_NAME = r"{base}(?:\.backup|_(\d+|final)\.weights)"
+
+
+def _reconcile_run_folder(run_dir: Path, base: str, start: int, images_per_iteration: int) -> None:
+    """Before training from iteration `start`: checkpoints of later iterations go aside (with a copy of the
+    logs), and the logs keep only iterations <= `start`."""
+    pattern = re.compile(_CHECKPOINT_NAME.format(base=re.escape(base)))
+    later = []
+    for path in sorted(run_dir.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_file():
+            continue
+        number = match.group(1)
+        iteration = int(number) if number and number.isdigit() else _weights_iteration(path, images_per_iteration)
+        if iteration is None or iteration > start:
+            later.append(path)
+    logs = [run_dir / name for name in (LOG_FILE, METRICS_FILE, MAP_FILE)]
+    if later:
+        aside = _new_folder(run_dir, time.strftime("replaced-%Y%m%d-%H%M%S"))
+        for path in logs:
+            if path.is_file():
+                shutil.copy2(path, aside / path.name)
+        for path in later:
+            os.replace(path, aside / path.name)
+        log.warning("starting at iteration %d: %s held later checkpoints (%s); they are kept in %s with a copy of "
+                    "the logs", start, run_dir, ", ".join(p.name for p in later), aside)
+    replaced_final = any(p.name == f"{base}_final.weights" for p in later)
+    _cut_tail(logs[0], lambda line: (log_csv_iteration(line) or 0) <= start)
+    _cut_tail(logs[1], lambda line: (metrics_iteration(line) or 0) <= start)
+    _keep_lines(logs[2], lambda line: not _map_row_after(line, start, replaced_final))
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """Create ``parent/name`` (``name-2``, ``name-3``, ... when taken) and return it."""
+    for k in range(1, 1000):
+        folder = parent / (name if k == 1 else f"{name}-{k}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: cannot find a free folder name for {name}")
+
+
+def _map_row_after(line: str, start: int, replaced_final: bool) -> bool:
+    try:
+        _, ident, _ = parse_map_line(line)
+    except ValueError:
+        return False
+    return replaced_final if ident == FINAL_ID else ident > start
+
+
+def _lines_backwards(f, end: int, block_size: int = 1 << 20):
+    """(offset, text) of the lines of binary file `f` in [0, end), last first; `end` is just after a newline."""
+    pos, carry, first = end, b"", True
+    while pos > 0:
+        step = min(block_size, pos)
+        pos -= step
+        f.seek(pos)
+        parts = (f.read(step) + carry).split(b"\n")
+        if first:  # the block ends with the newline of the last line
+            parts.pop()
+            first = False
+        offsets = [pos]
+        for part in parts[:-1]:
+            offsets.append(offsets[-1] + len(part) + 1)
+        for k in range(len(parts) - 1, 0, -1):
+            yield offsets[k], parts[k].decode("utf-8", "replace")
+        carry = parts[0]  # may start before this block
+    if end > 0:
+        yield 0, carry.decode("utf-8", "replace")
+
+
+def _cut_tail(path: Path, keep) -> None:
+    """Truncate the log `path` after its last line for which `keep` is true, dropping a torn last line too. A
+    log is appended in iteration order, so the lines to drop are at its end: only they are read."""
+    try:
+        f = open(path, "rb+")
+    except FileNotFoundError:
+        return
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:  # the torn tail: after the last newline
+            f.seek(max(0, end - 4096))
+            chunk = f.read(end - max(0, end - 4096))
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = end - len(chunk) + newline + 1
+                break
+            end -= len(chunk)
+        cut = end
+        for offset, line in _lines_backwards(f, end):
+            if keep(line):
+                break
+            cut = offset
+        if cut < size:
+            f.truncate(cut)
+
+
+def _keep_lines(path: Path, keep) -> None:
+    """Rewrite `path` (atomically) without the complete lines for which `keep` is false."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    lines = text.splitlines(keepends=True)
+    kept = [line for line in lines if not line.endswith("\n") or keep(line.rstrip("\n"))]
+    kept = [line for line in kept if line.endswith("\n")]  # a torn last line (killed mid-write) goes too
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _class_names(options: dict, data_path: Path) -> list[str] | None:
@@ -402,21 +743,6 @@ def _evaluate(detector, paths, num_classes: int, class_names, rules):
     truth, use_07 = rules
     return evaluate_list(detector, paths, num_classes, truth=truth, use_07_metric=use_07,
                          class_names=class_names[:num_classes] if class_names else None)
-
-
-def _map_at(cfg, weights_path, valid_paths, num_classes, class_names, rules, iteration, logs, progress,
-            result) -> None:
-    """Evaluate the valid list with the checkpoint just written; log it and add rows to map.txt."""
-    from .detect import Detector  # noqa: PLC0415
-    from .eval import map_txt_row  # noqa: PLC0415
-
-    with Detector(cfg, weights_path) as detector:
-        res = _evaluate(detector, valid_paths, num_classes, class_names, rules)
-    for metric in ("iou", "giou"):
-        logs.map_row(map_txt_row(res, metric, iteration))
-    result.map_results[iteration] = res
-    progress.message(f"iteration {iteration}: mAP@.50 {res['iou'].map_at(0.5):.4f} (IoU), "
-                     f"{res['giou'].map_at(0.5):.4f} (GIoU); mAP@.50:.95 {res['iou'].mean:.4f}")
 
 
 def _refresh_chart(run_dir: Path) -> None:
@@ -456,9 +782,10 @@ def default_cfg_path() -> Path:
 def train_default(threads: int | None = None, workers: int | None = None, cache_dir=None,
                   progress_stream=None) -> dict:
     """The main job: generate the synthetic data set once, train the default cfg with the GIoU loss,
-    evaluate the held-out split and print mAP at .50, .75 and .50:.95 with the IoU and GIoU metrics."""
+    evaluate the held-out split and print mAP at .50, .75 and .50:.95 with the IoU and GIoU metrics. The mAP
+    also goes to the run's map.txt (as the final checkpoint's rows), where the board's mAP chart finds it."""
     from .detect import Detector  # noqa: PLC0415
-    from .eval import evaluate_list, format_map_table  # noqa: PLC0415
+    from .eval import evaluate_list, format_map_table, map_txt_row  # noqa: PLC0415
     from .synth import ensure_dataset  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -485,6 +812,9 @@ def train_default(threads: int | None = None, workers: int | None = None, cache_
     valid_paths = read_list(options["valid"])
     with Detector(cfg, weights, names=names) as detector:
         res = evaluate_list(detector, valid_paths, detector.num_classes)
+    written = read_map_rows(run_dir / MAP_FILE)
+    append_map_rows(run_dir / MAP_FILE, [map_txt_row(res, metric, FINAL_ID) for metric in ("iou", "giou")
+                                         if (metric, FINAL_ID) not in written])
     print(f"\nheld-out mAP ({len(valid_paths)} images, {time.perf_counter() - started:.0f} s in all):")
     print(format_map_table(res))
     return {"weights": str(weights), "map": res}

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pydarknet.data import Augment, DataLoader, _jitter_hsv, _place_boxes, label_path, load_sample, read_labels, read_list
-from pydarknet.errors import LabelError
+from pydarknet.errors import DataError, LabelError
 
 GEOMETRY_ONLY = Augment(jitter=0.3, hue=0.0, saturation=1.0, exposure=1.0, flip=True)
 
@@ -319,7 +319,7 @@ def test_loader_with_only_bad_images_fails_clearly(tmp_path):
     bad = tmp_path / "images" / "x.jpg"
     bad.write_bytes(b"nope")
     with DataLoader([str(bad)], num_classes=1, batch=2, net_w=32, net_h=32, aug=Augment(), workers=0) as loader:
-        with pytest.raises(RuntimeError, match="no usable image"):
+        with pytest.raises(DataError, match="no usable image"):  # a DarknetError: the CLI prints it cleanly
             loader.next_batch()
 
 

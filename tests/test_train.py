@@ -697,11 +697,21 @@ def test_train_default_small_scale(tmp_path, monkeypatch, capsys):
     assert "10 train / 4 held-out images" in printed
     assert "held-out mAP (4 images" in printed
     assert set(out["map"].metrics) == {"iou", "giou"} and out["map"].num_images == 4
+    # the held-out mAP is in the run's map.txt, where the board's "mAP per checkpoint" chart reads it
+    map_rows = (cache / "backup" / "synth" / "map.txt").read_text().splitlines()
+    assert [row.split(",")[:2] for row in map_rows] == [["iou", "final"], ["giou", "final"]]
+    assert float(map_rows[0].split(",")[3]) == pytest.approx(out["map"]["iou"].map_at(0.5), abs=1e-4)
+    from pydarknet.board.runs import Run
+
+    board_run = Run("synth", cache / "backup" / "synth")
+    board_run.refresh()
+    assert set(board_run.map_points()) == {"iou", "giou"}
 
     monkeypatch.setattr(tm, "train", lambda *a, **kw: pytest.fail("trained again"))
     again = tm.train_default(threads=2, workers=0, cache_dir=cache, progress_stream=io.StringIO())
     assert Path(again["weights"]) == final
     assert "already trained" in capsys.readouterr().out
+    assert (cache / "backup" / "synth" / "map.txt").read_text().splitlines() == map_rows  # not written twice
 
 
 @pytest.mark.parametrize("name", ["train", "valid"])

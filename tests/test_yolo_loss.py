@@ -460,9 +460,9 @@ BAD_KWARGS = [
     (dict(net_w=0), "net_w"),
     (dict(net_h=-5), "net_h"),
     (dict(anchors=[40]), "anchors"),
-    (dict(anchors=[40, -1]), "anchors"),
+    (dict(anchors=[40, -1]), "anchor value"),  # the C core's check
     (dict(max_boxes=0), "max_boxes"),
-    (dict(iou_normalizer=float("nan")), "iou_normalizer"),
+    (dict(iou_normalizer=float("nan")), "normalizer"),  # the C core's check
     (dict(cls_normalizer="x"), "cls_normalizer"),
 ]
 

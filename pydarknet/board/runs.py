@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runfiles import LOG_FILE, MAP_FILE, METRICS_FILE, parse_log_csv_line, parse_map_line
+
 __all__ = ["Run", "RunSet", "TailReader", "parse_map_line", "parse_log_csv_line", "downsample", "check_run_name",
            "HIDE_FILE"]
 
 HIDE_FILE = "_HIDE"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "log.csv"
-MAP_FILE = "map.txt"
 
 #: Columns every run has; per-layer columns are ``iou.<l>`` and ``giou.<l>``.
 BASE_COLUMNS = ("it", "loss", "avg_loss", "lr", "ips", "iou_loss", "cls_loss", "cost")
@@ -164,31 +163,6 @@ class _MetricsParser:
         return row
 
 
-_LOG_TOKEN = re.compile(r"^([AGICT])(.*)$")
-
-
-def parse_log_csv_line(line: str) -> tuple[list[tuple[float, float, float, float, float]], int, int, float]:
-    """Split one reference ``log.csv`` line into ``(groups, iteration, max_batches, avg_loss)``; a group is the
-    ``(A, G, I, C, T)`` of one ``[yolo]`` layer forward. Raises ``ValueError`` on anything malformed."""
-    tokens = line.strip().rstrip(",").split(",")
-    if len(tokens) < 4 or tokens[-4] != "BATCH":
-        raise ValueError("line does not end with BATCH,<iteration>,<max_batches>,<avg loss>")
-    it, max_batches, avg = int(tokens[-3]), int(tokens[-2]), float(tokens[-1])
-    body = tokens[:-4]
-    if len(body) % 5:
-        raise ValueError("per-layer fields are not groups of A,G,I,C,T")
-    groups = []
-    for g in range(0, len(body), 5):
-        values = []
-        for token, letter in zip(body[g: g + 5], "AGICT"):
-            m = _LOG_TOKEN.match(token)
-            if not m or m.group(1) != letter:
-                raise ValueError(f"expected {letter}<number>, got {token!r}")
-            values.append(float(m.group(2)))
-        groups.append(tuple(values))
-    return groups, it, max_batches, avg
-
-
 def _yolo_layers_in_log(n_groups: int, run_dir: Path) -> int:
     """How many ``[yolo]`` layers the groups of one log.csv line cover.
 
@@ -234,21 +208,6 @@ class _LogCsvParser:
         row["cls_loss"] = float(arr[:, 3].sum() / forwards)
         row["cost"] = float(arr[:, 4].sum() / forwards)
         return row
-
-
-def parse_map_line(line: str) -> tuple[str, int | str, list[float]]:
-    """``metric,id,mean,m50,...`` -> ``(metric, id, values)``; id is an int or ``"final"``. A value may be
-    ``nan``: what the evaluators write when the valid list has no ground truth at all (mAP undefined)."""
-    parts = line.strip().split(",")
-    if len(parts) < 3 or not re.fullmatch(r"[A-Za-z0-9_]+", parts[0]):
-        raise ValueError("expected metric,id,value,...")
-    ident = parts[1]
-    if ident != "final":
-        ident = int(ident)
-    values = [float(v) for v in parts[2:]]
-    if any(math.isinf(v) for v in values):
-        raise ValueError("infinite mAP value")
-    return parts[0], ident, values
 
 
 class Run:

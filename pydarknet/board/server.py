@@ -6,7 +6,8 @@ Endpoints
 ``GET /api/state``              ``{"runs": [summary...], "series": {id: display series}}``. ``points=N`` caps the
                                 points per series; ``known={"id": version, ...}`` (JSON) leaves out runs the
                                 page already has in that version, so an idle poll costs a few hundred bytes.
-``POST /api/hide``              ``{"run": id, "hidden": bool}``: create or delete the run's ``_HIDE`` file.
+``POST /api/hide``              ``{"run": id, "hidden": bool}``: create or delete the run's ``_HIDE`` file (with the
+                                ``X-Board`` header, and the token when the board has one).
 ``POST /api/ingest``            a batch from :class:`pydarknet.board.client.MetricsSender`, see :meth:`Board.ingest`.
 ``GET /api/health``             ``{"ok": true}``.
 
@@ -14,7 +15,9 @@ Safety: ingestion needs ``Authorization: Bearer <token>`` and is off (403) witho
 are ``/``-separated segments of ``[A-Za-z0-9._-]`` (no ``.``/``..``) and must resolve inside the folder; bodies
 over ``max_body`` bytes get 413 unread; anything malformed gets a 4xx and the batch is stored all or nothing.
 State-changing requests from the page carry an ``X-Board`` header, which a foreign web page cannot add to a
-cross-origin request without a CORS pre-flight this server never grants.
+cross-origin request without a CORS pre-flight this server never grants; on a board started with a token they
+need the token too. A connection idle for ``idle_timeout`` seconds is closed, so idle clients cannot hold the
+server's threads forever.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 TOKEN_ENV = "PYDARKNET_BOARD_TOKEN"
 MAX_BODY = 8 << 20
+IDLE_TIMEOUT = 30.0
 INGEST_STATE = ".board-ingest.json"
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".png": "image/png", ".txt": "text/plain; charset=utf-8"}
@@ -325,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 points = int(query.get("points", [DISPLAY_POINTS])[0])
                 known = json.loads(query.get("known", ["{}"])[0])
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
                 raise BoardError(400, "points must be an integer and known a JSON object") from None
             if not isinstance(known, dict):
                 raise BoardError(400, "known must be a JSON object")
@@ -347,6 +351,8 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/api/hide":
             if self.headers.get("X-Board") != "1":
                 raise BoardError(403, "missing X-Board header")
+            if self.board.token is not None:  # a board that takes a token changes nothing without it
+                self.board.check_token(self.headers.get("Authorization"))
             body = self._json_body()
             if not isinstance(body, dict):
                 raise BoardError(400, "expected {\"run\": ..., \"hidden\": ...}")
@@ -358,8 +364,10 @@ class BoardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, board: Board, host: str, port: int, max_body: int = MAX_BODY):
-        handler = type("Handler", (_Handler,), {"board": board, "max_body": max_body})
+    def __init__(self, board: Board, host: str, port: int, max_body: int = MAX_BODY,
+                 idle_timeout: float | None = IDLE_TIMEOUT):
+        # `timeout` is the socket timeout of each connection: a read that waits longer ends the connection.
+        handler = type("Handler", (_Handler,), {"board": board, "max_body": max_body, "timeout": idle_timeout})
         super().__init__((host, port), handler)
         self.board = board
         self.loopback = ipaddress.ip_address(self.server_address[0]).is_loopback
@@ -388,11 +396,11 @@ class BoardHTTPServer(ThreadingHTTPServer):
 
 
 def make_server(root, host: str = "127.0.0.1", port: int = 6006, token: str | None = None, *,
-                poll_interval: float = 1.0, max_body: int = MAX_BODY,
-                preview_bytes: int | None = None) -> BoardHTTPServer:
+                poll_interval: float = 1.0, max_body: int = MAX_BODY, preview_bytes: int | None = None,
+                idle_timeout: float | None = IDLE_TIMEOUT) -> BoardHTTPServer:
     """A board over ``root`` listening on ``host:port`` (port 0 picks a free one), its reader thread started.
     Then ``serve_forever()`` (and ``close()`` after it), or ``start_background()`` ... ``close()``."""
     board = Board(root, token=token, poll_interval=poll_interval, preview_bytes=preview_bytes)
-    httpd = BoardHTTPServer(board, host, port, max_body)
+    httpd = BoardHTTPServer(board, host, port, max_body, idle_timeout)
     board.start()
     return httpd

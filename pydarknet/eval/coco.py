@@ -17,6 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..runfiles import map_row
 from .boxes import METRICS
 
 __all__ = ["CocoResult", "GIoUCOCOeval", "coco_giou", "coco_map_txt_row", "evaluate_coco", "load_coco_gt"]
@@ -151,6 +152,5 @@ def evaluate_coco(
 
 def coco_map_txt_row(result: CocoResult, weights_id: str | int) -> str:
     """A ``map.txt`` line for COCO (SPEC §4): ``metric,id,AP,AP50,0,0,0,0,AP75,0,0,0,0``."""
-    ap, ap50, ap75 = (f"{v:.4f}" for v in (result.ap, result.ap50, result.ap75))
     # Only .50 and .75 are known per threshold; the columns in between stay 0 as in the reference's files.
-    return ",".join([result.metric, str(weights_id), ap, ap50, "0", "0", "0", "0", ap75, "0", "0", "0", "0"])
+    return map_row(result.metric, weights_id, [result.ap, result.ap50, *"0000", result.ap75, *"0000"])

@@ -86,7 +86,7 @@ def evaluate_list(
     Unreadable images are skipped with a warning. Classes without ground truth are left out of the means.
     """
     from ..data import label_path, read_labels
-    from ..valid import Progress, detect_images
+    from .runner import Progress, detect_images
 
     for metric in metrics:
         if metric not in METRICS:

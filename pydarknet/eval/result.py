@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..runfiles import map_row
+
 __all__ = [
     "THRESHOLDS", "ClassCurve", "MapResult", "MetricMap", "format_map_table", "format_voc_report", "map_txt_row",
 ]
@@ -100,8 +102,7 @@ def _value_or_nan(metric_map: MetricMap, threshold: float) -> float:
 def map_txt_row(result: MapResult, metric: str, weights_id: str | int | os.PathLike) -> str:
     """A ``map.txt`` line (SPEC §4): ``metric,id,mean,m50,m55,...,m95``."""
     metric_map = result[metric]
-    values = [metric_map.mean, *metric_map.map_per_threshold]
-    return ",".join([metric, str(weights_id), *(f"{value:.4f}" for value in values)])
+    return map_row(metric, weights_id, [metric_map.mean, *metric_map.map_per_threshold])
 
 
 def format_voc_report(metric_map: MetricMap, per_class: bool = False) -> str:

@@ -22,6 +22,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .boxes import METRICS, overlaps
+from ..runfiles import voc_result_name
 from .result import THRESHOLDS, ClassCurve, MapResult, MetricMap
 
 __all__ = [
@@ -47,7 +48,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 
-DETECTIONS_FILE = "comp4_det_test_{}.txt"
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def voc_eval(
     annotations = load_voc_annotations(voc_dir, year, image_set, cache_dir)
     detections = {}
     for name in class_names:
-        path = Path(output_dir) / DETECTIONS_FILE.format(name)
+        path = Path(output_dir) / voc_result_name(name)
         if path.is_file():
             detections[name] = read_detections_file(path)
         else:

@@ -11,10 +11,13 @@
   const STATIC = window.DARKBOARD_DATA || null;
 
   const pct = (v) => (v == null ? null : 100 * v);
+  const { lineColor, forLogAxis } = window.DarkboardSeries;
 
-  // Each chart: lines(run, series) -> [{label, y, x?, width?, alpha?, dash?}]
+  // Each chart: lines(run, series) -> [{label, y, x?, width?, alpha?, dash?}]. A run's lines in one chart get
+  // distinct colours (see lineColor) unless the chart says sameColor (loss and its average: alpha tells them
+  // apart). logOption: the chart offers a logarithmic y axis.
   const CHARTS = [
-    { id: "loss", title: "Loss and average loss",
+    { id: "loss", title: "Loss and average loss", sameColor: true, logOption: true,
       lines: (r, s) => [
         { label: `${r} loss`, y: s.loss, width: 1, alpha: 0.35 },
         { label: `${r} avg loss`, y: s.avg_loss, width: 2 }] },
@@ -22,7 +25,7 @@
       lines: (r, s) => s.layers.iou.map((y, l) => ({ label: `${r} layer ${l}`, y, dash: DASHES[l % 4] })) },
     { id: "giou", title: "Average GIoU per [yolo] layer",
       lines: (r, s) => s.layers.giou.map((y, l) => ({ label: `${r} layer ${l}`, y, dash: DASHES[l % 4] })) },
-    { id: "losses", title: "IoU loss and class loss (sum over layers)",
+    { id: "losses", title: "IoU loss and class loss (sum over layers)", logOption: true,
       lines: (r, s) => [
         { label: `${r} IoU loss`, y: s.iou_loss, width: 2 },
         { label: `${r} class loss`, y: s.cls_loss, dash: DASHES[1] }] },
@@ -56,7 +59,7 @@
     mapValue: document.getElementById("map-value"),
   };
 
-  const state = { runs: [], series: {}, colors: new Map(), xmin: null, xmax: null, ylim: {}, polls: 0 };
+  const state = { runs: [], series: {}, colors: new Map(), xmin: null, xmax: null, ylim: {}, logY: {}, polls: 0 };
   const plots = {};  // chart id -> {u, signature, el}
 
   // ----- helpers ----------------------------------------------------------------------------------------
@@ -111,20 +114,22 @@
     const tables = [];
     const series = [{}];
     const w = chart.raw ? 1 : Number(ui.smoothing.value);
+    const log = !!state.logY[chart.id];
     for (const run of visibleRuns()) {
       const s = state.series[run.id];
-      const color = colorOf(run.id);
-      for (const line of chart.lines(run.id, s)) {
+      const lines = chart.lines(run.id, s).filter((line) => line.y && line.y.some((v) => v != null));
+      lines.forEach((line, k) => {
         const x = line.x || s.x;
-        if (!line.y || !line.y.some((v) => v != null)) continue;
-        tables.push([x, smooth(line.y, w)]);
+        const color = chart.sameColor ? colorOf(run.id) : lineColor(colorOf(run.id), k, lines.length);
+        const y = smooth(line.y, w);
+        tables.push([x, log ? forLogAxis(y) : y]);
         series.push({
           label: line.label, stroke: withAlpha(color, line.alpha), width: line.width || 1.5,
           dash: line.dash && line.dash.length ? line.dash : undefined,
           points: chart.points ? { show: true, size: 7, fill: color } : { show: false },
           spanGaps: !!chart.points,
         });
-      }
+      });
     }
     const data = tables.length ? uPlot.join(tables) : [[]];
     return { data, series };
@@ -140,6 +145,12 @@
   function yRange(chartId) {
     return (u, min, max) => {
       const lim = state.ylim[chartId] || {};
+      if (state.logY[chartId]) {
+        const auto = min == null ? [0.1, 1] : uPlot.rangeLog(min, max, 10, true);
+        const lo = lim.min != null && lim.min > 0 ? lim.min : auto[0];
+        const hi = lim.max != null && lim.max > 0 ? lim.max : auto[1];
+        return hi > lo ? [lo, hi] : [lo, lo * 10];
+      }
       const auto = min == null ? [0, 1] : uPlot.rangeNum(min, max, 0.1, true);
       const lo = lim.min != null ? lim.min : auto[0];
       const hi = lim.max != null ? lim.max : auto[1];
@@ -152,7 +163,8 @@
     const opts = {
       width, height: 260,
       series: built.series,
-      scales: { x: { time: false, range: xRange }, y: { range: yRange(chart.id) } },
+      scales: { x: { time: false, range: xRange },
+        y: state.logY[chart.id] ? { distr: 3, log: 10, range: yRange(chart.id) } : { range: yRange(chart.id) } },
       axes: [{ label: "iteration", size: 40 }, { size: 60, values: (u, splits) => splits.map(fmtTick) }],
       legend: { live: false },
       cursor: { sync: { key: "darkboard" }, drag: { x: true, y: false, setScale: false } },
@@ -179,7 +191,8 @@
         box.id = `chart-${chart.id}`;
         box.innerHTML = `<div class="chart-head"><h3></h3>
           <input type="number" step="any" placeholder="y min" data-lim="min">
-          <input type="number" step="any" placeholder="y max" data-lim="max"></div>
+          <input type="number" step="any" placeholder="y max" data-lim="max">${chart.logOption ?
+            '<label class="log-y" title="logarithmic y axis"><input type="checkbox" data-log> log</label>' : ""}</div>
           <div class="plot"></div><div class="empty" hidden>no data</div>`;
         box.querySelector("h3").textContent = chart.title;
         for (const input of box.querySelectorAll("input[data-lim]")) {
@@ -189,12 +202,19 @@
             renderCharts();
           });
         }
+        const logBox = box.querySelector("input[data-log]");
+        if (logBox) {
+          logBox.addEventListener("change", () => {
+            state.logY[chart.id] = logBox.checked;
+            renderCharts();
+          });
+        }
         ui.charts.appendChild(box);
         p = plots[chart.id] = { box, el: box.querySelector(".plot"), empty: box.querySelector(".empty"),
           u: null, signature: null };
       }
       const built = chartData(chart);
-      const signature = built.series.map((s) => `${s.label}|${s.stroke}`).join("\n");
+      const signature = (state.logY[chart.id] ? "log\n" : "") + built.series.map((s) => `${s.label}|${s.stroke}`).join("\n");
       const hasData = built.series.length > 1;
       p.empty.hidden = hasData;
       p.el.hidden = !hasData;
@@ -305,12 +325,27 @@
     }
   }
 
+  /* A board started with --token hides and shows runs only for requests that carry it; the page asks once per
+   * tab and keeps it in sessionStorage. */
+  const TOKEN_KEY = "darkboard-token";
+
+  function postHide(runId, hidden) {
+    const headers = { "Content-Type": "application/json", "X-Board": "1" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return fetch("api/hide", { method: "POST", headers, body: JSON.stringify({ run: runId, hidden }) });
+  }
+
   async function setHidden(runId, hidden) {
     try {
-      const response = await fetch("api/hide", {
-        method: "POST", headers: { "Content-Type": "application/json", "X-Board": "1" },
-        body: JSON.stringify({ run: runId, hidden }),
-      });
+      let response = await postHide(runId, hidden);
+      if (response.status === 401) {
+        const token = window.prompt("This board needs its token to hide or show runs:");
+        if (token) {
+          sessionStorage.setItem(TOKEN_KEY, token.trim());
+          response = await postHide(runId, hidden);
+        }
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
     } catch (err) {
       ui.status.classList.add("error");
