@@ -5,6 +5,9 @@
 #   make asan       the test suite against a library built with AddressSanitizer + UBSan
 #   make fuzz       fuzz the cfg parser and the weights loader under the sanitizers
 #   make bench      inference and training benchmarks against OpenCV DNN
+#   make MPI=0|1    leave out / require the MPI transport of data-parallel training (default: built in when
+#                   pkg-config or mpicc finds OpenMPI or MPICH)
+#   make GPU=1 NCCL=1  add the NCCL transport (NCCL from the nvidia-nccl-cu13 wheel or $$NCCL_HOME)
 PYTHON ?= python3
 CC ?= cc
 OPT ?= -O3
@@ -30,17 +33,56 @@ else
   BLAS_LIBS =
 endif
 
+# MPI, the host transport of the data-parallel communicator (csrc/comm_mpi.c). Without it the library builds and
+# dn_comm_init_mpi reports how to get it, so `make` and `make test` work on machines without MPI.
+MPI ?= auto
+ifneq ($(MPI),0)
+  MPI_PC := $(firstword $(foreach p,ompi-c mpich,$(shell pkg-config --exists $(p) 2>/dev/null && echo $(p))))
+  ifneq ($(MPI_PC),)
+    MPI_CFLAGS := -DDN_MPI $(shell pkg-config --cflags $(MPI_PC))
+    MPI_LIBS := $(shell pkg-config --libs $(MPI_PC))
+  else ifneq ($(shell mpicc --showme:link 2>/dev/null),)
+    MPI_CFLAGS := -DDN_MPI $(shell mpicc --showme:compile)
+    MPI_LIBS := $(shell mpicc --showme:link)
+  else ifeq ($(MPI),1)
+    $(error MPI=1 but neither pkg-config (ompi-c, mpich) nor mpicc finds MPI: install libopenmpi-dev or libmpich-dev)
+  endif
+endif
+
+# NCCL, the device transport (csrc/cuda/comm_nccl.cu, host code only: nvcc or any C++ compiler builds it).
+NCCL_OBJ =
+ifeq ($(NCCL),1)
+  ifneq ($(GPU),1)
+    $(error NCCL=1 needs GPU=1)
+  endif
+  NCCL_HOME ?= $(shell $(PYTHON) -c "import nvidia.nccl as m; print(list(m.__path__)[0])" 2>/dev/null)
+  CUDA_HOME ?= /usr/local/cuda
+  ifeq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
+    $(error NCCL=1: no nccl.h under NCCL_HOME='$(NCCL_HOME)' (pip install nvidia-nccl-cu13, or set NCCL_HOME))
+  endif
+  NVCC ?= $(CUDA_HOME)/bin/nvcc
+  NCCL_OBJ = build/nccl/comm_nccl.o
+  MPI_CFLAGS += -DDN_NCCL
+  # The wheel ships libnccl.so.2 only (no unversioned link name).
+  MPI_LIBS += -L$(CUDA_HOME)/lib64 -lcudart -L$(NCCL_HOME)/lib -l:libnccl.so.2 -Wl,-rpath,$(NCCL_HOME)/lib \
+              -Wl,-rpath,'$$ORIGIN/../nvidia/nccl/lib' -lstdc++
+endif
+
+build/nccl/comm_nccl.o: csrc/cuda/comm_nccl.cu csrc/comm.h csrc/darknet.h Makefile
+	@mkdir -p build/nccl
+	$(NVCC) -O2 -DDN_NCCL -Xcompiler -fPIC,-fvisibility=hidden -I$(NCCL_HOME)/include -c -o $@ $<
+
 .PHONY: all lib demo test asan fuzz bench clean install
 all: lib
 lib: $(LIB)
 
-$(LIB): $(SRC) $(HDR) Makefile
-	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm
+$(LIB): $(SRC) $(HDR) $(NCCL_OBJ) Makefile
+	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(NCCL_OBJ) $(BLAS_LIBS) $(MPI_LIBS) -lm
 
 $(ASAN_LIB): $(SRC) $(HDR) Makefile
 	@mkdir -p build/asan
 	$(CC) $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	  $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm
+	  $(BLAS_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(NCCL_OBJ) $(BLAS_LIBS) $(MPI_LIBS) -lm
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"
