@@ -39,3 +39,8 @@ class DarknetValueError(DarknetError, ValueError):
 
 class DarknetArithmeticError(DarknetError, ArithmeticError):
     """A NaN or infinity appeared, e.g. a diverging training run."""
+
+
+class DistributedError(DarknetError, RuntimeError):
+    """Data-parallel training failed: a rank died or hung, a collective failed, or a transport is missing.
+    The message names the rank(s) concerned."""

@@ -1,0 +1,131 @@
+"""A minimal data-parallel training loop over pydarknet.distributed, run by tests/test_distributed.py under
+mpirun (or pydarknet's local launcher, or alone for the one-process reference).
+
+    python tests/dist_driver.py train CFG OUT --iterations 20 --batch 8 --chunk 4
+    python tests/dist_driver.py loop CFG OUT            (until stopped: signal tests)
+    python tests/dist_driver.py control - OUT           (control channel only: launcher tests)
+
+Every rank writes OUT/pid_rank<R> at start and OUT/params_rank<R>.npy at the end; rank 0 alone writes
+OUT/final.weights (or OUT/backup.weights when stopped early, appending a line to OUT/backup_writes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pydarknet import distributed
+from pydarknet.network import Network
+
+POOL = 32  # synthetic images to draw iterations from
+
+
+def synthetic(index: int, size: int, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image `index` of a fixed synthetic pool: noise with a bright box, and its truth."""
+    rng = np.random.default_rng([1234, index])
+    x = rng.random((3, size, size), dtype=np.float32) * 0.3
+    w, h = rng.uniform(0.2, 0.5, 2)
+    cx, cy = rng.uniform(0.3, 0.7, 2)
+    x0, x1 = int((cx - w / 2) * size), int((cx + w / 2) * size)
+    y0, y1 = int((cy - h / 2) * size), int((cy + h / 2) * size)
+    x[:, y0:y1, x0:x1] += 0.6
+    truth = np.zeros((max_boxes, 5), np.float32)
+    truth[0] = (cx, cy, w, h, index % 2)
+    return x, truth
+
+
+class Stop:
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stop = Stop()
+    rep = distributed.init(transport="none" if args.mode == "control" else "auto", timeout=args.timeout)
+    (out / f"pid_rank{rep.rank}").write_text(str(__import__("os").getpid()))
+    try:
+        if args.mode == "control":
+            return control(rep, stop, out)
+        return train(rep, stop, out, args)
+    finally:
+        rep.close()
+
+
+def control(rep, stop, out: Path) -> int:
+    iteration = 0
+    while True:
+        stopping, metrics = rep.check_in(stop.requested, {"rank": float(rep.rank), "nested": [1.0, {"v": rep.rank}]})
+        iteration += 1
+        if rep.is_writer:
+            (out / "averages.jsonl").open("a").write(json.dumps(metrics) + "\n")
+        if stopping:
+            print(f"rank {rep.rank}: stopped at check-in {iteration}", flush=True)
+            return 0
+        (out / f"at_rank{rep.rank}").write_text(str(iteration))
+        time.sleep(0.05)
+
+
+def train(rep, stop, out: Path, args) -> int:
+    net = Network(args.cfg, batch=args.chunk)
+    if args.weights:
+        net.load_weights(args.weights)
+    opts = net.options
+    rep.broadcast_params(net)
+    pool = list(range(POOL))
+    iteration = net.seen // args.batch  # --iterations counts from 0, so a resumed run ends where a fresh one does
+    while args.mode == "loop" or iteration < args.iterations:
+        mine = rep.shard(pool, iteration, args.batch, seed=7)
+        loss = 0.0
+        for start in range(0, len(mine), args.chunk):
+            items = [synthetic(i, net.width, net.max_boxes) for i in mine[start:start + args.chunk]]
+            loss += net.train_chunk(np.stack([x for x, _ in items]), np.stack([t for _, t in items]))
+        stopping, metrics = rep.check_in(stop.requested, {"loss": loss / len(mine)})
+        rep.update(net, opts["learning_rate"], opts["momentum"], opts["decay"], args.batch)
+        iteration += 1
+        if rep.is_writer and iteration % 5 == 0:
+            print(f"iteration {iteration} loss {metrics['loss']:.4f}", flush=True)
+        if args.mode == "loop":
+            (out / f"at_rank{rep.rank}").write_text(str(iteration))
+            time.sleep(0.02)
+        if stopping:
+            print(f"rank {rep.rank}: stopped at iteration {iteration}", flush=True)
+            if rep.is_writer:
+                net.save(out / "backup.weights")
+                with open(out / "backup_writes", "a") as f:
+                    f.write(f"{iteration}\n")
+            break
+    np.save(out / f"params_rank{rep.rank}.npy", net.params())
+    (out / f"seen_rank{rep.rank}").write_text(str(net.seen))
+    if rep.is_writer and not stop.requested and args.mode == "train":
+        net.save(out / "final.weights")
+    net.close()
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("train", "loop", "control"))
+    p.add_argument("cfg")
+    p.add_argument("out")
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--batch", type=int, default=8, help="images of all ranks per iteration")
+    p.add_argument("--chunk", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--weights", help="resume from these weights (iteration = seen / batch)")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
