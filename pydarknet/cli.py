@@ -111,8 +111,15 @@ def layers(cfg, weights):
 @click.option("--models", default="yolov3-tiny,yolov3", show_default=True)
 @click.option("--train/--no-train", default=False, help="Also time training (images/s).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def bench(repeat, threads, models, train, json_path):
+@click.option("--dist", is_flag=True, help="Instead: data-parallel training (2 MPI ranks against 1 process) and "
+                                           "the multi-GPU scaling model.")
+def bench(repeat, threads, models, train, json_path, dist):
     """Time inference (and training) against OpenCV DNN in the same run."""
+    if dist:
+        from .bench_dist import run_dist_bench  # noqa: PLC0415
+
+        run_dist_bench(json_path=json_path)
+        return
     from .bench import run_benchmarks  # noqa: PLC0415
 
     run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, json_path=json_path)

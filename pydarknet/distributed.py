@@ -60,12 +60,13 @@ class LaunchInfo:
     size: int
     local_rank: int
     local_size: int
-    launcher: str          # "pydarknet", "openmpi", "pmi", "slurm" or "none"
+    launcher: str          # "pydarknet", "openmpi", "pmi", "slurm", "slurm-pmi" or "none"
 
     @property
     def mpi(self) -> bool:
-        """Started by an MPI launcher (so MPI_Init finds the other ranks)."""
-        return self.launcher in ("openmpi", "pmi")
+        """Started by an MPI launcher, or by srun with a PMI plugin (--mpi=pmix/pmi2): MPI_Init finds the
+        other ranks."""
+        return self.launcher in ("openmpi", "pmi", "slurm-pmi")
 
 
 def _int(environ: Mapping[str, str], *names: str) -> int | None:
@@ -111,8 +112,9 @@ def launch_info(environ: Mapping[str, str] | None = None) -> LaunchInfo:
             local = _int(env, "SLURM_LOCALID")
             local_size = _int(env, "SLURM_STEP_TASKS_PER_NODE") if env.get(
                 "SLURM_STEP_TASKS_PER_NODE", "").isdigit() else None
+            launcher = "slurm-pmi" if any(k in env for k in ("PMIX_RANK", "PMI_RANK", "PMI_FD")) else "slurm"
             return _checked(LaunchInfo(rank, size, 0 if local is None else local,
-                                       size if local_size is None else local_size, "slurm"))
+                                       size if local_size is None else local_size, launcher))
     return LaunchInfo(0, 1, 0, 1, "none")
 
 
@@ -692,8 +694,9 @@ def init(device=None, dist_url: str | None = None, timeout: float | None = None,
          environ: Mapping[str, str] | None = None) -> Replica:
     """This process's Replica, from the launcher's environment.
 
-    device: None/"cpu" (MPI transport) or "cuda:K" (NCCL; K defaults to the local rank when device is
-    "cuda"). dist_url: rendezvous for runs not started by an MPI launcher (also PYDARKNET_DIST_URL).
+    device: None/"cpu" (MPI transport) or "cuda:K" (NCCL); "cuda" means cuda:<local rank>; None takes
+    PYDARKNET_DEVICE when set (pydarknet's launcher and the Slurm templates set it). The chosen device index is
+    Replica.device (-1 = CPU): load the network there. dist_url: rendezvous for runs not started by an MPI launcher (also PYDARKNET_DIST_URL).
     timeout: seconds a rank may be late before the others stop with an error naming it (PYDARKNET_DIST_TIMEOUT,
     default 120). transport: "auto", or "none" for the control channel alone (tools and tests).
     """
@@ -702,15 +705,15 @@ def init(device=None, dist_url: str | None = None, timeout: float | None = None,
     timeout = float(timeout if timeout is not None else env.get("PYDARKNET_DIST_TIMEOUT", DEFAULT_TIMEOUT))
     if timeout <= 0:
         raise DarknetValueError(f"timeout must be > 0 seconds, got {timeout}")
-    if info.size == 1:
-        return Replica(info, timeout)
-    from ._ffi import check, ffi, lib  # noqa: PLC0415
     from .network import parse_device  # noqa: PLC0415
 
-    if device == "cuda":
-        dev = info.local_rank
-    else:
-        dev = parse_device(device)
+    if device is None:
+        device = env.get("PYDARKNET_DEVICE") or None
+    dev = info.local_rank if device == "cuda" else parse_device(device)
+    if info.size == 1:
+        return Replica(info, timeout, device=dev)
+    from ._ffi import check, ffi, lib  # noqa: PLC0415
+
     if transport not in ("auto", "none"):
         raise DarknetValueError(f"transport must be 'auto' or 'none', got {transport!r}")
     want = "none" if transport == "none" else ("nccl" if dev >= 0 else "mpi")

@@ -97,9 +97,14 @@ def _arrays(cfg, params):
 
 
 def _max_relative_difference(cfg, a, b) -> float:
-    """max over parameter arrays of max|a - b| / max|a| (per-array scale: entries near zero make a
-    per-entry ratio meaningless)."""
-    return max(float(np.abs(x - y).max() / np.abs(x).max()) for x, y in zip(_arrays(cfg, a), _arrays(cfg, b)))
+    """max over parameter arrays of max|a - b| / max(|a|, |b|) (per-array scale: entries near zero make a
+    per-entry ratio meaningless); two all-zero arrays differ by 0."""
+    worst = 0.0
+    for x, y in zip(_arrays(cfg, a), _arrays(cfg, b)):
+        scale = max(np.abs(x).max(), np.abs(y).max())
+        if scale > 0:
+            worst = max(worst, float(np.abs(x - y).max() / scale))
+    return worst
 
 
 # ---- N replicas of batch B == one process of batch N*B ---------------------------------------------------
