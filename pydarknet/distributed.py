@@ -266,9 +266,11 @@ class _Control:
         while not self._beat_stop.wait(_HEARTBEAT):
             try:
                 _send(sock, {"stage": self.stage})
-                self.heard[0] = (time.monotonic(), _recv(sock, time.monotonic() + _HEARTBEAT)["stage"])
+                # Waiting long for the answer: a stopped rank 0 shows as silent in report(), and a reply is never
+                # cut in the middle (which would lose the message framing).
+                self.heard[0] = (time.monotonic(), _recv(sock, time.monotonic() + self.timeout)["stage"])
             except TimeoutError:
-                continue
+                return
             except (_Closed, OSError, ValueError, KeyError):
                 self.closed.add(0)
                 return
