@@ -276,18 +276,26 @@ class _Control:
                 return
 
     def _beat_root(self) -> None:
+        beats = dict(self.beats)  # close() empties self.beats under this thread's feet
         with selectors.DefaultSelector() as sel:
-            for r, conn in self.beats.items():
+            for r, conn in beats.items():
                 sel.register(conn, selectors.EVENT_READ, r)
             while not self._beat_stop.is_set() and sel.get_map():
-                for key, _ in sel.select(0.5):
+                try:
+                    ready = sel.select(0.5)
+                except (OSError, ValueError):  # closed by close()
+                    return
+                for key, _ in ready:
                     r = key.data
                     try:
-                        self.heard[r] = (time.monotonic(), _recv(self.beats[r], time.monotonic() + 5)["stage"])
-                        _send(self.beats[r], {"stage": self.stage})
+                        self.heard[r] = (time.monotonic(), _recv(beats[r], time.monotonic() + 5)["stage"])
+                        _send(beats[r], {"stage": self.stage})
                     except (TimeoutError, _Closed, OSError, ValueError, KeyError):
+                        if self._beat_stop.is_set():
+                            return
                         self.closed.add(r)
-                        sel.unregister(self.beats[r])
+                        with contextlib.suppress(KeyError, ValueError):
+                            sel.unregister(key.fileobj)
 
     def report(self) -> str:
         """What this rank knows of the others: dead (connection closed), silent (stopped or hung: no
