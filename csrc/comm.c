@@ -190,7 +190,14 @@ DN_EXPORT dn_status dn_network_update_replicated(dn_network *net, dn_comm *comm,
     if (batch_images < comm->size)
         return dn_fail(DN_E_ARG, "batch_images %d is fewer than the %d replicas: it counts the images of all of them",
                        batch_images, comm->size);
-    if ((st = dn_network_allreduce_updates(net, comm))) return st;
+    if (comm->reducing == net) {
+        /* dn_network_train_chunk_reduce started the all-reduce during the backward pass. */
+        comm->reducing = NULL;
+        st = comm->ops->finish(comm);
+    } else {
+        st = dn_network_allreduce_updates(net, comm);
+    }
+    if (st) return st;
     if ((st = dn_network_update(net, learning_rate, momentum, decay, batch_images))) return st;
     if (comm->rank == 0) return DN_OK;
     /* Rank 0 alone carries the momentum into the next iteration's sum. */
@@ -208,4 +215,50 @@ DN_EXPORT dn_status dn_network_broadcast_params(dn_network *net, dn_comm *comm, 
         return dn_fail(DN_E_ARG, "broadcast root %d is not a rank of this communicator (size %d)", root, comm->size);
     net->params_version++;
     return on_block(comm, network_backend(net), net->params, net->n_params, root, broadcast_block);
+}
+
+/* ---- the all-reduce overlapped with the backward pass ---- */
+
+typedef struct overlap {
+    dn_comm *comm;
+    size_t unsent;       /* update block [0, unsent) not yet handed to the transport */
+    size_t bucket;       /* floats per all-reduce, at least */
+    dn_status st;
+} overlap;
+
+/* After layer i's backward: its slice is final, and so is everything above it. Start an all-reduce of the
+ * finished part not yet sent once it holds a bucket's worth (all that is left after layer 0). */
+static void reduce_finished_part(dn_network *net, int i, void *user)
+{
+    overlap *o = user;
+    if (o->st) return;
+    size_t start = net->layers[i].param_offset;
+    if (o->unsent > start && (o->unsent - start >= o->bucket || i == 0)) {
+        o->st = o->comm->ops->start_allreduce(o->comm, net->updates + start, o->unsent - start);
+        o->unsent = start;
+    } else if (o->unsent < net->n_params) {
+        o->st = o->comm->ops->progress(o->comm);
+    }
+}
+
+DN_EXPORT dn_status dn_network_train_chunk_reduce(dn_network *net, dn_comm *comm, const float *input,
+                                                  const float *truth, int n, float *cost, size_t bucket_floats)
+{
+    dn_status st = check_pair(net, comm);
+    if (st) return st;
+    if (comm->reducing) return dn_fail(DN_E_ARG, "an all-reduce started by the last chunk is still in flight "
+                                       "(dn_network_update_replicated finishes it)");
+    dn_backend *be = network_backend(net);
+    if (!comm->ops->start_allreduce || (be && !be->host_memory))
+        return dn_network_train_chunk(net, input, truth, n, cost); /* reduced whole by update_replicated */
+    if ((st = dn_network_alloc_training(net))) return st;
+    overlap o = {comm, net->n_params, bucket_floats ? bucket_floats : DN_ALLREDUCE_BUCKET_FLOATS, DN_OK};
+    st = network_train_chunk_each_layer(net, input, truth, n, cost, reduce_finished_part, &o);
+    if (!st) st = o.st;
+    if (o.unsent < net->n_params) {
+        /* Something was started: on failure wait for it (the buffers must outlive it), else hand it over. */
+        if (st) comm->ops->finish(comm);
+        else comm->reducing = net;
+    }
+    return st;
 }

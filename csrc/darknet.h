@@ -250,6 +250,15 @@ dn_status dn_network_allreduce_updates(dn_network *net, dn_comm *comm);
 dn_status dn_network_update_replicated(dn_network *net, dn_comm *comm, float learning_rate, float momentum,
                                        float decay, int batch_images);
 dn_status dn_network_broadcast_params(dn_network *net, dn_comm *comm, int root);
+/* The iteration's last chunk, with the all-reduce overlapped with its backward pass: as
+ * dn_network_train_chunk, and each time the layers finished so far (from the last one) hold bucket_floats
+ * gradients (0 = DN_ALLREDUCE_BUCKET_FLOATS) their part of the update block is handed to the transport while
+ * the backward pass goes on; dn_network_update_replicated then waits for those instead of reducing the
+ * block itself. Same result as dn_network_train_chunk followed by the whole all-reduce. Transports without
+ * asynchronous collectives (NCCL for now) and networks off the host reduce the whole block in the update. */
+#define DN_ALLREDUCE_BUCKET_FLOATS 6553600
+dn_status dn_network_train_chunk_reduce(dn_network *net, dn_comm *comm, const float *input, const float *truth,
+                                        int n, float *cost, size_t bucket_floats);
 
 /* The [yolo] layer on its own: x raw input float[n * cfg->n*(5+classes) * h * w]; writes output
  * (the activated values, same size), delta (same size) and, if not NULL, *cost and *stats. */

@@ -1,7 +1,8 @@
 """``python -m pydarknet bench --dist``: data-parallel training on this machine, and a scaling model.
 
 Measured (needs mpirun and a library built with MPI): training images/s of 2 ranks of 1 thread each (mpirun,
-the MPI transport, one all-reduce of the update block per iteration) against 1 process of 2 threads, for the
+the MPI transport, one all-reduce of the update block per iteration; then again with that all-reduce
+overlapped with the last chunk's backward pass) against 1 process of 2 threads, for the
 built-in default cfg and yolov3-tiny at 416, batch 8 per iteration in both cases (2 x 4 against 2 chunks of
 4), on inputs prepared beforehand (data loading apart, as the training benchmark); and the share of an
 iteration the all-reduce takes (an all-reduce of a buffer of the update block's size, timed alone after the
@@ -48,7 +49,7 @@ MODEL_CONSTANTS = {
     "ib_gb_s_per_nic": 22.5,
     "nics_per_node": (8, 1),
     "gpus_per_node": 8,
-    "bucket_mb": 25.0,
+    "bucket_mb": None,  # the library's bucket (DN_ALLREDUCE_BUCKET_FLOATS floats), filled in by scaling_model
 }
 
 
@@ -108,7 +109,11 @@ def scaling_model(cfg: Path | None = None, size: int = 608, gpus: Sequence[int] 
                   per_gpu_batches: Sequence[int] = (4, 8, 16), constants: dict | None = None) -> dict:
     """Scaling efficiency of yolov3 (or `cfg`) by the model in the module doc, for every GPU speed, NIC
     count, per-GPU batch and GPU count, with and without overlapping the all-reduce with the backward pass."""
+    from ._ffi import lib  # noqa: PLC0415
+
     c = dict(MODEL_CONSTANTS, **(constants or {}))
+    if c["bucket_mb"] is None:
+        c["bucket_mb"] = 4 * lib.DN_ALLREDUCE_BUCKET_FLOATS / 1e6
     cfg = Path(cfg) if cfg is not None else ROOT / "cfg" / "yolov3.cfg"
     if not cfg.is_file():
         from .train import default_cfg_path  # noqa: PLC0415
@@ -171,16 +176,20 @@ def _worker(cfg: str, size: int, batch: int, chunk: int, iterations: int) -> dic
         truth = np.zeros((chunk, net.max_boxes, 5), np.float32)
         truth[:, 0] = (0.5, 0.5, 0.3, 0.4, 0)
         rep.broadcast_params(net)
-        times, computes = [], []
-        for it in range(iterations + 1):
+        times, computes, overlapped = [], [], []
+        chunks = share // chunk
+        for it in range(2 * iterations + 1):
+            overlap = it > iterations  # the second half: the all-reduce during the last chunk's backward pass
             rep.barrier()
             t0 = time.perf_counter()
-            for _ in range(share // chunk):
-                net.train_chunk(x, truth)
+            for k in range(chunks):
+                rep.train_chunk(net, x, truth, last=overlap and k == chunks - 1)
             t1 = time.perf_counter()
             rep.check_in(False, {})
             rep.update(net, opts["learning_rate"] * 0.01, opts["momentum"], opts["decay"], batch)
-            if it:
+            if overlap:
+                overlapped.append(time.perf_counter() - t0)
+            elif it:
                 times.append(time.perf_counter() - t0)
                 computes.append(t1 - t0)
         allreduce = []
@@ -194,6 +203,7 @@ def _worker(cfg: str, size: int, batch: int, chunk: int, iterations: int) -> dic
         n_params = net.n_params
         net.close()
         return {"rank": rep.rank, "size": rep.size, "iteration_s": statistics.median(times),
+                "overlapped_iteration_s": statistics.median(overlapped),
                 "compute_s": statistics.median(computes), "images_per_s": batch / statistics.median(times),
                 "allreduce_s": statistics.median(allreduce) if allreduce else 0.0, "n_params": n_params}
     finally:
@@ -246,12 +256,14 @@ def run_dist_bench(iterations: int = 3, stream: IO[str] | None = None, json_path
                        "two_ranks_1_thread_images_per_s": two["images_per_s"],
                        "speedup": two["images_per_s"] / one["images_per_s"],
                        "allreduce_s": two["allreduce_s"], "iteration_s": two["iteration_s"],
-                       "allreduce_share": two["allreduce_s"] / two["iteration_s"], "n_params": two["n_params"]}
+                       "allreduce_share": two["allreduce_s"] / two["iteration_s"], "n_params": two["n_params"],
+                       "two_ranks_overlapped_images_per_s": 8 / two["overlapped_iteration_s"]}
                 report["measured"].append(row)
                 say(f"  {row['model']:22} {size}: 1 process x 2 threads {row['one_process_2_threads_images_per_s']:6.2f} "
                     f"img/s, 2 ranks x 1 thread {row['two_ranks_1_thread_images_per_s']:6.2f} img/s "
                     f"(x{row['speedup']:.2f}); all-reduce of {row['n_params']:,} floats {1e3 * row['allreduce_s']:.1f} ms"
-                    f" = {100 * row['allreduce_share']:.1f}% of an iteration")
+                    f" = {100 * row['allreduce_share']:.1f}% of an iteration; with the all-reduce overlapped "
+                    f"{row['two_ranks_overlapped_images_per_s']:.2f} img/s")
     model = scaling_model()
     report["model"] = model
     say()

@@ -477,7 +477,8 @@ class Replica:
 
         rep.broadcast_params(net)                  # once: every rank starts from rank 0's weights
         for iteration ...:
-            for x, t in my chunks (rep.shard(...)): net.train_chunk(x, t)
+            for k, (x, t) in enumerate(my chunks):   # rep.shard(...) / rep.chunk_numbers(...)
+                rep.train_chunk(net, x, t, last=k == len(chunks) - 1)   # the last overlaps the all-reduce
             stop, metrics = rep.check_in(stop_requested, {"loss": ...})   # heartbeat + stop flag + averages
             rep.update(net, lr, momentum, decay, images_of_all_ranks)     # all-reduce + the same SGD step
             if rep.is_writer: write logs / checkpoints
@@ -493,6 +494,7 @@ class Replica:
         self._comm = comm
         self._bootstrap_comm = None   # the MPI communicator that carried NCCL's id (keeps MPI up until close)
         self._broken = False          # a rank failed: freeing the transport could wait for it forever
+        self.bucket_floats = 0        # all-reduce bucket of train_chunk(last=True); 0 = the library's (25 MiB)
         if control is not None:
             control.stage = "its own work (between collectives)"
         self._watchdog = (_Watchdog(info.rank, timeout, control) if control is not None and info.size > 1
@@ -597,6 +599,25 @@ class Replica:
         comm = self._need_comm("allreduce_updates")
         with self._watchdog.guard("the all-reduce of the update block"):
             check(lib.dn_network_allreduce_updates(net._handle(), comm))
+
+    def train_chunk(self, net, images: np.ndarray, truths: np.ndarray, last: bool = False) -> float:
+        """Network.train_chunk; for the iteration's last chunk (`last`), the all-reduce of the update block
+        runs during its backward pass, bucket by bucket (``bucket_floats``), and :meth:`update` waits for it
+        (MPI; other transports reduce the whole block in update). Same result either way."""
+        if self.size == 1 or not last:
+            return net.train_chunk(images, truths)
+        from ._ffi import check, ffi, lib  # noqa: PLC0415
+
+        comm = self._need_comm("train_chunk")
+        # Network's own input checks and conversions (this module is part of the package).
+        with net._lock:
+            x = net._input(images)
+            t = net._truth(truths, x.shape[0])
+            cost = ffi.new("float *")
+            check(lib.dn_network_train_chunk_reduce(net._handle(), comm, ffi.from_buffer("float[]", x),
+                                                    ffi.from_buffer("float[]", t), x.shape[0], cost,
+                                                    int(self.bucket_floats)))
+            return float(cost[0])
 
     def update(self, net, learning_rate: float, momentum: float, decay: float, batch_images: int) -> None:
         """The SGD step after an iteration's chunks: all-reduce of the update block, the step of

@@ -83,6 +83,7 @@ def train(rep, stop, out: Path, args) -> int:
         net.load_weights(args.weights)
     opts = net.options
     rep.broadcast_params(net)
+    rep.bucket_floats = args.overlap_bucket
     pool = list(range(POOL))
     iteration = net.seen // args.batch  # --iterations counts from 0, so a resumed run ends where a fresh one does
     while args.mode == "loop" or iteration < args.iterations:
@@ -90,7 +91,11 @@ def train(rep, stop, out: Path, args) -> int:
         loss = 0.0
         for start in range(0, len(mine), args.chunk):
             items = [synthetic(i, net.width, net.max_boxes) for i in mine[start:start + args.chunk]]
-            loss += net.train_chunk(np.stack([x for x, _ in items]), np.stack([t for _, t in items]))
+            x, t = np.stack([x for x, _ in items]), np.stack([t for _, t in items])
+            if args.overlap_bucket:
+                loss += rep.train_chunk(net, x, t, last=start + args.chunk >= len(mine))
+            else:
+                loss += net.train_chunk(x, t)
         stopping, metrics = rep.check_in(stop.requested, {"loss": loss / len(mine)})
         rep.update(net, opts["learning_rate"], opts["momentum"], opts["decay"], args.batch)
         iteration += 1
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8, help="images of all ranks per iteration")
     p.add_argument("--chunk", type=int, default=4)
     p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--overlap-bucket", type=int, default=0,
+                   help="all-reduce during the last chunk's backward pass, in buckets of this many floats")
     p.add_argument("--weights", help="resume from these weights (iteration = seen / batch)")
     return run(p.parse_args(argv))
 

@@ -132,6 +132,21 @@ def test_two_ranks_of_batch_4_train_as_one_process_of_batch_8(cfg, tmp_path):
     assert (two / "final.weights").is_file() and (one / "final.weights").is_file()
 
 
+def test_all_reduce_overlapped_with_the_backward_pass_gives_the_same_weights(cfg, tmp_path):
+    """Buckets of 1000 floats: the tiny network's 6250-float update block goes in several all-reduces started
+    during the last chunk's backward pass; the sum of 2 ranks is the same per element in any grouping."""
+    mpirun = _mpirun()
+    runs = {}
+    for name, extra in (("whole", ()), ("overlap", ("--overlap-bucket", 1000))):
+        out = tmp_path / name
+        r = _run(mpirun + ["2"] + _driver("train", cfg, out, "--iterations", 10, "--batch", 8, "--chunk", 4, *extra))
+        assert r.returncode == 0, r.stdout + r.stderr
+        runs[name] = [np.load(out / f"params_rank{k}.npy") for k in (0, 1)]
+    mask = _trainable_mask(cfg)
+    np.testing.assert_array_equal(runs["overlap"][0][mask], runs["whole"][0][mask])
+    np.testing.assert_array_equal(runs["overlap"][1][mask], runs["overlap"][0][mask])
+
+
 def test_resume_with_another_number_of_ranks(cfg, tmp_path):
     """2 ranks for 10 iterations, then 1 process from that checkpoint to 20, ends as 1 process throughout
     (saved and resumed at 10 the same way: momentum is not in a .weights file); and 1 -> 2 ranks likewise."""

@@ -100,7 +100,10 @@ void nccl_destroy(dn_comm *comm)
     free(s);
 }
 
-const dn_comm_ops nccl_ops = {"nccl", 1, nccl_allreduce_sum, nccl_broadcast, nccl_barrier, nccl_destroy};
+/* No asynchronous all-reduce yet: overlapping it with the backward pass needs the CUDA backend's compute
+ * stream (an event after each bucket's last layer, the all-reduce queued behind it on the NCCL stream). */
+const dn_comm_ops nccl_ops = {"nccl", 1, nccl_allreduce_sum, nccl_broadcast, nccl_barrier, nccl_destroy,
+                              NULL, NULL, NULL};
 
 }  // namespace
 
@@ -118,7 +121,7 @@ extern "C" dn_status comm_nccl_create(int size, int rank, const unsigned char *i
     nccl_state *s = static_cast<nccl_state *>(calloc(1, sizeof(nccl_state)));
     if (!s) return dn_fail(DN_E_NOMEM, "out of memory for a communicator");
     s->device = device;
-    dn_comm tmp = {&nccl_ops, rank, size, s, NULL, 0};
+    dn_comm tmp = {&nccl_ops, rank, size, s, NULL, 0, NULL};
     ncclUniqueId uid;
     memcpy(&uid, id, sizeof uid);
     dn_status st = select_device(s);
