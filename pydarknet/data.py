@@ -403,11 +403,16 @@ class DataLoader:
     With ``workers > 0`` worker processes fill shared batch buffers a few batches ahead. The arrays returned
     are views of such a buffer and stay valid until the next call to :meth:`next_batch`: copy them to keep
     them longer. Batch contents depend only on ``seed`` and the batch number, not on ``workers``.
+
+    ``batch_numbers`` maps the k-th batch handed out to the batch number whose content it gets (default: k).
+    A replica of a data-parallel run makes its share of every iteration's chunks this way
+    (``distributed.Replica.chunk_numbers``), so N replicas see exactly the chunks one process would.
     """
 
     def __init__(self, paths: Sequence[str], *, num_classes: int, batch: int, net_w: int, net_h: int,
                  aug: Augment, max_boxes: int = 90, workers: int = 2, seed: int = 0,
-                 bad_list: str | os.PathLike | None = None, prefetch: int = 2, mp_context: str | None = None):
+                 bad_list: str | os.PathLike | None = None, prefetch: int = 2, mp_context: str | None = None,
+                 batch_numbers: Callable[[int], int] | None = None):
         if not paths:
             raise ValueError("DataLoader needs at least one image path")
         if batch < 1 or net_w < 1 or net_h < 1 or max_boxes < 1:
@@ -419,6 +424,7 @@ class DataLoader:
         self.bad_list = os.fspath(bad_list) if bad_list is not None else None
         self.bad_paths: set[str] = set()
         self._next_index = 0  # number of the next batch to hand out or dispatch
+        self._content = batch_numbers or (lambda k: k)  # its content's batch number
         self._closed = False
         if workers <= 0:
             self._known_bad: set[str] = set()
@@ -494,7 +500,7 @@ class DataLoader:
         images, truth = self._local
         try:
             found_bad, _ = _fill_batch(images, truth, self.paths, self.num_classes, self.aug, self.seed,
-                                       self._next_index, self._known_bad)
+                                       self._content(self._next_index), self._known_bad)
         except _AllImagesBad as e:
             raise RuntimeError(f"DataLoader: {e}") from None
         self._next_index += 1
@@ -537,7 +543,7 @@ class DataLoader:
                 batch_index, self._next_index = self._next_index, self._next_index + 1
             generation = self._generation.value
             self._in_flight[batch_index] = (slot, generation, self.net_w, self.net_h)
-            self._tasks.put((slot, self._slot_files[slot].path, self._capacity, generation, batch_index,
+            self._tasks.put((slot, self._slot_files[slot].path, self._capacity, generation, self._content(batch_index),
                              self.batch, self.net_w, self.net_h))
 
     def _wait_for(self, slot: int) -> tuple[str, object]:
