@@ -178,6 +178,12 @@ DN_EXPORT dn_status dn_network_allreduce_updates(dn_network *net, dn_comm *comm)
 {
     dn_status st = check_pair(net, comm);
     if (st) return st;
+    if (comm->reducing == net) {
+        /* dn_network_train_chunk_reduce started it during the backward pass: wait for it. */
+        comm->reducing = NULL;
+        return comm->ops->finish(comm);
+    }
+    if (comm->reducing) return dn_fail(DN_E_ARG, "another network's all-reduce is in flight on this communicator");
     if ((st = dn_network_alloc_training(net))) return st;
     return on_block(comm, network_backend(net), net->updates, net->n_params, 0, reduce_block);
 }
@@ -190,14 +196,7 @@ DN_EXPORT dn_status dn_network_update_replicated(dn_network *net, dn_comm *comm,
     if (batch_images < comm->size)
         return dn_fail(DN_E_ARG, "batch_images %d is fewer than the %d replicas: it counts the images of all of them",
                        batch_images, comm->size);
-    if (comm->reducing == net) {
-        /* dn_network_train_chunk_reduce started the all-reduce during the backward pass. */
-        comm->reducing = NULL;
-        st = comm->ops->finish(comm);
-    } else {
-        st = dn_network_allreduce_updates(net, comm);
-    }
-    if (st) return st;
+    if ((st = dn_network_allreduce_updates(net, comm))) return st;
     if ((st = dn_network_update(net, learning_rate, momentum, decay, batch_images))) return st;
     if (comm->rank == 0) return DN_OK;
     /* Rank 0 alone carries the momentum into the next iteration's sum. */

@@ -239,7 +239,8 @@ void dn_comm_free(dn_comm *comm);
  * the momentum there), so the momentum must be counted once in the sum: rank 0 carries it and the other
  * ranks start every iteration with cleared buffers.
  * dn_network_allreduce_updates: in place, the update block = its sum over the ranks (the raw collective;
- *   it assumes the rule above holds).
+ *   it assumes the rule above holds); after dn_network_train_chunk_reduce it waits for the all-reduce that
+ *   one started.
  * dn_network_update_replicated: the whole step after an iteration's chunks: the all-reduce, the SGD step of
  *   dn_network_update for batch_images (the images of ALL replicas in this iteration), then ranks other than
  *   0 clear their update blocks. Every rank ends with the same parameters.
@@ -253,8 +254,8 @@ dn_status dn_network_broadcast_params(dn_network *net, dn_comm *comm, int root);
 /* The iteration's last chunk, with the all-reduce overlapped with its backward pass: as
  * dn_network_train_chunk, and each time the layers finished so far (from the last one) hold bucket_floats
  * gradients (0 = DN_ALLREDUCE_BUCKET_FLOATS) their part of the update block is handed to the transport while
- * the backward pass goes on; dn_network_update_replicated then waits for those instead of reducing the
- * block itself. Same result as dn_network_train_chunk followed by the whole all-reduce. Transports without
+ * the backward pass goes on; dn_network_update_replicated (or dn_network_allreduce_updates) then waits for
+ * those instead of reducing the block itself. Same result as dn_network_train_chunk followed by the whole all-reduce. Transports without
  * asynchronous collectives (NCCL for now) and networks off the host reduce the whole block in the update. */
 #define DN_ALLREDUCE_BUCKET_FLOATS 6553600
 dn_status dn_network_train_chunk_reduce(dn_network *net, dn_comm *comm, const float *input, const float *truth,
