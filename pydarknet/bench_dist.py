@@ -198,7 +198,7 @@ def _worker(cfg: str, size: int, batch: int, chunk: int, iterations: int) -> dic
             for _ in range(3):
                 rep.barrier()
                 t0 = time.perf_counter()
-                check(lib.dn_comm_allreduce_sum(rep._comm, ffi.from_buffer("float[]", buf), buf.size, ffi.NULL))
+                check(lib.dn_comm_allreduce_sum(rep.comm, ffi.from_buffer("float[]", buf), buf.size, ffi.NULL))
                 allreduce.append(time.perf_counter() - t0)
         n_params = net.n_params
         net.close()

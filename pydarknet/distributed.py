@@ -529,6 +529,12 @@ class Replica:
 
         return ffi.string(lib.dn_comm_transport(self._comm)).decode()
 
+    @property
+    def comm(self):
+        """The C communicator (a cffi ``dn_comm *``) for direct dn_comm_* calls, or None (one process, or
+        transport 'none')."""
+        return self._comm
+
     def __repr__(self) -> str:
         return f"<Replica rank {self.rank} of {self.size} ({self.info.launcher}, {self.transport})>"
 

@@ -4,6 +4,7 @@ mpirun (or pydarknet's local launcher, or alone for the one-process reference).
     python tests/dist_driver.py train CFG OUT --iterations 20 --batch 8 --chunk 4
     python tests/dist_driver.py loop CFG OUT            (until stopped: signal tests)
     python tests/dist_driver.py control - OUT           (control channel only: launcher tests)
+    python tests/dist_driver.py nccl - OUT              (NCCL collectives on device buffers: GPU tests)
 
 Every rank writes OUT/pid_rank<R> at start and OUT/params_rank<R>.npy at the end; rank 0 alone writes
 OUT/final.weights (or OUT/backup.weights when stopped early, appending a line to OUT/backup_writes).
@@ -53,11 +54,14 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stop = Stop()
-    rep = distributed.init(transport="none" if args.mode == "control" else "auto", timeout=args.timeout)
+    rep = distributed.init(device="cuda" if args.mode == "nccl" else None,
+                           transport="none" if args.mode == "control" else "auto", timeout=args.timeout)
     (out / f"pid_rank{rep.rank}").write_text(str(__import__("os").getpid()))
     try:
         if args.mode == "control":
             return control(rep, stop, out)
+        if args.mode == "nccl":
+            return nccl(rep, out)
         return train(rep, stop, out, args)
     finally:
         rep.close()
@@ -75,6 +79,63 @@ def control(rep, stop, out: Path) -> int:
             return 0
         (out / f"at_rank{rep.rank}").write_text(str(iteration))
         time.sleep(0.05)
+
+
+def cudart():
+    """The CUDA runtime through ctypes (NVIDIA's wheel, else the system's), for device buffers."""
+    import ctypes  # noqa: PLC0415
+
+    candidates = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
+    try:
+        import nvidia.cu13 as cu13  # noqa: PLC0415
+
+        candidates.insert(0, str(Path(list(cu13.__path__)[0]) / "lib" / "libcudart.so.13"))
+    except ImportError:
+        pass
+    for name in candidates:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise OSError("libcudart not found")
+
+
+def nccl(rep, out: Path) -> int:
+    """All-reduce, broadcast and barrier of the NCCL transport on device buffers, checked on the host. One
+    rank alone makes a world of one (init() gives a single process no communicator)."""
+    import ctypes  # noqa: PLC0415
+
+    from pydarknet._ffi import check, ffi, lib  # noqa: PLC0415
+
+    rt = cudart()
+    comm = rep.comm
+    if comm is None:
+        ident = ffi.new("unsigned char[]", lib.DN_NCCL_UNIQUE_ID_BYTES)
+        check(lib.dn_comm_nccl_unique_id(ident))
+        made = ffi.new("dn_comm **")
+        check(lib.dn_comm_init_nccl(1, 0, ident, max(rep.device, 0), made))
+        comm = ffi.gc(made[0], lib.dn_comm_free)
+    assert rt.cudaSetDevice(max(rep.device, 0)) == 0
+    n = (1 << 20) + 3
+    device = ctypes.c_void_p()
+    assert rt.cudaMalloc(ctypes.byref(device), ctypes.c_size_t(4 * n)) == 0
+    try:
+        host = np.arange(n, dtype=np.float32) * (rep.rank + 1)
+        assert rt.cudaMemcpy(device, host.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(4 * n), 1) == 0
+        check(lib.dn_comm_allreduce_sum(comm, ffi.cast("float *", device.value), n, ffi.NULL))
+        assert rt.cudaMemcpy(host.ctypes.data_as(ctypes.c_void_p), device, ctypes.c_size_t(4 * n), 2) == 0
+        factor = rep.size * (rep.size + 1) / 2
+        np.testing.assert_array_equal(host, np.arange(n, dtype=np.float32) * np.float32(factor))
+        mine = np.full(n, rep.rank + 7, np.float32)
+        assert rt.cudaMemcpy(device, mine.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(4 * n), 1) == 0
+        check(lib.dn_comm_broadcast(comm, ffi.cast("void *", device.value), 4 * n, 0, ffi.NULL))
+        assert rt.cudaMemcpy(mine.ctypes.data_as(ctypes.c_void_p), device, ctypes.c_size_t(4 * n), 2) == 0
+        assert (mine == 7).all()
+        check(lib.dn_comm_barrier(comm))
+    finally:
+        rt.cudaFree(device)
+    (out / f"nccl_ok_rank{rep.rank}").write_text(f"{rep.size}")
+    return 0
 
 
 def train(rep, stop, out: Path, args) -> int:
@@ -121,7 +182,7 @@ def train(rep, stop, out: Path, args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("train", "loop", "control"))
+    p.add_argument("mode", choices=("train", "loop", "control", "nccl"))
     p.add_argument("cfg")
     p.add_argument("out")
     p.add_argument("--iterations", type=int, default=20)

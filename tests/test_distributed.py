@@ -432,3 +432,34 @@ def test_nccl_transport_compiles(tmp_path):
            f"-I{include}", *[f"-I{p}" for p in cuda_inc], str(ROOT / "csrc" / "cuda" / "comm_nccl.cu")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.gpu
+def test_nccl_collectives_on_every_gpu_of_the_machine(tmp_path):
+    """NCCL on device buffers with one rank per GPU of this machine (pydarknet's launcher, TCP rendezvous);
+    a world of one on a one-GPU machine. Needs a library built with `make GPU=1 NCCL=1`."""
+    if not lib.dn_comm_nccl_built():
+        pytest.skip("libdarknet.so was built without NCCL (make GPU=1 NCCL=1)")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dist_driver import cudart  # noqa: PLC0415
+
+    try:
+        rt = cudart()
+    except OSError:
+        pytest.skip("no CUDA runtime library")
+    import ctypes  # noqa: PLC0415
+
+    n = ctypes.c_int(0)
+    if rt.cudaGetDeviceCount(ctypes.byref(n)) != 0 or n.value < 1:
+        pytest.skip("no CUDA device")
+    gpus = list(range(min(n.value, 8)))
+    out = tmp_path / "run"
+    if len(gpus) == 1:
+        r = _run(_driver("nccl", "-", out), timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    else:
+        code = ("import sys; from pydarknet.distributed import launch_local; "
+                f"sys.exit(launch_local({gpus!r}, {_driver('nccl', '-', out)!r}))")
+        r = _run([sys.executable, "-c", code], timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in out.glob("nccl_ok_rank*")) == [f"nccl_ok_rank{k}" for k in gpus]
