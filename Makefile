@@ -10,6 +10,9 @@
 #   make asan       the test suite against a library built with AddressSanitizer + UBSan
 #   make fuzz       fuzz the cfg parser and the weights loader under the sanitizers
 #   make bench      inference and training benchmarks against OpenCV DNN
+#   make MPI=0|1    leave out / require the MPI transport of data-parallel training (default: built in when
+#                   pkg-config or mpicc finds OpenMPI or MPICH)
+#   make GPU=1 NCCL=1  add the NCCL transport (NCCL from the nvidia-nccl-cu13 wheel or $$NCCL_HOME)
 PYTHON ?= python3
 CC ?= cc
 OPT ?= -O3
@@ -84,8 +87,41 @@ ifeq ($(GPU),1)
   GPU_OBJS = $(patsubst csrc/cuda/%.cu,$(CUDA_OBJDIR)/%.o,$(CUDA_SRC))
 endif
 
+# NCCL, the device transport of the data-parallel communicator (csrc/cuda/comm_nccl.cu; without DN_NCCL that file
+# compiles to nothing). Needs GPU=1; NCCL from the nvidia-nccl-cu13 wheel or NCCL_HOME.
+NCCL ?= 0
+ifeq ($(NCCL),1)
+  ifneq ($(GPU),1)
+    $(error NCCL=1 needs GPU=1)
+  endif
+  NCCL_HOME ?= $(shell $(PYTHON) -c "import nvidia.nccl as m; print(list(m.__path__)[0])" 2>/dev/null)
+  ifeq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
+    $(error NCCL=1: no nccl.h under NCCL_HOME='$(NCCL_HOME)' (pip install nvidia-nccl-cu13, or set NCCL_HOME))
+  endif
+  GPU_CFLAGS += -DDN_NCCL
+  NVCC_FLAGS += -DDN_NCCL -I$(NCCL_HOME)/include
+  # The wheel ships libnccl.so.2 only (no unversioned link name).
+  GPU_LIBS += -L$(NCCL_HOME)/lib -l:libnccl.so.2 -Wl,-rpath,$(NCCL_HOME)/lib -Wl,-rpath,'$$ORIGIN/../nvidia/nccl/lib'
+endif
+
+# MPI, the host transport of the data-parallel communicator (csrc/comm_mpi.c). Without it the library builds and
+# dn_comm_init_mpi reports how to get it, so `make` and `make test` work on machines without MPI.
+MPI ?= auto
+ifneq ($(MPI),0)
+  MPI_PC := $(firstword $(foreach p,ompi-c mpich,$(shell pkg-config --exists $(p) 2>/dev/null && echo $(p))))
+  ifneq ($(MPI_PC),)
+    MPI_CFLAGS := -DDN_MPI $(shell pkg-config --cflags $(MPI_PC))
+    MPI_LIBS := $(shell pkg-config --libs $(MPI_PC))
+  else ifneq ($(shell mpicc --showme:link 2>/dev/null),)
+    MPI_CFLAGS := -DDN_MPI $(shell mpicc --showme:compile)
+    MPI_LIBS := $(shell mpicc --showme:link)
+  else ifeq ($(MPI),1)
+    $(error MPI=1 but neither pkg-config (ompi-c, mpich) nor mpicc finds MPI: install libopenmpi-dev or libmpich-dev)
+  endif
+endif
+
 # The library is rebuilt whenever the build configuration changes (make GPU=1 after make, another CUDA_ARCH...).
-BUILD_CONFIG = GPU=$(GPU) CUDNN=$(CUDNN) CUDA_ARCH=$(CUDA_ARCH) CC=$(CC) OPT=$(OPT) BLAS=$(BLAS_CFLAGS)
+BUILD_CONFIG = GPU=$(GPU) CUDNN=$(CUDNN) NCCL=$(NCCL) MPI=$(MPI_CFLAGS) CUDA_ARCH=$(CUDA_ARCH) CC=$(CC) OPT=$(OPT) BLAS=$(BLAS_CFLAGS)
 CONFIG_STAMP = build/config/$(subst /,_,$(LIB))
 $(CONFIG_STAMP): FORCE
 	@mkdir -p $(dir $@)
@@ -105,12 +141,13 @@ lib: $(LIB)
 
 $(LIB): $(SRC) $(HDR) Makefile $(CONFIG_STAMP) $(GPU_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) $(GPU_CFLAGS) -shared -o $@ $(SRC) $(GPU_OBJS) $(BLAS_LIBS) $(GPU_LIBS) -lm -lpthread
+	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) $(GPU_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(GPU_OBJS) $(BLAS_LIBS) \
+	  $(GPU_LIBS) $(MPI_LIBS) -lm -lpthread
 
 $(ASAN_LIB): $(SRC) $(HDR) Makefile
 	@mkdir -p build/asan
 	$(CC) $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	  $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm -lpthread
+	  $(BLAS_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) $(MPI_LIBS) -lm -lpthread
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"

@@ -31,7 +31,8 @@ typedef enum dn_status {
     DN_E_NOMEM = -5,     /* allocation failed */
     DN_E_ARG = -6,       /* a bad argument (size, index, pointer) */
     DN_E_CUDA = -7,      /* CUDA unavailable or a CUDA call failed */
-    DN_E_NUMERIC = -8    /* a NaN or infinity appeared */
+    DN_E_NUMERIC = -8,   /* a NaN or infinity appeared */
+    DN_E_COMM = -9       /* a communicator is unavailable (no MPI/NCCL built in) or a collective failed */
 } dn_status;
 
 typedef enum dn_log_level { DN_LOG_DEBUG = 10, DN_LOG_INFO = 20, DN_LOG_WARNING = 30, DN_LOG_ERROR = 40 } dn_log_level;
@@ -214,6 +215,62 @@ dn_status dn_network_yolo_anchors(const dn_network *net, int index, float *ancho
 /* Parameter and update blocks, for tests and multi-device reduction: n_params floats each. */
 float *dn_network_params(dn_network *net);
 float *dn_network_updates(dn_network *net);
+
+/* ---- Data parallelism: a communicator between replicas, one process per replica ----
+ * Transports: MPI for host buffers (a library built with MPI, processes started by mpirun or srun) and NCCL
+ * for CUDA device buffers (`make GPU=1 NCCL=1`). Collectives are blocking and must be called by every rank
+ * in the same order. A transport that this library was built without is DN_E_COMM naming the make option. */
+typedef struct dn_comm dn_comm;
+#define DN_NCCL_UNIQUE_ID_BYTES 128
+/* 1 when the transport is compiled in. */
+int dn_comm_mpi_built(void);
+int dn_comm_nccl_built(void);
+/* MPI_COMM_WORLD's ranks (a duplicate of it); initialises MPI when nobody has yet. MPI is finalised when the
+ * last MPI communicator this library made is freed (MPI cannot be initialised again after that). */
+dn_status dn_comm_init_mpi(dn_comm **out);
+/* NCCL: rank 0 makes the id, every rank receives it (over MPI or a rendezvous) and joins on its device. */
+dn_status dn_comm_nccl_unique_id(unsigned char *id);
+dn_status dn_comm_init_nccl(int size, int rank, const unsigned char *id, int device, dn_comm **out);
+int dn_comm_rank(const dn_comm *comm);
+int dn_comm_size(const dn_comm *comm);
+/* "mpi" or "nccl". */
+const char *dn_comm_transport(const dn_comm *comm);
+/* 1 when the buffers of the collectives below are device memory (NCCL), 0 for host memory (MPI). */
+int dn_comm_device_memory(const dn_comm *comm);
+/* In place: buf[i] = sum over ranks of buf[i]. stream: NCCL's cudaStream_t (NULL = the communicator's own
+ * stream); the call returns when the result is in buf. MPI ignores it. */
+dn_status dn_comm_allreduce_sum(dn_comm *comm, float *buf, size_t n, void *stream);
+/* bytes of root's buf to every rank's buf. */
+dn_status dn_comm_broadcast(dn_comm *comm, void *buf, size_t bytes, int root, void *stream);
+dn_status dn_comm_barrier(dn_comm *comm);
+void dn_comm_free(dn_comm *comm);
+
+/* Synchronous data parallelism over a communicator: N replicas of batch B train exactly as one replica of
+ * batch N*B. The update block holds momentum*previous + this iteration's gradients (dn_network_update keeps
+ * the momentum there), so the momentum must be counted once in the sum: rank 0 carries it and the other
+ * ranks start every iteration with cleared buffers.
+ * dn_network_allreduce_updates: in place, the update block = its sum over the ranks (the raw collective;
+ *   it assumes the rule above holds); after dn_network_train_chunk_reduce it waits for the all-reduce that
+ *   one started.
+ * dn_network_update_replicated: the whole step after an iteration's chunks: the all-reduce, the SGD step of
+ *   dn_network_update for batch_images (the images of ALL replicas in this iteration), then ranks other than
+ *   0 clear their update blocks. Every rank ends with the same parameters.
+ * dn_network_broadcast_params: root's parameters (batch-norm rolling statistics included) to every rank;
+ *   call once at the start (`seen` is the caller's to share). The rolling statistics then stay per replica: the update block has
+ *   no entries for them. */
+dn_status dn_network_allreduce_updates(dn_network *net, dn_comm *comm);
+dn_status dn_network_update_replicated(dn_network *net, dn_comm *comm, float learning_rate, float momentum,
+                                       float decay, int batch_images);
+dn_status dn_network_broadcast_params(dn_network *net, dn_comm *comm, int root);
+/* The iteration's last chunk, with the all-reduce overlapped with its backward pass: as
+ * dn_network_train_chunk, and each time the layers finished so far (from the last one) hold bucket_floats
+ * gradients (0 = DN_ALLREDUCE_BUCKET_FLOATS) their part of the update block is handed to the transport while
+ * the backward pass goes on; dn_network_update_replicated (or dn_network_allreduce_updates) then waits for
+ * those instead of reducing the block itself. Same result as dn_network_train_chunk followed by the whole all-reduce. Transports without
+ * asynchronous collectives (NCCL for now) and networks off the host reduce the whole block in the update. */
+#define DN_ALLREDUCE_BUCKET_FLOATS 6553600
+dn_status dn_network_train_chunk_reduce(dn_network *net, dn_comm *comm, const float *input, const float *truth,
+                                        int n, float *cost, size_t bucket_floats);
 
 /* The [yolo] layer on its own: x raw input float[n * cfg->n*(5+classes) * h * w]; writes output
  * (the activated values, same size), delta (same size) and, if not NULL, *cost and *stats. */

@@ -526,3 +526,25 @@ DN_EXPORT float *dn_network_updates(dn_network *net)
     if (!net->updates) dn_network_alloc_training(net);
     return net->updates;
 }
+
+/* dn_network_train_chunk with a call after each layer's backward pass, from the last layer to the first: when
+ * after_layer(net, i, user) runs, layer i's gradients for this chunk are complete in the update block (only
+ * layer i's own backward writes its slice). comm.c starts the all-reduce of finished slices from there.
+ * (dn_network_train_chunk is this with no call; the two share training_forward and total_cost.) */
+dn_status network_train_chunk_each_layer(dn_network *net, const float *input, const float *truth, int n, float *cost,
+                                         void (*after_layer)(dn_network *net, int layer, void *user), void *user)
+{
+    dn_status st = training_forward(net, input, truth, n);
+    if (st) return st;
+    for (int i = net->n - 1; i >= 0; i--) {
+        dn_layer *l = &net->layers[i];
+        const float *in = i ? net->layers[i - 1].output : input;
+        float *in_delta = i ? net->layers[i - 1].delta : NULL;
+        l->ops->backward(l, net, in, in_delta, n);
+        after_layer(net, i, user);
+    }
+    net->train = 0;
+    net->info.seen += (uint64_t)n;
+    if (cost) *cost = total_cost(net);
+    return DN_OK;
+}

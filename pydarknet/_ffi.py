@@ -20,6 +20,7 @@ from .errors import (
     DarknetError,
     DarknetIOError,
     DarknetValueError,
+    DistributedError,
     WeightsError,
 )
 
@@ -217,6 +218,8 @@ def check(status: int) -> None:
         raise CudaError(message)
     if status == lib.DN_E_NUMERIC:
         raise DarknetArithmeticError(message)
+    if status == lib.DN_E_COMM:
+        raise DistributedError(message)
     raise DarknetError(f"error {status}: {message}")
 
 

@@ -126,8 +126,15 @@ def export(cfg, weights, out, batch, dynamic_batch, opset, decode):
               help="Folder of JPEGs or image list for --valid (default: ../shared/realdata's COCO val slice).")
 @click.option("--valid-limit", default=20, show_default=True, help="Images used by --valid.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def bench(repeat, threads, models, train, valid, valid_images, valid_limit, json_path):
+@click.option("--dist", is_flag=True, help="Instead: data-parallel training (2 MPI ranks against 1 process) and "
+                                           "the multi-GPU scaling model.")
+def bench(repeat, threads, models, train, valid, valid_images, valid_limit, json_path, dist):
     """Time inference (and training, and valid on real JPEGs) against OpenCV DNN in the same run."""
+    if dist:
+        from .bench_dist import run_dist_bench  # noqa: PLC0415
+
+        run_dist_bench(json_path=json_path)
+        return
     from .bench import run_benchmarks  # noqa: PLC0415
 
     run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, valid=valid,

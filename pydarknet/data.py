@@ -474,12 +474,16 @@ class DataLoader:
     Workers die with the process that made the loader (even under SIGKILL, on Linux), and a new loader removes
     the batch buffers that loaders of dead processes left behind. When no image of the list is usable,
     :meth:`next_batch` raises :class:`~pydarknet.errors.DataError` naming ``source`` (the list file).
+
+    ``batch_numbers`` maps the k-th batch handed out to the batch number whose content it gets (default: k).
+    A replica of a data-parallel run makes its share of every iteration's chunks this way
+    (``distributed.Replica.chunk_numbers``), so N replicas see exactly the chunks one process would.
     """
 
     def __init__(self, paths: Sequence[str], *, num_classes: int, batch: int, net_w: int, net_h: int,
                  aug: Augment, max_boxes: int = 90, workers: int = 2, seed: int = 0,
                  bad_list: str | os.PathLike | None = None, prefetch: int = 2, mp_context: str | None = None,
-                 source: str | os.PathLike | None = None):
+                 source: str | os.PathLike | None = None, batch_numbers: Callable[[int], int] | None = None):
         if not paths:
             raise ValueError("DataLoader needs at least one image path")
         if batch < 1 or net_w < 1 or net_h < 1 or max_boxes < 1:
@@ -492,6 +496,7 @@ class DataLoader:
         self.bad_paths: set[str] = set()
         self.source = os.fspath(source) if source is not None else "the image list"
         self._next_index = 0  # number of the next batch to hand out or dispatch
+        self._content = batch_numbers or (lambda k: k)  # its content's batch number
         self._closed = False
         if workers <= 0:
             self._known_bad: set[str] = set()
@@ -571,7 +576,7 @@ class DataLoader:
         images, truth = self._local
         try:
             found_bad, _ = _fill_batch(images, truth, self.paths, self.num_classes, self.aug, self.seed,
-                                       self._next_index, self._known_bad)
+                                       self._content(self._next_index), self._known_bad)
         except _AllImagesBad as e:
             self._record_bad(e.found_bad)
             raise self._no_usable_image(str(e)) from None
@@ -613,7 +618,7 @@ class DataLoader:
                 batch_index, self._next_index = self._next_index, self._next_index + 1
             generation = self._generation.value
             self._in_flight[batch_index] = (slot, generation, self.net_w, self.net_h)
-            self._tasks.put((slot, self._slot_files[slot].path, self._capacity, generation, batch_index,
+            self._tasks.put((slot, self._slot_files[slot].path, self._capacity, generation, self._content(batch_index),
                              self.batch, self.net_w, self.net_h))
 
     def _wait_for(self, slot: int) -> tuple[str, object]:

@@ -47,3 +47,8 @@ class ExportError(DarknetError, ValueError):
 
 class DataError(DarknetError, ValueError):
     """The training data cannot be used, e.g. a list in which no image (or label file) is usable."""
+
+
+class DistributedError(DarknetError, RuntimeError):
+    """Data-parallel training failed: a rank died or hung, a collective failed, or a transport is missing.
+    The message names the rank(s) concerned."""

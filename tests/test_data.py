@@ -288,6 +288,33 @@ def test_loader_is_deterministic_and_workers_make_the_same_batches(small_set):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+def test_replicas_make_exactly_the_chunks_of_one_process(small_set, workers):
+    """2 data-parallel replicas, each making its share of every iteration's 4 chunks (batch_numbers), hand out
+    the very chunks (images and augmentation) that one process makes, whatever the workers."""
+    from pydarknet.distributed import LaunchInfo, Replica
+
+    _, paths = small_set
+    chunks, iterations = 4, 3
+
+    def made(rank, size):
+        rep = Replica(LaunchInfo(rank, size, rank, size, "test"))
+        share = chunks // size
+        numbers = lambda k: rep.chunk_numbers(k // share, chunks)[k % share]  # noqa: E731
+        with DataLoader(paths, num_classes=2, batch=2, net_w=64, net_h=64, aug=Augment(jitter=0.2), seed=5,
+                        workers=workers if rank == 0 else 0, batch_numbers=numbers) as loader:
+            return [tuple(a.copy() for a in loader.next_batch()) for _ in range(iterations * share)]
+
+    one = made(0, 1)
+    ranks = [made(r, 2) for r in (0, 1)]
+    for it in range(iterations):
+        expected = one[it * chunks:(it + 1) * chunks]
+        got = ranks[0][it * 2:(it + 1) * 2] + ranks[1][it * 2:(it + 1) * 2]
+        for (x0, t0), (x1, t1) in zip(expected, got):
+            assert np.array_equal(x0, x1) and np.array_equal(t0, t1)
+    assert not np.array_equal(ranks[0][0][0], ranks[1][0][0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
 def test_bad_files_are_skipped_logged_and_listed(small_set, workers, caplog):
     root, paths = small_set
     corrupt = root / "images" / "corrupt.jpg"

@@ -317,42 +317,53 @@ exec {python} "$@"
 """
 
 
-@pytest.mark.parametrize("gpus", [1, 2, 4])
-def test_slurm_template_scales_cfg_and_forwards_sigterm(tmp_path, gpus):
+FAKE_SRUN = """#!/bin/bash
+# Stands in for srun: records its options and the rendezvous it was given, then runs the task once.
+echo "srun $* url=$PYDARKNET_DIST_URL device=$PYDARKNET_DEVICE" > "$FAKE_SRUN_LOG"
+while [[ "$1" == --* ]]; do shift; done
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("name, tasks_per_node, nodes", [("train_1gpu", 1, 1), ("train_2gpu", 2, 1),
+                                                         ("train_4gpu", 4, 1), ("train_2x4gpu", 4, 2)])
+def test_slurm_template_runs_one_task_per_gpu_and_forwards_sigterm(tmp_path, name, tasks_per_node, nodes):
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)
+    srun = tmp_path / "srun"
+    srun.write_text(FAKE_SRUN)
+    srun.chmod(0o755)
     cfg = tmp_path / "yolo.cfg"
-    cfg.write_text("[net]\nbatch=64\nlearning_rate = 0.001\nburn_in=1000\n\n[convolutional]\nfilters=8\n"
-                   "[yolo]\nlearning_rate=5\n")
+    cfg.write_text("[net]\nbatch=64\nlearning_rate = 0.001\nburn_in=1000\n\n[convolutional]\nfilters=8\n")
     data = tmp_path / "run.data"
     data.write_text(f"backup={tmp_path / 'backup'}\nprefix=run\n")
     (tmp_path / "backup" / "run").mkdir(parents=True)
     (tmp_path / "backup" / "run" / "yolo.backup").write_bytes(b"x")
-    log = tmp_path / "log"
-    env = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(log), "SLURM_TMPDIR": str(tmp_path),
-           "SLURM_JOB_ID": "77"}
-    job = subprocess.Popen(["bash", SCRIPTS / "slurm" / f"train_{gpus}gpu.sbatch", data, cfg], env=env,
+    log, srun_log = tmp_path / "log", tmp_path / "srun_log"
+    env = {**os.environ, "PYTHON": str(fake), "SRUN": str(srun), "FAKE_LOG": str(log), "FAKE_SRUN_LOG": str(srun_log),
+           "SLURM_SUBMIT_DIR": str(SCRIPTS.parent), "SLURM_JOB_ID": "77"}
+    job = subprocess.Popen(["bash", SCRIPTS / "slurm" / f"{name}.sbatch", data, cfg], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while not log.exists() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # let the job script install its trap after starting the trainer
+    time.sleep(0.3)  # let the job script install its trap after starting the step
     job.send_signal(signal.SIGTERM)  # what Slurm does 300 s before the limit (--signal=B:TERM@300)
     out, err = job.communicate(timeout=30)
     assert job.returncode == 0, out + err
     calls = log.read_text().splitlines()
-    job_cfg = tmp_path / "pydarknet-77" / "yolo.cfg"
-    gpu_list = ",".join(str(i) for i in range(gpus))
-    assert calls[0] == (f"-m pydarknet detector train {data} {job_cfg} {tmp_path / 'backup/run/yolo.backup'} "
-                        f"-gpus {gpu_list}")
+    # The user's cfg itself, unchanged (its batch is split among the GPUs; no learning-rate rewriting).
+    assert calls[0] == f"-m pydarknet train {data} {cfg} {tmp_path / 'backup/run/yolo.backup'}"
     assert calls[1] == "saved"
-    # Only [net]'s values change: .001/GPUS and 1000*GPUS.
-    assert job_cfg.read_text() == (f"[net]\nbatch=64\nlearning_rate={0.001 / gpus:g}\nburn_in={1000 * gpus}\n\n"
-                                   "[convolutional]\nfilters=8\n[yolo]\nlearning_rate=5\n")
-    assert cfg.read_text().count("learning_rate = 0.001") == 1  # the user's cfg is untouched
-    text = (SCRIPTS / "slurm" / f"train_{gpus}gpu.sbatch").read_text()
-    assert "#SBATCH --signal=B:TERM@300" in text and f"#SBATCH --gres=gpu:{gpus}" in text
+    assert "learning_rate = 0.001" in cfg.read_text()
+    # One srun step that ends when a rank fails; the ranks meet at the job's first node, each on its GPU.
+    assert re.fullmatch(r"srun --kill-on-bad-exit=1 \S+ -m pydarknet train .* url=tcp://\S+:20077 device=cuda",
+                        srun_log.read_text().strip()), srun_log.read_text()
+    text = (SCRIPTS / "slurm" / f"{name}.sbatch").read_text()
+    for line in ("#SBATCH --signal=B:TERM@300", f"#SBATCH --nodes={nodes}",
+                 f"#SBATCH --ntasks-per-node={tasks_per_node}", f"#SBATCH --gres=gpu:{tasks_per_node}"):
+        assert line in text, line
 
 
 def test_crontab_template_uses_flock():
