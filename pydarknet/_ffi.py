@@ -26,7 +26,7 @@ from .errors import (
 __all__ = ["ffi", "lib", "check", "library_path"]
 
 _HERE = Path(__file__).resolve().parent
-_EXPECTED_ABI = 1
+_EXPECTED_ABI = 2
 log = logging.getLogger("pydarknet")
 
 
