@@ -59,12 +59,32 @@ static dn_backend cpu_backend = {
 
 dn_backend *dn_backend_cpu(void) { return &cpu_backend; }
 
+/* The same memory and kernels presented as a device backend (host_memory = 0): a network on it takes every
+ * path a CUDA network takes (inputs staged in, the [yolo] loss through host staging, outputs, parameters
+ * and weights copied in and out, no Winograd), so the CPU tests cover those paths too. */
+static dn_backend staged_backend = {
+    .name = "cpu-staged",
+    .device = DN_DEVICE_CPU_STAGED,
+    .host_memory = 0,
+    .ctx = NULL,
+    .k = &dn_cpu_kernels,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .to_host = cpu_copy,
+    .from_host = cpu_copy,
+    .copy = cpu_copy,
+    .memset0 = cpu_memset0,
+    .sync = cpu_sync,
+    .destroy = cpu_destroy,
+};
+
 dn_status dn_backend_create(int device, dn_backend **out)
 {
     *out = NULL;
-    if (device < -1) return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", device);
-    if (device == -1) {
-        *out = dn_backend_cpu();
+    if (device < DN_DEVICE_CPU_STAGED)
+        return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", device);
+    if (device == -1 || device == DN_DEVICE_CPU_STAGED) {
+        *out = device == -1 ? dn_backend_cpu() : &staged_backend;
         return DN_OK;
     }
 #ifdef DN_GPU

@@ -54,8 +54,11 @@ typedef enum dn_conv_algo {
 } dn_conv_algo;
 
 /* Per-network options, given at load. Fill with dn_options_init, then change what you need. */
+/* dn_options.device for tests: the CPU's memory and kernels behind the code paths of a device backend. */
+#define DN_DEVICE_CPU_STAGED -2
+
 typedef struct dn_options {
-    int device;              /* -1 = CPU (default); k >= 0 = CUDA device k */
+    int device;              /* -1 = CPU (default); k >= 0 = CUDA device k; DN_DEVICE_CPU_STAGED (tests) */
     int conv_algo;           /* dn_conv_algo */
     int threads;             /* threads for this network's calls; 0 = the process setting (dn_set_threads) */
     int allow_tf32;          /* CUDA: let cuBLAS/cuDNN use TensorFloat-32 tensor cores (faster, ~1e-3 relative) */

@@ -207,7 +207,8 @@ static dn_status check_options(const dn_options *o)
     if (o->conv_algo < DN_CONV_AUTO || o->conv_algo > DN_CONV_PLAIN)
         return dn_fail(DN_E_ARG, "unknown convolution algorithm %d", o->conv_algo);
     if (o->threads < 0) return dn_fail(DN_E_ARG, "threads must be >= 0, got %d", o->threads);
-    if (o->device < -1) return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", o->device);
+    if (o->device < DN_DEVICE_CPU_STAGED)
+        return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", o->device);
     return DN_OK;
 }
 

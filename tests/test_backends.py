@@ -10,17 +10,21 @@ Compared (each as max|a - b| / max|b|, the error relative to the array's scale):
 
 Pairs today, on the CPU: the Winograd tiles (winograd2, winograd4, auto) against im2col + GEMM (gemm) and the
 fused inference path against the unfused plain one, for inference; one thread against two for training (the
-per-thread splits of GEMMs and batch-norm sums must not change the results). With a CUDA device (a GPU build,
-pydarknet.cuda_device_count() > 0) the same cases run device="cuda:0" against the CPU (marked gpu).
+per-thread splits of GEMMs and batch-norm sums must not change the results); and the CPU behind the code paths
+of a device backend (DN_DEVICE_CPU_STAGED: inputs staged, the [yolo] loss through host staging, no Winograd)
+against the CPU, for both. With a CUDA device (a GPU build, pydarknet.cuda_device_count() > 0) the same cases
+run device="cuda:0" against the CPU (marked gpu).
 """
 from __future__ import annotations
 
 import zlib
+from unittest import mock
 
 import numpy as np
 import pytest
 
 import pydarknet
+import pydarknet.network
 from pydarknet import Network
 from pydarknet._ffi import check, ffi, lib
 
@@ -91,6 +95,7 @@ def cuda_devices() -> int:
     return int(count()) if count is not None else 0
 
 
+STAGED = "cpu-staged"  # the C API's DN_DEVICE_CPU_STAGED, a test-only device the Python API does not name
 GPU = pytest.mark.gpu
 NEEDS_CUDA = pytest.mark.skipif(cuda_devices() == 0, reason="no CUDA device (or a build without CUDA)")
 
@@ -100,10 +105,12 @@ INFERENCE_PAIRS = [
     ("winograd4-vs-gemm", dict(conv_algo="winograd4"), dict(conv_algo="gemm"), ()),
     ("auto-vs-gemm", dict(conv_algo="auto"), dict(conv_algo="gemm"), ()),
     ("gemm-vs-plain", dict(conv_algo="gemm"), dict(conv_algo="plain"), ()),
+    ("staged-vs-cpu", dict(device=STAGED), dict(device="cpu"), ()),
     ("cuda-vs-cpu", dict(device="cuda:0"), dict(device="cpu"), (GPU, NEEDS_CUDA)),
 ]
 TRAINING_PAIRS = [
     ("threads1-vs-threads2", dict(threads=1), dict(threads=2), ()),
+    ("staged-vs-cpu", dict(device=STAGED), dict(device="cpu"), ()),
     ("cuda-vs-cpu", dict(device="cuda:0"), dict(device="cpu"), (GPU, NEEDS_CUDA)),
 ]
 
@@ -132,9 +139,19 @@ def assert_close(a, b, what: str, tol: float = TOL) -> None:
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
 
 
+def open_network(cfg, *args, **options) -> Network:
+    """Network(cfg, ...), where device=STAGED means the C API's DN_DEVICE_CPU_STAGED."""
+    if options.get("device") == STAGED:
+        parse = pydarknet.network.parse_device
+        with mock.patch.object(pydarknet.network, "parse_device",
+                               lambda d: lib.DN_DEVICE_CPU_STAGED if d == STAGED else parse(d)):
+            return Network(cfg, *args, **options)
+    return Network(cfg, *args, **options)
+
+
 def build(tmp_path, name, shape, batch, layers, options) -> Network:
     w, h, c = shape
-    return Network(write_cfg(tmp_path, name, w, h, c, layers), batch=batch, **options)
+    return open_network(write_cfg(tmp_path, name, w, h, c, layers), batch=batch, **options)
 
 
 def get_updates(net: Network) -> np.ndarray:
