@@ -61,17 +61,13 @@ int dn_threads_enter(int threads)
     const int n = resolve_threads(threads > 0 ? threads : process_threads);
     blas_single_threaded();
     call_threads = n;
-    int team = 1;
 #ifdef _OPENMP
     if (omp_get_max_threads() != n) omp_set_num_threads(n);
-    /* The size of a team started now, as every parallel loop of the call will get it. */
-#pragma omp parallel
-    {
-#pragma omp master
-        team = omp_get_num_threads();
-    }
+    /* What every parallel loop of the call will ask for (read back, not assumed). */
+    return omp_get_max_threads();
+#else
+    return 1;
 #endif
-    return team;
 }
 
 DN_EXPORT void dn_set_threads(int n)

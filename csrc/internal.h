@@ -68,8 +68,8 @@ void cfg_warn_unused(const cfg_file *f, const cfg_section *s);
 
 /* ---- threads (blas.c) ---- */
 /* At the entry of every compute call: applies `threads` (0 = the process setting of dn_set_threads) to the
- * calling thread (OpenMP's thread count is a per-thread setting) and returns the team size a parallel region
- * started now gets. */
+ * calling thread (OpenMP's thread count is a per-thread setting) and returns the team size the call's parallel
+ * loops will ask for. */
 int dn_threads_enter(int threads);
 
 /* ---- layers and networks (network.c, layers.c, layer_*.c) ---- */
