@@ -142,8 +142,8 @@ dn_status dn_network_reshape(dn_network *net)
     }
     if (workspace > net->workspace_floats) {
         dn_status st = layer_alloc(net, &net->workspace, workspace);
+        net->workspace_floats = st ? 0 : workspace; /* the old one is gone either way */
         if (st) return st;
-        net->workspace_floats = workspace;
     }
     if (!net->be->host_memory) {
         /* The caller's input (host memory) is copied here before a forward. */
