@@ -1,4 +1,7 @@
-/* [convolutional]: im2col (skipped for 1x1 stride 1) + SGEMM, batch norm, activation.
+/* [convolutional]: convolution, batch norm (or bias), activation, each a kernel of the network's backend.
+ * The convolution: at inference on the CPU backend, winograd.c's fused path (Winograd or im2col + GEMM with
+ * batch norm and activation folded in); otherwise the backend's whole-convolution kernels when it has them
+ * (cuDNN), else im2col (skipped for 1x1 stride 1) + GEMM per image and group.
  * Parameter block of the layer, in .weights order: biases[f], (scales[f], rolling_mean[f], rolling_var[f])
  * when batch_normalize, then weights[f * c/groups * size * size]. */
 #include <math.h>

@@ -19,7 +19,8 @@ REPRESENTATIONS = ("exp", "lin")
 
 
 def set_threads(n: int) -> None:
-    """Threads the C core uses (BLAS and element-wise loops); 0 = every core. Process-wide."""
+    """Threads the C core uses (BLAS and element-wise loops); 0 = every core. Process-wide: every network
+    loaded with threads=0 runs with it, whichever thread drives it."""
     lib.dn_set_threads(int(n))
 
 
