@@ -170,3 +170,23 @@ def test_a_device_backend_loads_saves_and_initialises_through_host_copies(tiny_c
         np.testing.assert_array_equal(staged.params(), cpu.params())
         staged.save(tmp_path / "staged.weights")
     assert (tmp_path / "staged.weights").read_bytes() == (tmp_path / "cpu.weights").read_bytes()
+
+
+def test_registry_names_aliases_and_unknown_sections(tmp_path):
+    """Section names come from the registry of layer kinds: aliases build the same kind, and an unknown section
+    is an error naming its line and listing the kinds there are."""
+    from pydarknet.errors import CfgError
+
+    head = "[net]\nwidth=8\nheight=8\nchannels=3\n\n"
+    cfg = tmp_path / "aliases.cfg"
+    cfg.write_text(head + "[conv]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n\n[max]\nsize=2\nstride=2\n\n"
+                   "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n\n[maxpool]\nsize=2\nstride=2\n")
+    with Network(cfg) as net:
+        assert [l.type for l in net.layers] == ["conv", "max", "conv", "max"]
+    bad = tmp_path / "bad.cfg"
+    bad.write_text(head + "[convolutional]\nfilters=4\nsize=1\nactivation=linear\n\n[deconvolutional]\nfilters=2\n")
+    with pytest.raises(CfgError) as err:
+        Network(bad)
+    message = str(err.value)
+    assert f"{bad}:11: unknown section [deconvolutional]" in message
+    assert "(supported: net, convolutional, maxpool, route, shortcut, upsample, yolo)" in message
