@@ -146,7 +146,7 @@ struct dn_backend {
 dn_backend *dn_backend_cpu(void);
 /* A backend for options->device: the CPU one for -1; with a CUDA build, a new CUDA backend on that device
  * (DN_E_CUDA naming the device when there is no driver, no device or the index is out of range). */
-dn_status dn_backend_create(int device, dn_backend **out);
+dn_status dn_backend_create(int device, int allow_tf32, dn_backend **out);
 void dn_backend_destroy(dn_backend *be);
 
 /* Provided by csrc/cuda/ in a GPU build (DN_GPU defined). allow_tf32: dn_options.allow_tf32 (cuBLAS and cuDNN

@@ -21,31 +21,62 @@
 #define DN_BLAS_NAME "portable C (no BLAS found at build time)"
 #endif
 
-static int current_threads;
+/* The process setting (dn_set_threads; 0 = every core), and the thread count of the compute call the calling
+ * thread is in (dn_threads_enter), which dn_gemm splits its products by. */
+static _Atomic int process_threads;
+static _Thread_local int call_threads;
 
 DN_EXPORT const char *dn_blas_name(void) { return DN_BLAS_NAME; }
 
-/* One thread pool: OpenMP's. OpenBLAS runs single-threaded inside it and dn_gemm splits large products
- * across the OpenMP threads itself; two pools (OpenBLAS pthreads + OpenMP) would spin against each other
- * on the same cores between every GEMM and element-wise loop (measured: a third of training time). */
-void dn_threads_apply(int n)
+static int resolve_threads(int n)
 {
 #ifdef _OPENMP
-    if (n <= 0) n = omp_get_num_procs();
-    omp_set_num_threads(n);
+    return n > 0 ? n : omp_get_num_procs();
 #else
-    n = 1;
+    (void)n;
+    return 1;
 #endif
-#ifdef DN_BLAS_SET_THREADS
-    DN_BLAS_SET_THREADS(1);
-#endif
-    current_threads = n;
 }
 
-int dn_threads_current(void) { return current_threads; }
+/* One thread pool: OpenMP's. OpenBLAS runs single-threaded inside it and dn_gemm splits large products
+ * across the OpenMP threads itself; two pools (OpenBLAS pthreads + OpenMP) would spin against each other
+ * on the same cores between every GEMM and element-wise loop (measured: a third of training time).
+ * (OpenBLAS's thread count is process-wide: set once.) */
+static void blas_single_threaded(void)
+{
+#ifdef DN_BLAS_SET_THREADS
+    static _Atomic int done;
+    if (!done) {
+        DN_BLAS_SET_THREADS(1);
+        done = 1;
+    }
+#endif
+}
 
-DN_EXPORT void dn_set_threads(int n) { dn_threads_apply(n); }
-DN_EXPORT int dn_get_threads(void) { return current_threads; }
+/* OpenMP's thread count is an attribute of the calling thread (its nthreads ICV): a network driven from a
+ * thread other than the one that called dn_set_threads would otherwise run with OpenMP's default. So every
+ * compute call applies its count here, on the thread that makes it. */
+int dn_threads_enter(int threads)
+{
+    const int n = resolve_threads(threads > 0 ? threads : process_threads);
+    blas_single_threaded();
+    call_threads = n;
+#ifdef _OPENMP
+    if (omp_get_max_threads() != n) omp_set_num_threads(n);
+    /* What every parallel loop of the call will ask for (read back, not assumed). */
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+DN_EXPORT void dn_set_threads(int n)
+{
+    process_threads = n > 0 ? n : 0;
+    dn_threads_enter(0);
+}
+
+DN_EXPORT int dn_get_threads(void) { return resolve_threads(process_threads); }
 
 #ifndef DN_SGEMM
 /* Portable fallback: C = alpha*op(A)*op(B) + beta*C with the i-k-j order so the inner loop is contiguous. */
@@ -84,7 +115,12 @@ void dn_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
              const float *B, int ldb, float beta, float *C, int ldc)
 {
 #ifdef DN_SGEMM
-    const int threads = current_threads > 0 ? current_threads : 1;
+#ifdef _OPENMP
+    /* Inside a parallel region (the Winograd path calls from every team member) each call stays on its thread. */
+    const int threads = omp_in_parallel() ? 1 : (call_threads > 0 ? call_threads : 1);
+#else
+    const int threads = 1;
+#endif
     if (threads == 1 || (double)M * N * K < 4e5) {
         sgemm_block(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

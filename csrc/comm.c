@@ -114,11 +114,7 @@ DN_EXPORT void dn_comm_free(dn_comm *comm)
 /* Where a network's parameter and update blocks live: NULL for plain host memory. dn_network has no backend
  * field yet, so every network is on the host; once the CUDA backend is part of dn_network this returns it
  * (the staging and device paths below then apply). */
-static dn_backend *network_backend(const dn_network *net)
-{
-    (void)net;
-    return NULL;
-}
+static dn_backend *network_backend(const dn_network *net) { return net->be; }
 
 static dn_status grow_staging(dn_comm *comm, size_t n)
 {

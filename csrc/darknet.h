@@ -4,7 +4,8 @@
  *  - Every function that can fail returns a dn_status (0 = DN_OK, negative = error) and leaves a message
  *    with file/line/key context in dn_last_error() (thread-local).
  *  - Tensors are float32, NCHW, contiguous. Inputs are read, never kept: the caller's buffers may be freed
- *    after a call returns. Pointers returned by getters stay valid until the next call on the same network.
+ *    after a call returns. Outputs, deltas and parameters are copied out (and parameters in) by calls, so
+ *    they may live in device memory.
  *  - Sign convention of "delta": delta = -dLoss/d(output) (Darknet's), and the update buffers accumulate
  *    -dLoss/d(parameter); the SGD step adds (lr/B) * update.
  *  - No globals except the process-wide log callback. Two networks may be used from two threads at once.
@@ -54,8 +55,11 @@ typedef enum dn_conv_algo {
 } dn_conv_algo;
 
 /* Per-network options, given at load. Fill with dn_options_init, then change what you need. */
+/* dn_options.device for tests: the CPU's memory and kernels behind the code paths of a device backend. */
+#define DN_DEVICE_CPU_STAGED -2
+
 typedef struct dn_options {
-    int device;              /* -1 = CPU (default); k >= 0 = CUDA device k */
+    int device;              /* -1 = CPU (default); k >= 0 = CUDA device k; DN_DEVICE_CPU_STAGED (tests) */
     int conv_algo;           /* dn_conv_algo */
     int threads;             /* threads for this network's calls; 0 = the process setting (dn_set_threads) */
     int allow_tf32;          /* CUDA: let cuBLAS/cuDNN use TensorFloat-32 tensor cores (faster, ~1e-3 relative) */
@@ -148,12 +152,14 @@ typedef struct dn_net_info {
     float gamma;
     float angle, saturation, exposure, hue;
     int flip;
+    int threads;         /* the thread team this network's last compute call ran with (0 before the first) */
 } dn_net_info;
 
 int dn_abi_version(void);
 const char *dn_last_error(void);
 void dn_set_log_callback(dn_log_fn fn, void *user);
-/* Threads for BLAS and for the element-wise loops of this process; 0 = all cores. */
+/* Threads for BLAS and for the element-wise loops of this process; 0 = all cores. Applies to every network
+ * whose options say threads = 0, whichever thread drives it. */
 void dn_set_threads(int n);
 int dn_get_threads(void);
 const char *dn_blas_name(void);
@@ -186,10 +192,11 @@ dn_status dn_network_init_params(dn_network *net, uint64_t seed);
 
 /* Inference forward of n images (n <= batch): input float[n * channels * height * width]. */
 dn_status dn_network_forward(dn_network *net, const float *input, int n);
-/* Output of a layer after the last forward: float[n * outputs] where outputs = out_c*out_h*out_w. */
-const float *dn_network_layer_output(dn_network *net, int index);
-/* Delta of a layer after the last training forward/backward, same size as its output. */
-const float *dn_network_layer_delta(dn_network *net, int index);
+/* Copies the first `count` floats of a layer's output after the last forward into out: images one after the
+ * other, outputs = out_c*out_h*out_w floats each; count <= batch * outputs. */
+dn_status dn_network_layer_output(dn_network *net, int index, float *out, size_t count);
+/* The same for a layer's delta after the last training forward/backward (DN_E_ARG before any training). */
+dn_status dn_network_layer_delta(dn_network *net, int index, float *out, size_t count);
 
 /* Training. truth: float[n * max_boxes * 5] of (x, y, w, h, class), relative, zero-terminated per image.
  * dn_network_train_chunk runs a training forward and a backward and adds the gradients to the update
@@ -212,9 +219,12 @@ dn_status dn_network_zero_updates(dn_network *net);
 dn_status dn_network_yolo_stats(const dn_network *net, int yolo_index, dn_yolo_stats *out);
 /* Anchors (2*total floats) and mask (n ints) of a [yolo] layer given by absolute layer index. */
 dn_status dn_network_yolo_anchors(const dn_network *net, int index, float *anchors, int *mask);
-/* Parameter and update blocks, for tests and multi-device reduction: n_params floats each. */
-float *dn_network_params(dn_network *net);
-float *dn_network_updates(dn_network *net);
+/* The parameter and update blocks (n_params floats each, .weights order), for tests and multi-device
+ * reduction: copy `count` floats from offset out of them, or into them. */
+dn_status dn_network_get_params(dn_network *net, size_t offset, size_t count, float *out);
+dn_status dn_network_set_params(dn_network *net, size_t offset, size_t count, const float *values);
+dn_status dn_network_get_updates(dn_network *net, size_t offset, size_t count, float *out);
+dn_status dn_network_set_updates(dn_network *net, size_t offset, size_t count, const float *values);
 
 /* ---- Data parallelism: a communicator between replicas, one process per replica ----
  * Transports: MPI for host buffers (a library built with MPI, processes started by mpirun or srun) and NCCL

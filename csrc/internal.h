@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include "backend.h"
 #include "darknet.h"
 
 #define DN_EXPORT __attribute__((visibility("default")))
@@ -36,8 +37,6 @@ void dn_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
              const float *B, int ldb, float beta, float *C, int ldc);
 void im2col(const float *im, int channels, int height, int width, int ksize, int stride, int pad, float *col);
 void col2im_add(const float *col, int channels, int height, int width, int ksize, int stride, int pad, float *im);
-void dn_threads_apply(int n);
-int dn_threads_current(void);
 
 
 /* ---- cfg files (cfg.c) ---- */
@@ -67,18 +66,50 @@ dn_status cfg_get_int_list(const cfg_file *f, cfg_section *s, const char *key, i
 dn_status cfg_get_float_list(const cfg_file *f, cfg_section *s, const char *key, float *out, int cap, int *count);
 void cfg_warn_unused(const cfg_file *f, const cfg_section *s);
 
-/* ---- layers and networks (network.c, layer_*.c) ---- */
+/* ---- threads (blas.c) ---- */
+/* At the entry of every compute call: applies `threads` (0 = the process setting of dn_set_threads) to the
+ * calling thread (OpenMP's thread count is a per-thread setting) and returns the team size the call's parallel
+ * loops will ask for. */
+int dn_threads_enter(int threads);
+
+/* ---- layers and networks (network.c, layers.c, layer_*.c) ---- */
 typedef struct dn_layer dn_layer;
 
+/* Build-time context handed to every kind's make. */
+typedef struct layer_build {
+    const cfg_file *cfg;
+    cfg_section *section;
+    dn_network *net;
+    int index;
+} layer_build;
+
+/* A layer kind: every per-type behaviour. Buffers are the network backend's (net->be) and the arithmetic is
+ * its kernels (net->be->k); `in`, `in_delta` and every buffer are in backend memory. Optional entries may be
+ * NULL. */
 typedef struct layer_ops {
-    const char *type;
+    const char *type;            /* as dn_layer_info.type: "conv", "max", ... */
+    /* Reads the section's keys into l (input shape already set) and sets n_params. */
+    dn_status (*make)(layer_build *b, dn_layer *l);
     /* From the input shape (w, h, c) compute the output shape and (re)allocate batch-sized buffers. */
     dn_status (*reshape)(dn_layer *l, dn_network *net);
-    void (*forward)(dn_layer *l, dn_network *net, const float *in, int n);
+    dn_status (*forward)(dn_layer *l, dn_network *net, const float *in, int n);
     /* Adds to in_delta (may be NULL for the first layer) and to the parameter update buffers. */
-    void (*backward)(dn_layer *l, dn_network *net, const float *in, float *in_delta, int n);
-    void (*free_private)(dn_layer *l);
+    dn_status (*backward)(dn_layer *l, dn_network *net, const float *in, float *in_delta, int n);
+    /* optional: layers with parameters */
+    dn_status (*update)(dn_layer *l, dn_network *net, float lr_over_b, float momentum, float decay_b);
+    /* Fills the layer's n_params values (host memory, .weights order) as at load. */
+    void (*init_params)(dn_layer *l, float *params, dn_rng *rng);
+    /* optional: the kind's own fields of the layer table */
+    void (*info)(const dn_layer *l, dn_layer_info *out);
+    /* optional, loss layers only: the cost of the last training forward with truths */
+    float (*cost)(const dn_layer *l);
+    void (*free_private)(dn_layer *l, dn_network *net);
 } layer_ops;
+
+/* The registry (layers.c): the kind of a cfg section name (aliases included), NULL when unknown. */
+const layer_ops *layer_kind(const char *section);
+/* "convolutional, maxpool, ...": the section names the registry knows (aliases left out), for messages. */
+void layer_kind_names(char *buf, size_t size);
 
 struct dn_layer {
     const layer_ops *ops;
@@ -99,60 +130,42 @@ struct dn_layer {
 struct dn_network {
     char *cfg_path;
     dn_options opt;              /* as given at load */
+    dn_backend *be;              /* where every buffer lives and whose kernels run: chosen once, at load */
     int n;
     dn_layer *layers;
     int batch;
     int w, h, c;
-    float *params, *updates;
+    float *params, *updates;     /* backend memory, n_params each */
     size_t n_params;
     uint64_t params_version;     /* bumped whenever the parameters may change: derived caches key on it */
     dn_net_info info;            /* [net] options and weights header */
     float *workspace;
     size_t workspace_floats;
+    /* Backends without host memory only: the input (batch images) and, for training, its delta. */
+    float *input, *input_delta;
     int train;                   /* 1 during a training forward/backward */
     int update_rolling;          /* batch norm updates its rolling statistics (not in dn_network_loss) */
     int training_buffers;        /* deltas and training caches allocated */
-    const float *truth;          /* truths of the current training forward */
+    const float *truth;          /* truths of the current training forward (host memory) */
     int max_boxes;               /* truth boxes per image the caller passes */
 };
 
-/* Build-time context handed to every make_* function. */
-typedef struct layer_build {
-    const cfg_file *cfg;
-    cfg_section *section;
-    dn_network *net;
-    int index;
-} layer_build;
-
-dn_status make_convolutional(layer_build *b, dn_layer *l);
-dn_status make_maxpool(layer_build *b, dn_layer *l);
-dn_status make_route(layer_build *b, dn_layer *l);
-dn_status make_shortcut(layer_build *b, dn_layer *l);
-dn_status make_upsample(layer_build *b, dn_layer *l);
-dn_status make_yolo(layer_build *b, dn_layer *l);
-
-/* (Re)allocate a batch-sized buffer; keeps nothing. */
-dn_status layer_alloc(float **buf, size_t count);
+/* (Re)allocate a zeroed batch-sized buffer through the network's backend; keeps nothing. */
+dn_status layer_alloc(dn_network *net, float **buf, size_t count);
+dn_status layer_alloc_int(dn_network *net, int **buf, size_t count);
+/* Release a buffer of the network's backend (NULL is fine). */
+void layer_release(dn_network *net, void *buf);
 /* Allocate output (and delta when training) for batch * outputs. */
 dn_status layer_alloc_io(dn_layer *l, dn_network *net);
-void conv_init_params(dn_layer *l, dn_network *net, dn_rng *rng);
-void conv_update(dn_layer *l, dn_network *net, float lr_over_b, float momentum, float decay_times_b);
-int layer_is(const dn_layer *l, const layer_ops *ops);
-extern const layer_ops conv_ops, maxpool_ops, route_ops, shortcut_ops, upsample_ops, yolo_ops;
-void yolo_layer_info(const dn_layer *l, dn_layer_info *out);
-void route_layer_info(const dn_layer *l, dn_layer_info *out);
-void conv_layer_info(const dn_layer *l, dn_layer_info *out);
-void maxpool_layer_info(const dn_layer *l, dn_layer_info *out);
-void shortcut_layer_info(const dn_layer *l, dn_layer_info *out);
-void upsample_layer_info(const dn_layer *l, dn_layer_info *out);
-dn_status yolo_layer_stats(const dn_layer *l, dn_yolo_stats *out);
-float yolo_layer_cost(const dn_layer *l);
-/* DN_OK, or the error of the last training forward's loss (e.g. a bad truth box), with its message set. */
-dn_status yolo_layer_loss_status(const dn_layer *l);
-dn_status yolo_layer_anchors(const dn_layer *l, float *anchors, int *mask);
 dn_status dn_network_reshape(dn_network *net);
+/* dn_network_train_chunk with after_layer(net, i, user) called after layer i's backward pass (comm.c). */
+dn_status network_train_chunk_each_layer(dn_network *net, const float *input, const float *truth, int n, float *cost,
+                                         void (*after_layer)(dn_network *net, int layer, void *user), void *user);
 /* A layer reference in a cfg: negative = relative to this layer; it must name an earlier layer. */
 dn_status resolve_layer_ref(const cfg_file *f, const cfg_section *s, const char *key, int index, int ref, int *out);
 dn_status dn_network_alloc_training(dn_network *net);
+
+/* The CPU kernel table (kernels_cpu.c). */
+extern const dn_kernels dn_cpu_kernels;
 
 #endif

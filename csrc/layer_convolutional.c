@@ -1,26 +1,28 @@
-/* [convolutional]: im2col (skipped for 1x1 stride 1) + SGEMM, batch norm, activation.
+/* [convolutional]: convolution, batch norm (or bias), activation, each a kernel of the network's backend.
+ * The convolution: at inference on the CPU backend, winograd.c's fused path (Winograd or im2col + GEMM with
+ * batch norm and activation folded in); otherwise the backend's whole-convolution kernels when it has them
+ * (cuDNN), else im2col (skipped for 1x1 stride 1) + GEMM per image and group.
  * Parameter block of the layer, in .weights order: biases[f], (scales[f], rolling_mean[f], rolling_var[f])
  * when batch_normalize, then weights[f * c/groups * size * size]. */
 #include <math.h>
 #include <string.h>
 
 #include "conv_fast.h"
+#include "elementwise.h"
 #include "internal.h"
-
-/* Darknet normalises with sqrt(var) + 1e-6 (not sqrt(var + eps)); kept so pretrained weights give its numbers. */
-#define BN_EPS .000001f
 
 typedef struct conv_priv {
     int pad;
     int batch_normalize;
     dn_activation activation;
     size_t n_weights;
-    /* training caches, batch sized */
+    /* training caches, batch sized, in backend memory */
     float *x;         /* convolution output before batch norm */
     float *x_norm;    /* after normalisation, before scale and bias */
     float *raw;       /* before the activation (mish and swish need it) */
     float *mean, *variance;
-    /* inference fast path (winograd.c): its cache, and bias + batch norm folded to y = x * mul + add */
+    /* inference fast path of the CPU backend (winograd.c): its cache, and bias + batch norm folded to
+     * y = x * mul + add (host memory) */
     conv_fast_cache *fast;
     float *fold;      /* mul[filters], then add[filters] */
 } conv_priv;
@@ -54,7 +56,7 @@ static conv_views views(const dn_layer *l, const dn_network *net)
     return v;
 }
 
-void conv_layer_info(const dn_layer *l, dn_layer_info *out)
+static void conv_info(const dn_layer *l, dn_layer_info *out)
 {
     const conv_priv *p = l->priv;
     out->batch_normalize = p->batch_normalize;
@@ -62,12 +64,17 @@ void conv_layer_info(const dn_layer *l, dn_layer_info *out)
     out->padding = p->pad;
 }
 
-static void conv_free(dn_layer *l)
+static void conv_free(dn_layer *l, dn_network *net)
 {
     conv_priv *p = l->priv;
     if (!p) return;
-    free(p->x); free(p->x_norm); free(p->raw); free(p->mean); free(p->variance);
-    conv_fast_free(p->fast); free(p->fold);
+    layer_release(net, p->x);
+    layer_release(net, p->x_norm);
+    layer_release(net, p->raw);
+    layer_release(net, p->mean);
+    layer_release(net, p->variance);
+    conv_fast_free(p->fast);
+    free(p->fold);
     free(p);
     l->priv = NULL;
 }
@@ -94,67 +101,86 @@ static dn_status conv_reshape(dn_layer *l, dn_network *net)
     if (st) return st;
     if (net->training_buffers) {
         size_t n = (size_t)net->batch * l->outputs;
-        if ((st = layer_alloc(&p->raw, activation_needs_input(p->activation) ? n : 1))) return st;
+        if ((st = layer_alloc(net, &p->raw, activation_needs_input(p->activation) ? n : 1))) return st;
         if (p->batch_normalize) {
-            if ((st = layer_alloc(&p->x, n)) || (st = layer_alloc(&p->x_norm, n)) ||
-                (st = layer_alloc(&p->mean, l->filters)) || (st = layer_alloc(&p->variance, l->filters)))
+            if ((st = layer_alloc(net, &p->x, n)) || (st = layer_alloc(net, &p->x_norm, n)) ||
+                (st = layer_alloc(net, &p->mean, l->filters)) || (st = layer_alloc(net, &p->variance, l->filters)))
                 return st;
         }
     }
     return DN_OK;
 }
 
-void conv_init_params(dn_layer *l, dn_network *net, dn_rng *rng)
+static void conv_init_params(dn_layer *l, float *params, dn_rng *rng)
 {
     conv_priv *p = l->priv;
-    conv_views v = views(l, net);
     const int f = l->filters;
+    float *biases = params, *weights = params + (p->batch_normalize ? 4 : 1) * (size_t)f;
     float scale = sqrtf(2.f / (float)(l->size * l->size * (l->c / l->groups)));
-    for (size_t i = 0; i < p->n_weights; i++) v.weights[i] = scale * dn_rng_uniform(rng, -1, 1);
-    memset(v.biases, 0, sizeof(float) * f);
+    for (size_t i = 0; i < p->n_weights; i++) weights[i] = scale * dn_rng_uniform(rng, -1, 1);
+    memset(biases, 0, sizeof(float) * f);
     if (p->batch_normalize) {
         for (int i = 0; i < f; i++) {
-            v.scales[i] = 1;
-            v.rolling_mean[i] = 0;
-            v.rolling_variance[i] = 1;
+            params[f + i] = 1;          /* scales */
+            params[2 * f + i] = 0;      /* rolling mean */
+            params[3 * f + i] = 1;      /* rolling variance */
         }
     }
 }
 
-/* out[b][f][:] = W[f] (x) in[b] for one image, all groups, written to `out`. */
-static void convolve(const dn_layer *l, const dn_network *net, const float *weights, const float *in, float *out)
+static dn_conv_shape conv_shape(const dn_layer *l, int batch)
 {
     const conv_priv *p = l->priv;
-    const int m = l->filters / l->groups;
-    const int k = l->size * l->size * (l->c / l->groups);
-    const int n = l->out_w * l->out_h;
-    for (int g = 0; g < l->groups; g++) {
-        const float *a = weights + (size_t)g * m * k;
-        const float *im = in + (size_t)g * (l->c / l->groups) * l->w * l->h;
-        const float *b = im;
-        if (l->workspace_floats) {
-            im2col(im, l->c / l->groups, l->h, l->w, l->size, l->stride, p->pad, net->workspace);
-            b = net->workspace;
-        }
-        dn_gemm(0, 0, m, n, k, 1.f, a, k, b, n, 0.f, out + (size_t)g * m * n, n);
-    }
+    dn_conv_shape s = {.batch = batch, .c = l->c, .h = l->h, .w = l->w, .filters = l->filters, .size = l->size,
+                       .stride = l->stride, .pad = p->pad, .groups = l->groups, .out_h = l->out_h,
+                       .out_w = l->out_w};
+    return s;
 }
 
-/* Inference through winograd.c: convolution, folded batch norm and activation in one pass. 0 when done. */
+/* out = W (x) in for `batch` images: the backend's whole-convolution kernel, else im2col (skipped for 1x1
+ * stride 1) + GEMM per image and group. */
+static dn_status convolve(const dn_layer *l, dn_network *net, const float *weights, const float *in, float *out,
+                          int batch)
+{
+    const conv_priv *p = l->priv;
+    const dn_kernels *k = net->be->k;
+    if (k->conv_forward) {
+        const dn_conv_shape s = conv_shape(l, batch);
+        return k->conv_forward(net->be, &s, in, weights, out);
+    }
+    const int m = l->filters / l->groups;
+    const int kk = l->size * l->size * (l->c / l->groups);
+    const int n = l->out_w * l->out_h;
+    dn_status st = DN_OK;
+    for (int b = 0; b < batch && !st; b++) {
+        for (int g = 0; g < l->groups && !st; g++) {
+            const float *a = weights + (size_t)g * m * kk;
+            const float *im = in + b * l->inputs + (size_t)g * (l->c / l->groups) * l->w * l->h;
+            const float *cols = im;
+            if (l->workspace_floats) {
+                st = k->im2col(net->be, im, l->c / l->groups, l->h, l->w, l->size, l->stride, p->pad, net->workspace);
+                cols = net->workspace;
+            }
+            if (!st)
+                st = k->gemm(net->be, 0, 0, m, n, kk, 1.f, a, kk, cols, n, 0.f, out + b * l->outputs + (size_t)g * m * n,
+                             n);
+        }
+    }
+    return st;
+}
+
+/* Inference through winograd.c (CPU backend only): convolution, folded batch norm and activation in one
+ * pass. 0 when done. */
 static int conv_forward_fast(dn_layer *l, dn_network *net, const conv_views *v, const float *in, int batch)
 {
     conv_priv *p = l->priv;
     const int f = l->filters;
     if (!p->fold && !(p->fold = malloc(sizeof(float) * 2 * (size_t)f))) return 1;
     float *mul = p->fold, *add = p->fold + f;
-    for (int c = 0; c < f; c++) {
-        mul[c] = 1.f;
-        add[c] = v->biases[c];
-        if (p->batch_normalize) {
-            mul[c] = v->scales[c] / (sqrtf(v->rolling_variance[c]) + BN_EPS);
-            add[c] = v->biases[c] - v->rolling_mean[c] * mul[c];
-        }
-    }
+    for (int c = 0; c < f; c++)
+        dn_bn_fold(p->batch_normalize, v->biases[c], p->batch_normalize ? v->scales[c] : 0.f,
+                   p->batch_normalize ? v->rolling_mean[c] : 0.f, p->batch_normalize ? v->rolling_variance[c] : 0.f,
+                   &mul[c], &add[c]);
     conv_fast_desc d = {
         .c = l->c, .h = l->h, .w = l->w, .filters = f, .size = l->size, .stride = l->stride, .pad = p->pad,
         .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w, .weights = v->weights,
@@ -163,202 +189,116 @@ static int conv_forward_fast(dn_layer *l, dn_network *net, const conv_views *v, 
     return conv_fast_forward(&p->fast, &d, net->workspace, net->workspace_floats, in, l->output, batch);
 }
 
-static void conv_forward(dn_layer *l, dn_network *net, const float *in, int batch)
+static dn_status conv_forward(dn_layer *l, dn_network *net, const float *in, int batch)
 {
     conv_priv *p = l->priv;
+    dn_backend *be = net->be;
+    const dn_kernels *k = be->k;
     conv_views v = views(l, net);
     const int f = l->filters;
     const size_t spatial = (size_t)l->out_w * l->out_h;
-    if (!net->train && conv_forward_fast(l, net, &v, in, batch) == 0) return;
+    if (!net->train && be->host_memory && conv_forward_fast(l, net, &v, in, batch) == 0) return DN_OK;
     const int bn_train = p->batch_normalize && net->train;
     /* With batch norm in training the convolution goes straight into x, which backward needs anyway. */
     float *conv_out = bn_train ? p->x : l->output;
-    for (int b = 0; b < batch; b++) convolve(l, net, v.weights, in + (size_t)b * l->inputs, conv_out + b * l->outputs);
+    dn_status st = convolve(l, net, v.weights, in, conv_out, batch);
+    if (st) return st;
 
     const size_t total = (size_t)batch * l->outputs;
-    if (bn_train) {
-        /* Batch statistics (Darknet: unbiased variance), rolling averages .99/.01. Each image's row is summed
-         * in float (vectorised), the rows in double. */
-        const double count = (double)batch * spatial;
-#pragma omp parallel for schedule(static)
-        for (int c = 0; c < f; c++) {
-            double sum = 0, sq = 0;
-            for (int b = 0; b < batch; b++) {
-                const float *x = p->x + b * l->outputs + c * spatial;
-                float row = 0;
-#pragma omp simd reduction(+:row)
-                for (size_t i = 0; i < spatial; i++) row += x[i];
-                sum += row;
-            }
-            const double mean = sum / count;
-            const float mean_f = (float)mean;
-            for (int b = 0; b < batch; b++) {
-                const float *x = p->x + b * l->outputs + c * spatial;
-                float row = 0;
-#pragma omp simd reduction(+:row)
-                for (size_t i = 0; i < spatial; i++) row += (x[i] - mean_f) * (x[i] - mean_f);
-                sq += row;
-            }
-            p->mean[c] = mean_f;
-            p->variance[c] = count > 1 ? (float)(sq / (count - 1)) : 0.f;
-        }
-        if (net->update_rolling) {
-            for (int c = 0; c < f; c++) {
-                v.rolling_mean[c] = .99f * v.rolling_mean[c] + .01f * p->mean[c];
-                v.rolling_variance[c] = .99f * v.rolling_variance[c] + .01f * p->variance[c];
-            }
-        }
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int b = 0; b < batch; b++) {
-            for (int c = 0; c < f; c++) {
-                const float *x = p->x + b * l->outputs + c * spatial;
-                float *out = l->output + b * l->outputs + c * spatial;
-                float *xn = p->x_norm + b * l->outputs + c * spatial;
-                const float inv = 1.f / (sqrtf(p->variance[c]) + BN_EPS);
-                const float mean = p->mean[c], scale = v.scales[c], bias = v.biases[c];
-                for (size_t i = 0; i < spatial; i++) {
-                    xn[i] = (x[i] - mean) * inv;
-                    out[i] = xn[i] * scale + bias;
-                }
-            }
-        }
-    } else {
-        /* Inference: normalisation, scale and bias fused into one multiply-add per value. */
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int b = 0; b < batch; b++) {
-            for (int c = 0; c < f; c++) {
-                float *x = l->output + b * l->outputs + c * spatial;
-                float mul = 1.f, add = v.biases[c];
-                if (p->batch_normalize) {
-                    mul = v.scales[c] / (sqrtf(v.rolling_variance[c]) + BN_EPS);
-                    add = v.biases[c] - v.rolling_mean[c] * mul;
-                }
-                for (size_t i = 0; i < spatial; i++) x[i] = x[i] * mul + add;
-            }
-        }
-    }
-    if (net->train && activation_needs_input(p->activation)) memcpy(p->raw, l->output, sizeof(float) * total);
-    activate_array(l->output, total, p->activation);
+    if (bn_train)
+        st = k->batchnorm_forward(be, p->x, batch, f, spatial, v.scales, v.biases, p->mean, p->variance,
+                                  v.rolling_mean, v.rolling_variance, net->update_rolling, p->x_norm, l->output);
+    else
+        st = k->affine_inference(be, l->output, batch, f, spatial, v.biases, v.scales, v.rolling_mean,
+                                 v.rolling_variance);
+    if (!st && net->train && activation_needs_input(p->activation))
+        st = be->copy(be, p->raw, l->output, sizeof(float) * total);
+    if (!st) st = k->activate(be, l->output, total, p->activation);
+    return st;
 }
 
-static void conv_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
+static dn_status conv_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
 {
     conv_priv *p = l->priv;
+    dn_backend *be = net->be;
+    const dn_kernels *k = be->k;
     conv_views v = views(l, net);
     const int f = l->filters;
     const size_t spatial = (size_t)l->out_w * l->out_h;
     const size_t total = (size_t)batch * l->outputs;
-    gradient_array(l->output, p->raw, total, p->activation, l->delta);
+    dn_status st = k->gradient(be, l->output, p->raw, total, p->activation, l->delta);
+    if (!st) st = k->bias_gradient(be, l->delta, batch, f, spatial, v.bias_updates);
+    if (!st && p->batch_normalize)
+        st = k->batchnorm_backward(be, l->delta, p->x, p->x_norm, p->mean, p->variance, v.scales, batch, f, spatial,
+                                   v.scale_updates);
+    if (st) return st;
 
-#pragma omp parallel for schedule(static)
-    for (int c = 0; c < f; c++) {
-        double sum = 0;
-        for (int b = 0; b < batch; b++) {
-            const float *d = l->delta + b * l->outputs + c * spatial;
-            float row = 0;
-#pragma omp simd reduction(+:row)
-            for (size_t i = 0; i < spatial; i++) row += d[i];
-            sum += row;
-        }
-        v.bias_updates[c] += (float)sum;
+    if (k->conv_backward_filter && k->conv_backward_data) {
+        const dn_conv_shape s = conv_shape(l, batch);
+        st = k->conv_backward_filter(be, &s, in, l->delta, v.weight_updates);
+        if (!st && in_delta) st = k->conv_backward_data(be, &s, l->delta, v.weights, in_delta);
+        return st;
     }
-    if (p->batch_normalize) {
-        const double count = (double)batch * spatial;
-#pragma omp parallel for schedule(static)
-        for (int c = 0; c < f; c++) {
-            /* d(out)/d(x_norm) = scale; then through x_norm = (x - mean) / (sqrt(var) + eps). Rows are summed
-             * in float (vectorised), the rows in double. */
-            double dscale = 0, sum_g = 0, sum_gx = 0;
-            const float sigma = sqrtf(p->variance[c]);
-            const float s = sigma + BN_EPS;
-            const float scale = v.scales[c], mean = p->mean[c];
-            for (int b = 0; b < batch; b++) {
-                float *d = l->delta + b * l->outputs + c * spatial;
-                const float *xn = p->x_norm + b * l->outputs + c * spatial;
-                const float *x = p->x + b * l->outputs + c * spatial;
-                float r_scale = 0, r_g = 0, r_gx = 0;
-#pragma omp simd reduction(+:r_scale, r_g, r_gx)
-                for (size_t i = 0; i < spatial; i++) {
-                    r_scale += d[i] * xn[i];
-                    const float g = d[i] * scale;
-                    d[i] = g;
-                    r_g += g;
-                    r_gx += g * (x[i] - mean);
-                }
-                dscale += r_scale;
-                sum_g += r_g;
-                sum_gx += r_gx;
-            }
-            v.scale_updates[c] += (float)dscale;
-            const double dsigma = -sum_gx / ((double)s * s);
-            const float mean_g = (float)(sum_g / count), inv_s = 1.f / s;
-            const float k = (float)((sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0);
-            for (int b = 0; b < batch; b++) {
-                float *d = l->delta + b * l->outputs + c * spatial;
-                const float *x = p->x + b * l->outputs + c * spatial;
-                for (size_t i = 0; i < spatial; i++) d[i] = (d[i] - mean_g) * inv_s + k * (x[i] - mean);
-            }
-        }
-    }
-
     const int m = l->filters / l->groups;
-    const int k = l->size * l->size * (l->c / l->groups);
+    const int kk = l->size * l->size * (l->c / l->groups);
     const int n = (int)spatial;
     const int cg = l->c / l->groups;
-    for (int b = 0; b < batch; b++) {
-        for (int g = 0; g < l->groups; g++) {
+    for (int b = 0; b < batch && !st; b++) {
+        for (int g = 0; g < l->groups && !st; g++) {
             const float *d = l->delta + b * l->outputs + (size_t)g * m * n;
             const float *im = in + b * l->inputs + (size_t)g * cg * l->w * l->h;
             const float *col = im;
             if (l->workspace_floats) {
-                im2col(im, cg, l->h, l->w, l->size, l->stride, p->pad, net->workspace);
+                if ((st = k->im2col(be, im, cg, l->h, l->w, l->size, l->stride, p->pad, net->workspace))) break;
                 col = net->workspace;
             }
             /* dW += delta (m x n) * col^T (n x k) */
-            dn_gemm(0, 1, m, k, n, 1.f, d, n, col, n, 1.f, v.weight_updates + (size_t)g * m * k, k);
+            if ((st = k->gemm(be, 0, 1, m, kk, n, 1.f, d, n, col, n, 1.f, v.weight_updates + (size_t)g * m * kk, kk)))
+                break;
             if (in_delta) {
                 float *imd = in_delta + b * l->inputs + (size_t)g * cg * l->w * l->h;
-                const float *w = v.weights + (size_t)g * m * k;
+                const float *w = v.weights + (size_t)g * m * kk;
                 if (l->workspace_floats) {
-                    dn_gemm(1, 0, k, n, m, 1.f, w, k, d, n, 0.f, net->workspace, n);
-                    col2im_add(net->workspace, cg, l->h, l->w, l->size, l->stride, p->pad, imd);
+                    st = k->gemm(be, 1, 0, kk, n, m, 1.f, w, kk, d, n, 0.f, net->workspace, n);
+                    if (!st) st = k->col2im_add(be, net->workspace, cg, l->h, l->w, l->size, l->stride, p->pad, imd);
                 } else {
-                    dn_gemm(1, 0, k, n, m, 1.f, w, k, d, n, 1.f, imd, n);
+                    st = k->gemm(be, 1, 0, kk, n, m, 1.f, w, kk, d, n, 1.f, imd, n);
                 }
             }
         }
     }
+    return st;
 }
 
-void conv_update(dn_layer *l, dn_network *net, float lr_over_b, float momentum, float decay_times_b)
+static dn_status conv_update(dn_layer *l, dn_network *net, float lr_over_b, float momentum, float decay_b)
 {
     conv_priv *p = l->priv;
+    dn_backend *be = net->be;
     conv_views v = views(l, net);
     const int f = l->filters;
     /* SPEC §3: decay on weights only; p += (lr/B) u; u *= momentum. */
-    for (int i = 0; i < f; i++) {
-        v.biases[i] += lr_over_b * v.bias_updates[i];
-        v.bias_updates[i] *= momentum;
-    }
-    if (p->batch_normalize) {
-        for (int i = 0; i < f; i++) {
-            v.scales[i] += lr_over_b * v.scale_updates[i];
-            v.scale_updates[i] *= momentum;
-        }
-    }
-    float *w = v.weights, *u = v.weight_updates;
-    const size_t n = p->n_weights;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        u[i] -= decay_times_b * w[i];
-        w[i] += lr_over_b * u[i];
-        u[i] *= momentum;
-    }
+    dn_status st = be->k->sgd_update(be, v.biases, v.bias_updates, (size_t)f, lr_over_b, momentum, 0.f);
+    if (!st && p->batch_normalize)
+        st = be->k->sgd_update(be, v.scales, v.scale_updates, (size_t)f, lr_over_b, momentum, 0.f);
+    if (!st) st = be->k->sgd_update(be, v.weights, v.weight_updates, p->n_weights, lr_over_b, momentum, decay_b);
+    return st;
 }
 
-const layer_ops conv_ops = {"conv", conv_reshape, conv_forward, conv_backward, conv_free};
+static dn_status make_convolutional(layer_build *b, dn_layer *l);
 
-dn_status make_convolutional(layer_build *b, dn_layer *l)
+const layer_ops conv_ops = {
+    .type = "conv",
+    .make = make_convolutional,
+    .reshape = conv_reshape,
+    .forward = conv_forward,
+    .backward = conv_backward,
+    .update = conv_update,
+    .init_params = conv_init_params,
+    .info = conv_info,
+    .free_private = conv_free,
+};
+
+static dn_status make_convolutional(layer_build *b, dn_layer *l)
 {
     const cfg_file *f = b->cfg;
     cfg_section *s = b->section;
@@ -366,7 +306,6 @@ dn_status make_convolutional(layer_build *b, dn_layer *l)
     conv_priv *p = dn_calloc(1, sizeof *p);
     if (!p) return dn_fail(DN_E_NOMEM, "out of memory");
     l->priv = p;
-    l->ops = &conv_ops;
     int pad_flag = 0, padding = 0;
     if ((st = cfg_get_int(f, s, "filters", 1, 1, &l->filters))) return st;
     if ((st = cfg_get_int(f, s, "size", 1, 1, &l->size))) return st;

@@ -1,6 +1,4 @@
 /* [route]: channel-wise concatenation of earlier layers' outputs, in the order given. */
-#include <string.h>
-
 #include "internal.h"
 
 #define ROUTE_MAX 4
@@ -10,9 +8,9 @@ typedef struct route_priv {
     int sources[ROUTE_MAX];
 } route_priv;
 
-static void route_free(dn_layer *l) { free(l->priv); l->priv = NULL; }
+static void route_free(dn_layer *l, dn_network *net) { (void)net; free(l->priv); l->priv = NULL; }
 
-void route_layer_info(const dn_layer *l, dn_layer_info *out)
+static void route_info(const dn_layer *l, dn_layer_info *out)
 {
     const route_priv *p = l->priv;
     out->n_sources = p->n;
@@ -42,36 +40,48 @@ static dn_status route_reshape(dn_layer *l, dn_network *net)
     return layer_alloc_io(l, net);
 }
 
-static void route_forward(dn_layer *l, dn_network *net, const float *in, int batch)
+/* One row per image: a source's outputs go to their offset in the route's; backward adds them back. */
+static dn_status route_forward(dn_layer *l, dn_network *net, const float *in, int batch)
 {
     (void)in;
     route_priv *p = l->priv;
     size_t offset = 0;
-    for (int i = 0; i < p->n; i++) {
+    dn_status st = DN_OK;
+    for (int i = 0; i < p->n && !st; i++) {
         const dn_layer *src = &net->layers[p->sources[i]];
-        for (int b = 0; b < batch; b++)
-            memcpy(l->output + b * l->outputs + offset, src->output + b * src->outputs, sizeof(float) * src->outputs);
+        st = net->be->k->copy_rows(net->be, (size_t)batch, src->outputs, src->output, src->outputs,
+                                   l->output + offset, l->outputs, 0);
         offset += src->outputs;
     }
+    return st;
 }
 
-static void route_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
+static dn_status route_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
 {
     (void)in; (void)in_delta;
     route_priv *p = l->priv;
     size_t offset = 0;
-    for (int i = 0; i < p->n; i++) {
+    dn_status st = DN_OK;
+    for (int i = 0; i < p->n && !st; i++) {
         dn_layer *src = &net->layers[p->sources[i]];
-        for (int b = 0; b < batch; b++) {
-            float *d = src->delta + b * src->outputs;
-            const float *s = l->delta + b * l->outputs + offset;
-            for (size_t j = 0; j < src->outputs; j++) d[j] += s[j];
-        }
+        st = net->be->k->copy_rows(net->be, (size_t)batch, src->outputs, l->delta + offset, l->outputs, src->delta,
+                                   src->outputs, 1);
         offset += src->outputs;
     }
+    return st;
 }
 
-const layer_ops route_ops = {"route", route_reshape, route_forward, route_backward, route_free};
+static dn_status make_route(layer_build *b, dn_layer *l);
+
+const layer_ops route_ops = {
+    .type = "route",
+    .make = make_route,
+    .reshape = route_reshape,
+    .forward = route_forward,
+    .backward = route_backward,
+    .info = route_info,
+    .free_private = route_free,
+};
 
 dn_status resolve_layer_ref(const cfg_file *f, const cfg_section *s, const char *key, int index, int ref, int *out)
 {
@@ -83,7 +93,7 @@ dn_status resolve_layer_ref(const cfg_file *f, const cfg_section *s, const char 
     return DN_OK;
 }
 
-dn_status make_route(layer_build *b, dn_layer *l)
+static dn_status make_route(layer_build *b, dn_layer *l)
 {
     const cfg_file *f = b->cfg;
     cfg_section *s = b->section;
@@ -91,7 +101,6 @@ dn_status make_route(layer_build *b, dn_layer *l)
     route_priv *p = dn_calloc(1, sizeof *p);
     if (!p) return dn_fail(DN_E_NOMEM, "out of memory");
     l->priv = p;
-    l->ops = &route_ops;
     int refs[ROUTE_MAX];
     if ((st = cfg_get_int_list(f, s, "layers", refs, ROUTE_MAX, &p->n))) return st;
     if (p->n == 0) return dn_fail(DN_E_CFG, "%s:%d: [route] is missing the required key 'layers'", f->path, s->line);

@@ -1,6 +1,4 @@
 /* [shortcut]: output = activation(input + output of layer `from`); the two must have the same shape. */
-#include <string.h>
-
 #include "internal.h"
 
 typedef struct shortcut_priv {
@@ -8,9 +6,9 @@ typedef struct shortcut_priv {
     dn_activation activation;
 } shortcut_priv;
 
-static void shortcut_free(dn_layer *l) { free(l->priv); l->priv = NULL; }
+static void shortcut_free(dn_layer *l, dn_network *net) { (void)net; free(l->priv); l->priv = NULL; }
 
-void shortcut_layer_info(const dn_layer *l, dn_layer_info *out)
+static void shortcut_info(const dn_layer *l, dn_layer_info *out)
 {
     const shortcut_priv *p = l->priv;
     out->n_sources = 1;
@@ -31,33 +29,40 @@ static dn_status shortcut_reshape(dn_layer *l, dn_network *net)
     return layer_alloc_io(l, net);
 }
 
-static void shortcut_forward(dn_layer *l, dn_network *net, const float *in, int batch)
+static dn_status shortcut_forward(dn_layer *l, dn_network *net, const float *in, int batch)
 {
     shortcut_priv *p = l->priv;
-    const float *other = net->layers[p->from].output;
     const size_t n = (size_t)batch * l->outputs;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) l->output[i] = in[i] + other[i];
-    activate_array(l->output, n, p->activation);
+    dn_status st = net->be->k->add(net->be, n, in, net->layers[p->from].output, l->output);
+    return st ? st : net->be->k->activate(net->be, l->output, n, p->activation);
 }
 
-static void shortcut_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
+static dn_status shortcut_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
 {
     (void)in;
     shortcut_priv *p = l->priv;
+    const dn_kernels *k = net->be->k;
     const size_t n = (size_t)batch * l->outputs;
-    /* Only linear/leaky/relu/logistic are expected here, which need no raw input. */
-    gradient_array(l->output, NULL, n, p->activation, l->delta);
-    float *other = net->layers[p->from].delta;
-    for (size_t i = 0; i < n; i++) {
-        if (in_delta) in_delta[i] += l->delta[i];
-        other[i] += l->delta[i];
-    }
+    /* Only linear/leaky/relu/logistic/tanh are allowed here, which need no raw input. */
+    dn_status st = k->gradient(net->be, l->output, NULL, n, p->activation, l->delta);
+    if (!st && in_delta) st = k->axpy(net->be, n, 1.f, l->delta, in_delta);
+    if (!st) st = k->axpy(net->be, n, 1.f, l->delta, net->layers[p->from].delta);
+    return st;
 }
 
-const layer_ops shortcut_ops = {"shortcut", shortcut_reshape, shortcut_forward, shortcut_backward, shortcut_free};
+static dn_status make_shortcut(layer_build *b, dn_layer *l);
 
-dn_status make_shortcut(layer_build *b, dn_layer *l)
+const layer_ops shortcut_ops = {
+    .info = shortcut_info,
+    .type = "shortcut",
+    .make = make_shortcut,
+    .reshape = shortcut_reshape,
+    .forward = shortcut_forward,
+    .backward = shortcut_backward,
+    .free_private = shortcut_free,
+};
+
+static dn_status make_shortcut(layer_build *b, dn_layer *l)
 {
     const cfg_file *f = b->cfg;
     cfg_section *s = b->section;
@@ -65,7 +70,6 @@ dn_status make_shortcut(layer_build *b, dn_layer *l)
     shortcut_priv *p = dn_calloc(1, sizeof *p);
     if (!p) return dn_fail(DN_E_NOMEM, "out of memory");
     l->priv = p;
-    l->ops = &shortcut_ops;
     int from = 0;
     if ((st = cfg_get_int(f, s, "from", 0, 1, &from))) return st;
     if ((st = resolve_layer_ref(f, s, "from", b->index, from, &p->from))) return st;

@@ -1,6 +1,8 @@
-/* [yolo]: the detection head. Inference applies the activations; training also computes the loss
- * (yolo_loss.c) against net->truth. Its backward passes the delta through unchanged: the deltas are
- * already taken with respect to the raw inputs (the logistic + cross-entropy simplification). */
+/* [yolo]: the detection head. Inference applies the activations (the backend's yolo_activate kernel);
+ * training also computes the loss (yolo_loss.c) against net->truth, on the host as the reference engine does:
+ * on a backend without host memory the output is copied to a host staging buffer and the delta back. Its
+ * backward passes the delta through unchanged: the deltas are already taken with respect to the raw inputs
+ * (the logistic + cross-entropy simplification). Also here: the public [yolo] accessors. */
 #include <stdio.h>
 #include <string.h>
 
@@ -17,11 +19,23 @@ typedef struct yolo_priv {
     int random;
     float cost;
     dn_yolo_stats stats;
-    dn_status loss_status; /* a bad truth box is reported after the forward */
-    char loss_error[512];
+    /* host staging of output and delta (backends without host memory only), batch sized */
+    float *host_output, *host_delta;
 } yolo_priv;
 
-static void yolo_free(dn_layer *l) { free(l->priv); l->priv = NULL; }
+extern const layer_ops yolo_ops;
+
+static void yolo_free(dn_layer *l, dn_network *net)
+{
+    (void)net;
+    yolo_priv *p = l->priv;
+    if (p) {
+        free(p->host_output);
+        free(p->host_delta);
+    }
+    free(p);
+    l->priv = NULL;
+}
 
 static dn_status yolo_reshape(dn_layer *l, dn_network *net)
 {
@@ -37,58 +51,93 @@ static dn_status yolo_reshape(dn_layer *l, dn_network *net)
     l->filters = l->c;
     p->cfg.net_w = net->w;
     p->cfg.net_h = net->h;
-    return layer_alloc_io(l, net);
-}
-
-static void yolo_forward(dn_layer *l, dn_network *net, const float *in, int batch)
-{
-    yolo_priv *p = l->priv;
-    yolo_activate(&p->cfg, batch, l->h, l->w, in, l->output);
-    if (!net->train || !net->truth) return; /* no truth: a probe forward, no loss */
-    memset(&p->stats, 0, sizeof p->stats);
-    p->cost = 0;
-    p->loss_status = DN_OK;
-    /* Truths come from the caller with max_boxes per image; the layer reads at most its own `max`. */
-    dn_yolo_config cfg = p->cfg;
-    cfg.max_boxes = net->max_boxes;
-    p->loss_status = yolo_compute_loss(&cfg, batch, l->h, l->w, l->output, net->truth, l->delta, &p->cost,
-                                       &p->stats);
-    if (p->loss_status) snprintf(p->loss_error, sizeof p->loss_error, "%s", dn_last_error());
-}
-
-static void yolo_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
-{
-    (void)net; (void)in;
-    if (!in_delta) return;
-    const size_t n = (size_t)batch * l->outputs;
-    for (size_t i = 0; i < n; i++) in_delta[i] += l->delta[i];
-}
-
-const layer_ops yolo_ops = {"yolo", yolo_reshape, yolo_forward, yolo_backward, yolo_free};
-
-float yolo_layer_cost(const dn_layer *l) { return ((const yolo_priv *)l->priv)->cost; }
-
-dn_status yolo_layer_loss_status(const dn_layer *l)
-{
-    const yolo_priv *p = l->priv;
-    return p->loss_status ? dn_fail(p->loss_status, "layer %d [yolo]: %s", l->index, p->loss_error) : DN_OK;
-}
-
-dn_status yolo_layer_stats(const dn_layer *l, dn_yolo_stats *out)
-{
-    *out = ((const yolo_priv *)l->priv)->stats;
+    dn_status st = layer_alloc_io(l, net);
+    if (st || net->be->host_memory || !net->training_buffers) return st;
+    const size_t n = (size_t)net->batch * l->outputs;
+    free(p->host_output);
+    free(p->host_delta);
+    p->host_output = dn_calloc(n, sizeof(float));
+    p->host_delta = dn_calloc(n, sizeof(float));
+    if (!p->host_output || !p->host_delta)
+        return dn_fail(DN_E_NOMEM, "out of memory for the host staging of [yolo] layer %d (%zu floats)", l->index,
+                       2 * n);
     return DN_OK;
 }
 
-dn_status yolo_layer_anchors(const dn_layer *l, float *anchors, int *mask)
+static dn_status yolo_forward(dn_layer *l, dn_network *net, const float *in, int batch)
 {
-    const yolo_priv *p = l->priv;
+    yolo_priv *p = l->priv;
+    dn_backend *be = net->be;
+    dn_status st = be->k->yolo_activate(be, in, batch, p->cfg.n, p->cfg.classes, l->h, l->w,
+                                        p->cfg.representation, l->output);
+    if (st || !net->train || !net->truth) return st; /* no truth: a probe forward, no loss */
+    memset(&p->stats, 0, sizeof p->stats);
+    p->cost = 0;
+    /* Truths come from the caller with max_boxes per image; the layer reads at most its own `max`. */
+    dn_yolo_config cfg = p->cfg;
+    cfg.max_boxes = net->max_boxes;
+    const size_t bytes = sizeof(float) * (size_t)batch * l->outputs;
+    const float *output = be->host_memory ? l->output : p->host_output;
+    float *delta = be->host_memory ? l->delta : p->host_delta;
+    if (!be->host_memory && (st = be->to_host(be, p->host_output, l->output, bytes))) return st;
+    st = yolo_compute_loss(&cfg, batch, l->h, l->w, output, net->truth, delta, &p->cost, &p->stats);
+    if (st) {
+        char why[768];
+        snprintf(why, sizeof why, "%s", dn_last_error());
+        return dn_fail(st, "layer %d [yolo]: %s", l->index, why);
+    }
+    if (!be->host_memory) st = be->from_host(be, l->delta, p->host_delta, bytes);
+    return st;
+}
+
+static dn_status yolo_backward(dn_layer *l, dn_network *net, const float *in, float *in_delta, int batch)
+{
+    (void)in;
+    if (!in_delta) return DN_OK;
+    return net->be->k->axpy(net->be, (size_t)batch * l->outputs, 1.f, l->delta, in_delta);
+}
+
+static float yolo_cost(const dn_layer *l) { return ((const yolo_priv *)l->priv)->cost; }
+
+static void yolo_info(const dn_layer *l, dn_layer_info *out);
+static dn_status make_yolo(layer_build *b, dn_layer *l);
+
+const layer_ops yolo_ops = {
+    .type = "yolo",
+    .make = make_yolo,
+    .reshape = yolo_reshape,
+    .forward = yolo_forward,
+    .backward = yolo_backward,
+    .info = yolo_info,
+    .cost = yolo_cost,
+    .free_private = yolo_free,
+};
+
+DN_EXPORT dn_status dn_network_yolo_stats(const dn_network *net, int yolo_index, dn_yolo_stats *out)
+{
+    if (!net || !out) return dn_fail(DN_E_ARG, "NULL argument");
+    int k = 0;
+    for (int i = 0; i < net->n; i++) {
+        if (net->layers[i].ops != &yolo_ops) continue;
+        if (k++ == yolo_index) {
+            *out = ((const yolo_priv *)net->layers[i].priv)->stats;
+            return DN_OK;
+        }
+    }
+    return dn_fail(DN_E_ARG, "no [yolo] layer number %d (the network has %d)", yolo_index, k);
+}
+
+DN_EXPORT dn_status dn_network_yolo_anchors(const dn_network *net, int index, float *anchors, int *mask)
+{
+    if (!net || index < 0 || index >= net->n || net->layers[index].ops != &yolo_ops)
+        return dn_fail(DN_E_ARG, "layer %d is not a [yolo] layer", index);
+    const yolo_priv *p = net->layers[index].priv;
     if (anchors) memcpy(anchors, p->anchors, sizeof(float) * 2 * p->cfg.total);
     if (mask) memcpy(mask, p->mask, sizeof(int) * p->cfg.n);
     return DN_OK;
 }
 
-void yolo_layer_info(const dn_layer *l, dn_layer_info *out)
+static void yolo_info(const dn_layer *l, dn_layer_info *out)
 {
     const yolo_priv *p = l->priv;
     out->classes = p->cfg.classes;
@@ -105,7 +154,7 @@ void yolo_layer_info(const dn_layer *l, dn_layer_info *out)
     out->jitter = p->jitter;
 }
 
-dn_status make_yolo(layer_build *b, dn_layer *l)
+static dn_status make_yolo(layer_build *b, dn_layer *l)
 {
     const cfg_file *f = b->cfg;
     cfg_section *s = b->section;
@@ -113,7 +162,6 @@ dn_status make_yolo(layer_build *b, dn_layer *l)
     yolo_priv *p = dn_calloc(1, sizeof *p);
     if (!p) return dn_fail(DN_E_NOMEM, "out of memory");
     l->priv = p;
-    l->ops = &yolo_ops;
     dn_yolo_config *c = &p->cfg;
     int n_anchor_values = 0;
     if ((st = cfg_get_int(f, s, "classes", 20, 0, &c->classes))) return st;

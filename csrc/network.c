@@ -5,22 +5,43 @@
 
 #include "internal.h"
 
-int layer_is(const dn_layer *l, const layer_ops *ops) { return l->ops == ops; }
-
-dn_status layer_alloc(float **buf, size_t count)
+void layer_release(dn_network *net, void *buf)
 {
-    free(*buf);
-    *buf = dn_calloc(count, sizeof(float));
-    if (!*buf) return dn_fail(DN_E_NOMEM, "out of memory allocating %zu floats", count);
-    return DN_OK;
+    if (buf) net->be->release(net->be, buf);
+}
+
+/* Releases *old, then allocates count elements of size bytes (zeroed) into *out: NULL on failure. */
+static dn_status realloc_buffer(dn_network *net, void *old, size_t count, size_t size, void **out)
+{
+    layer_release(net, old);
+    *out = NULL;
+    if (count == 0) count = 1;
+    if (count > SIZE_MAX / size) return dn_fail(DN_E_NOMEM, "buffer of %zu x %zu bytes is too large", count, size);
+    return net->be->alloc(net->be, count * size, out);
+}
+
+dn_status layer_alloc(dn_network *net, float **buf, size_t count)
+{
+    void *p;
+    dn_status st = realloc_buffer(net, *buf, count, sizeof(float), &p);
+    *buf = p;
+    return st;
+}
+
+dn_status layer_alloc_int(dn_network *net, int **buf, size_t count)
+{
+    void *p;
+    dn_status st = realloc_buffer(net, *buf, count, sizeof(int), &p);
+    *buf = p;
+    return st;
 }
 
 dn_status layer_alloc_io(dn_layer *l, dn_network *net)
 {
-    dn_status st = layer_alloc(&l->output, (size_t)net->batch * l->outputs);
+    dn_status st = layer_alloc(net, &l->output, (size_t)net->batch * l->outputs);
     if (st) return st;
-    if (net->training_buffers) return layer_alloc(&l->delta, (size_t)net->batch * l->outputs);
-    free(l->delta);
+    if (net->training_buffers) return layer_alloc(net, &l->delta, (size_t)net->batch * l->outputs);
+    layer_release(net, l->delta);
     l->delta = NULL;
     return DN_OK;
 }
@@ -81,16 +102,21 @@ static dn_status parse_net_section(const cfg_file *f, cfg_section *s, dn_net_inf
 DN_EXPORT void dn_network_free(dn_network *net)
 {
     if (!net) return;
-    for (int i = 0; i < net->n; i++) {
-        dn_layer *l = &net->layers[i];
-        if (l->ops && l->ops->free_private) l->ops->free_private(l);
-        free(l->output);
-        free(l->delta);
+    if (net->be) {
+        for (int i = 0; i < net->n; i++) {
+            dn_layer *l = &net->layers[i];
+            if (l->ops && l->ops->free_private) l->ops->free_private(l, net);
+            layer_release(net, l->output);
+            layer_release(net, l->delta);
+        }
+        layer_release(net, net->params);
+        layer_release(net, net->updates);
+        layer_release(net, net->workspace);
+        layer_release(net, net->input);
+        layer_release(net, net->input_delta);
+        dn_backend_destroy(net->be);
     }
     free(net->layers);
-    free(net->params);
-    free(net->updates);
-    free(net->workspace);
     free(net->cfg_path);
     free(net);
 }
@@ -115,9 +141,16 @@ dn_status dn_network_reshape(dn_network *net)
         if (l->workspace_floats > workspace) workspace = l->workspace_floats;
     }
     if (workspace > net->workspace_floats) {
-        dn_status st = layer_alloc(&net->workspace, workspace);
+        dn_status st = layer_alloc(net, &net->workspace, workspace);
+        net->workspace_floats = st ? 0 : workspace; /* the old one is gone either way */
         if (st) return st;
-        net->workspace_floats = workspace;
+    }
+    if (!net->be->host_memory) {
+        /* The caller's input (host memory) is copied here before a forward. */
+        const size_t in = (size_t)net->batch * net->w * net->h * net->c;
+        dn_status st = layer_alloc(net, &net->input, in);
+        if (!st && net->training_buffers) st = layer_alloc(net, &net->input_delta, in);
+        if (st) return st;
     }
     net->info.batch = net->batch;
     net->info.width = net->w;
@@ -129,8 +162,8 @@ dn_status dn_network_alloc_training(dn_network *net)
 {
     if (net->training_buffers) return DN_OK;
     if (!net->updates) {
-        net->updates = dn_calloc(net->n_params, sizeof(float));
-        if (!net->updates) return dn_fail(DN_E_NOMEM, "out of memory for the update buffers");
+        dn_status st = layer_alloc(net, &net->updates, net->n_params);
+        if (st) return st;
     }
     net->training_buffers = 1;
     dn_status st = dn_network_reshape(net);
@@ -141,13 +174,24 @@ dn_status dn_network_alloc_training(dn_network *net)
 DN_EXPORT dn_status dn_network_init_params(dn_network *net, uint64_t seed)
 {
     if (!net) return dn_fail(DN_E_ARG, "network is NULL");
+    dn_backend *be = net->be;
+    /* Filled on the host (through a staging copy when the parameters live on a device). */
+    float *host = be->host_memory ? net->params : dn_calloc(net->n_params, sizeof(float));
+    if (!host) return dn_fail(DN_E_NOMEM, "out of memory for a host copy of %zu parameters", net->n_params);
     dn_rng rng;
     dn_rng_seed(&rng, seed);
-    for (int i = 0; i < net->n; i++)
-        if (layer_is(&net->layers[i], &conv_ops)) conv_init_params(&net->layers[i], net, &rng);
+    for (int i = 0; i < net->n; i++) {
+        dn_layer *l = &net->layers[i];
+        if (l->ops->init_params) l->ops->init_params(l, host + l->param_offset, &rng);
+    }
     net->params_version++;
-    if (net->updates) memset(net->updates, 0, net->n_params * sizeof(float));
-    return DN_OK;
+    dn_status st = DN_OK;
+    if (!be->host_memory) {
+        st = be->from_host(be, net->params, host, net->n_params * sizeof(float));
+        free(host);
+    }
+    if (!st && net->updates) st = be->memset0(be, net->updates, net->n_params * sizeof(float));
+    return st;
 }
 
 DN_EXPORT void dn_options_init(dn_options *options)
@@ -163,10 +207,8 @@ static dn_status check_options(const dn_options *o)
     if (o->conv_algo < DN_CONV_AUTO || o->conv_algo > DN_CONV_PLAIN)
         return dn_fail(DN_E_ARG, "unknown convolution algorithm %d", o->conv_algo);
     if (o->threads < 0) return dn_fail(DN_E_ARG, "threads must be >= 0, got %d", o->threads);
-    if (o->device < -1) return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", o->device);
-    if (o->device >= 0)
-        return dn_fail(DN_E_CUDA, "device cuda:%d asked for, but this libdarknet.so was built without CUDA "
-                       "(rebuild with `make GPU=1`)", o->device);
+    if (o->device < DN_DEVICE_CPU_STAGED)
+        return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", o->device);
     return DN_OK;
 }
 
@@ -189,6 +231,7 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     dn_network *net = dn_calloc(1, sizeof *net);
     if (!net) { st = dn_fail(DN_E_NOMEM, "out of memory"); goto fail; }
     net->opt = opt;
+    if ((st = dn_backend_create(opt.device, opt.allow_tf32, &net->be))) goto fail;
     net->cfg_path = strdup(cfg_path);
     cfg_section *first = &cfg.sections[0];
     if (strcmp(first->name, "net") != 0 && strcmp(first->name, "network") != 0) {
@@ -223,17 +266,16 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
         l->inputs = (size_t)l->w * l->h * l->c;
         layer_build b = {&cfg, s, net, i};
         const char *name = s->name;
-        if (!strcmp(name, "convolutional") || !strcmp(name, "conv")) st = make_convolutional(&b, l);
-        else if (!strcmp(name, "maxpool") || !strcmp(name, "max")) st = make_maxpool(&b, l);
-        else if (!strcmp(name, "route")) st = make_route(&b, l);
-        else if (!strcmp(name, "shortcut")) st = make_shortcut(&b, l);
-        else if (!strcmp(name, "upsample")) st = make_upsample(&b, l);
-        else if (!strcmp(name, "yolo")) st = make_yolo(&b, l);
-        else if (!strcmp(name, "net") || !strcmp(name, "network"))
+        l->ops = layer_kind(name);
+        if (l->ops) {
+            st = l->ops->make(&b, l);
+        } else if (!strcmp(name, "net") || !strcmp(name, "network")) {
             st = dn_fail(DN_E_CFG, "%s:%d: [%s] may only be the first section", cfg_path, s->line, name);
-        else
-            st = dn_fail(DN_E_CFG, "%s:%d: unknown section [%s] (supported: net, convolutional, maxpool, route, "
-                         "shortcut, upsample, yolo)", cfg_path, s->line, name);
+        } else {
+            char kinds[256];
+            layer_kind_names(kinds, sizeof kinds);
+            st = dn_fail(DN_E_CFG, "%s:%d: unknown section [%s] (supported: net, %s)", cfg_path, s->line, name, kinds);
+        }
         if (st) goto fail;
         l->param_offset = offset;
         offset += l->n_params;
@@ -249,10 +291,9 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     }
     net->n_params = offset;
     net->info.n_params = offset;
-    net->params = dn_calloc(offset, sizeof(float));
-    if (!net->params) { st = dn_fail(DN_E_NOMEM, "out of memory for %zu parameters", offset); goto fail; }
+    if ((st = layer_alloc(net, &net->params, offset))) goto fail;
     for (int i = 0; i < net->n; i++) {
-        if (!layer_is(&net->layers[i], &yolo_ops)) continue;
+        if (!net->layers[i].ops->cost) continue; /* the loss layers: [yolo] */
         net->info.n_yolo++;
         dn_layer_info yi;
         dn_network_layer_info(net, i, &yi);
@@ -261,7 +302,7 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     if (net->max_boxes == 0) net->max_boxes = 90;
     net->info.n_layers = net->n;
     if ((st = dn_network_reshape(net))) goto fail;
-    dn_network_init_params(net, 0x5eedULL);
+    if ((st = dn_network_init_params(net, 0x5eedULL))) goto fail;
     net->update_rolling = 1;
     cfg_free(&cfg);
     *out = net;
@@ -310,82 +351,159 @@ static dn_status check_io(dn_network *net, const float *input, int n)
     return DN_OK;
 }
 
-static void forward_layers(dn_network *net, const float *input, int n)
+/* The start of every compute call: this network's thread count applied to the calling thread. */
+static void enter(dn_network *net) { net->info.threads = dn_threads_enter(net->opt.threads); }
+
+/* The input in backend memory: the caller's buffer itself on the CPU, else a copy in net->input. */
+static dn_status stage_input(dn_network *net, const float *input, int n, const float **in)
 {
-    const float *in = input;
-    for (int i = 0; i < net->n; i++) {
+    if (net->be->host_memory) {
+        *in = input;
+        return DN_OK;
+    }
+    *in = net->input;
+    return net->be->from_host(net->be, net->input, input, sizeof(float) * (size_t)n * net->w * net->h * net->c);
+}
+
+static dn_status forward_layers(dn_network *net, const float *in, int n)
+{
+    dn_status st = DN_OK;
+    for (int i = 0; i < net->n && !st; i++) {
         dn_layer *l = &net->layers[i];
-        if (net->train && l->delta) memset(l->delta, 0, sizeof(float) * (size_t)n * l->outputs);
-        l->ops->forward(l, net, in, n);
+        if (net->train && l->delta) st = net->be->memset0(net->be, l->delta, sizeof(float) * (size_t)n * l->outputs);
+        if (!st) st = l->ops->forward(l, net, in, n);
         in = l->output;
     }
+    return st;
+}
+
+/* From the last layer's delta down; input_delta (backend memory, may be NULL) receives the input's. */
+/* The backward pass from the last layer to the first; after_layer (may be NULL) runs after each layer's. */
+static dn_status backward_layers_each(dn_network *net, const float *input, float *input_delta, int n,
+                                      void (*after_layer)(dn_network *net, int layer, void *user), void *user)
+{
+    dn_status st = DN_OK;
+    for (int i = net->n - 1; i >= 0 && !st; i--) {
+        dn_layer *l = &net->layers[i];
+        const float *in = i ? net->layers[i - 1].output : input;
+        float *in_delta = i ? net->layers[i - 1].delta : input_delta;
+        st = l->ops->backward(l, net, in, in_delta, n);
+        if (!st && after_layer) after_layer(net, i, user);
+    }
+    return st;
+}
+
+static dn_status backward_layers(dn_network *net, const float *input, float *input_delta, int n)
+{
+    return backward_layers_each(net, input, input_delta, n, NULL, NULL);
+}
+
+/* A forward in inference (train = 0) or training mode without loss (train = 1, rolling averages untouched);
+ * *in receives the input in backend memory. */
+static dn_status forward_mode(dn_network *net, const float *input, int n, int train, const float **in)
+{
+    dn_status st = check_io(net, input, n);
+    if (st) return st;
+    if (train && (st = dn_network_alloc_training(net))) return st;
+    enter(net);
+    if ((st = stage_input(net, input, n, in))) return st;
+    net->train = train ? 1 : 0;
+    net->update_rolling = 0;
+    net->truth = NULL;
+    st = forward_layers(net, *in, n);
+    net->update_rolling = 1;
+    net->train = 0;
+    return st;
 }
 
 DN_EXPORT dn_status dn_network_forward(dn_network *net, const float *input, int n)
 {
+    const float *in;
     dn_status st = check_io(net, input, n);
     if (st) return st;
+    enter(net);
+    if ((st = stage_input(net, input, n, &in))) return st;
     net->train = 0;
-    forward_layers(net, input, n);
-    return DN_OK;
+    return forward_layers(net, in, n);
 }
 
-DN_EXPORT const float *dn_network_layer_output(dn_network *net, int index)
+/* Copies count floats from src (backend memory holding `avail`) to the host. */
+static dn_status copy_out(dn_network *net, const float *src, size_t avail, size_t count, float *out, const char *what,
+                          int index)
 {
-    if (!net || index < 0 || index >= net->n) return NULL;
-    return net->layers[index].output;
+    if (count > avail)
+        return dn_fail(DN_E_ARG, "layer %d %s: %zu floats asked, it holds %zu (batch %d)", index, what, count, avail,
+                       net->batch);
+    if (count && !out) return dn_fail(DN_E_ARG, "out is NULL");
+    return count ? net->be->to_host(net->be, out, src, sizeof(float) * count) : DN_OK;
 }
 
-DN_EXPORT const float *dn_network_layer_delta(dn_network *net, int index)
+DN_EXPORT dn_status dn_network_layer_output(dn_network *net, int index, float *out, size_t count)
 {
-    if (!net || index < 0 || index >= net->n) return NULL;
-    return net->layers[index].delta;
+    if (!net) return dn_fail(DN_E_ARG, "network is NULL");
+    if (index < 0 || index >= net->n) return dn_fail(DN_E_ARG, "layer index %d out of range 0..%d", index, net->n - 1);
+    const dn_layer *l = &net->layers[index];
+    return copy_out(net, l->output, (size_t)net->batch * l->outputs, count, out, "output", index);
+}
+
+DN_EXPORT dn_status dn_network_layer_delta(dn_network *net, int index, float *out, size_t count)
+{
+    if (!net) return dn_fail(DN_E_ARG, "network is NULL");
+    if (index < 0 || index >= net->n) return dn_fail(DN_E_ARG, "layer index %d out of range 0..%d", index, net->n - 1);
+    const dn_layer *l = &net->layers[index];
+    if (!l->delta) return dn_fail(DN_E_ARG, "layer %d has no delta: the network has not been trained", index);
+    return copy_out(net, l->delta, (size_t)net->batch * l->outputs, count, out, "delta", index);
 }
 
 static float total_cost(const dn_network *net)
 {
     float cost = 0;
     for (int i = 0; i < net->n; i++)
-        if (layer_is(&net->layers[i], &yolo_ops)) cost += yolo_layer_cost(&net->layers[i]);
+        if (net->layers[i].ops->cost) cost += net->layers[i].ops->cost(&net->layers[i]);
     return cost;
 }
 
-static dn_status training_forward(dn_network *net, const float *input, const float *truth, int n)
+/* A training forward with the loss; *in receives the input in backend memory. */
+static dn_status training_forward(dn_network *net, const float *input, const float *truth, int n, const float **in)
 {
     dn_status st = check_io(net, input, n);
     if (st) return st;
     if (!truth) return dn_fail(DN_E_ARG, "truth is NULL");
     if ((st = dn_network_alloc_training(net))) return st;
+    enter(net);
+    if ((st = stage_input(net, input, n, in))) return st;
     net->train = 1;
     net->truth = truth;
-    forward_layers(net, input, n);
-    for (int i = 0; i < net->n; i++) {
+    st = forward_layers(net, *in, n);
+    net->truth = NULL;
+    for (int i = 0; i < net->n && !st; i++) {
         const dn_layer *l = &net->layers[i];
-        if (layer_is(l, &yolo_ops) && (st = yolo_layer_loss_status(l))) {
-            net->train = 0;
-            return st;
-        }
-        if (layer_is(l, &yolo_ops) && !isfinite(yolo_layer_cost(l))) {
-            net->train = 0;
-            return dn_fail(DN_E_NUMERIC, "the cost of [yolo] layer %d is not finite (diverged? lower the "
-                           "learning rate)", i);
-        }
+        if (l->ops->cost && !isfinite(l->ops->cost(l)))
+            st = dn_fail(DN_E_NUMERIC, "the cost of [%s] layer %d is not finite (diverged? lower the learning rate)",
+                         l->ops->type, i);
     }
-    return DN_OK;
+    if (st) net->train = 0;
+    return st;
 }
 
 DN_EXPORT dn_status dn_network_train_chunk(dn_network *net, const float *input, const float *truth, int n,
                                            float *cost)
 {
-    dn_status st = training_forward(net, input, truth, n);
+    return network_train_chunk_each_layer(net, input, truth, n, cost, NULL, NULL);
+}
+
+/* dn_network_train_chunk with a call after each layer's backward pass, from the last layer to the first: when
+ * after_layer(net, i, user) runs, layer i's gradients for this chunk are complete in the update block (only
+ * layer i's own backward writes its slice). comm.c starts the all-reduce of finished slices from there. */
+dn_status network_train_chunk_each_layer(dn_network *net, const float *input, const float *truth, int n, float *cost,
+                                         void (*after_layer)(dn_network *net, int layer, void *user), void *user)
+{
+    const float *in;
+    dn_status st = training_forward(net, input, truth, n, &in);
     if (st) return st;
-    for (int i = net->n - 1; i >= 0; i--) {
-        dn_layer *l = &net->layers[i];
-        const float *in = i ? net->layers[i - 1].output : input;
-        float *in_delta = i ? net->layers[i - 1].delta : NULL;
-        l->ops->backward(l, net, in, in_delta, n);
-    }
+    st = backward_layers_each(net, in, NULL, n, after_layer, user);
     net->train = 0;
+    if (st) return st;
     net->info.seen += (uint64_t)n;
     if (cost) *cost = total_cost(net);
     return DN_OK;
@@ -393,8 +511,10 @@ DN_EXPORT dn_status dn_network_train_chunk(dn_network *net, const float *input, 
 
 DN_EXPORT dn_status dn_network_loss(dn_network *net, const float *input, const float *truth, int n, float *cost)
 {
+    if (!net) return dn_fail(DN_E_ARG, "network is NULL");
+    const float *in;
     net->update_rolling = 0;
-    dn_status st = training_forward(net, input, truth, n);
+    dn_status st = training_forward(net, input, truth, n, &in);
     net->update_rolling = 1;
     net->train = 0;
     if (st) return st;
@@ -404,16 +524,8 @@ DN_EXPORT dn_status dn_network_loss(dn_network *net, const float *input, const f
 
 DN_EXPORT dn_status dn_network_forward_mode(dn_network *net, const float *input, int n, int train)
 {
-    dn_status st = check_io(net, input, n);
-    if (st) return st;
-    if (train && (st = dn_network_alloc_training(net))) return st;
-    net->train = train ? 1 : 0;
-    net->update_rolling = 0;
-    net->truth = NULL;
-    forward_layers(net, input, n);
-    net->update_rolling = 1;
-    net->train = 0;
-    return DN_OK;
+    const float *in;
+    return forward_mode(net, input, n, train, &in);
 }
 
 DN_EXPORT dn_status dn_network_zero_updates(dn_network *net)
@@ -421,29 +533,29 @@ DN_EXPORT dn_status dn_network_zero_updates(dn_network *net)
     if (!net) return dn_fail(DN_E_ARG, "network is NULL");
     dn_status st = dn_network_alloc_training(net);
     if (st) return st;
-    memset(net->updates, 0, net->n_params * sizeof(float));
-    return DN_OK;
+    return net->be->memset0(net->be, net->updates, net->n_params * sizeof(float));
 }
 
 DN_EXPORT dn_status dn_network_backward_probe(dn_network *net, const float *input, int n, const float *last_delta,
                                               float *input_delta)
 {
     if (!last_delta) return dn_fail(DN_E_ARG, "last_delta is NULL");
-    dn_status st = dn_network_forward_mode(net, input, n, 1);
+    const float *in;
+    dn_status st = forward_mode(net, input, n, 1, &in);
+    if (st) return st;
+    dn_backend *be = net->be;
+    dn_layer *last = &net->layers[net->n - 1];
+    const size_t in_bytes = sizeof(float) * (size_t)n * net->w * net->h * net->c;
+    float *d_input = NULL;
+    if (input_delta) d_input = be->host_memory ? input_delta : net->input_delta;
+    st = be->from_host(be, last->delta, last_delta, sizeof(float) * (size_t)n * last->outputs);
+    if (!st && d_input) st = be->memset0(be, d_input, in_bytes);
     if (st) return st;
     net->train = 1;
-    dn_layer *last = &net->layers[net->n - 1];
-    memcpy(last->delta, last_delta, sizeof(float) * (size_t)n * last->outputs);
-    const size_t in_size = (size_t)n * net->w * net->h * net->c;
-    if (input_delta) memset(input_delta, 0, sizeof(float) * in_size);
-    for (int i = net->n - 1; i >= 0; i--) {
-        dn_layer *l = &net->layers[i];
-        const float *in = i ? net->layers[i - 1].output : input;
-        float *in_delta = i ? net->layers[i - 1].delta : input_delta;
-        l->ops->backward(l, net, in, in_delta, n);
-    }
+    st = backward_layers(net, in, d_input, n);
     net->train = 0;
-    return DN_OK;
+    if (!st && d_input && !be->host_memory) st = be->to_host(be, input_delta, d_input, in_bytes);
+    return st;
 }
 
 DN_EXPORT dn_status dn_network_update(dn_network *net, float learning_rate, float momentum, float decay,
@@ -451,12 +563,16 @@ DN_EXPORT dn_status dn_network_update(dn_network *net, float learning_rate, floa
 {
     if (!net || batch_images < 1) return dn_fail(DN_E_ARG, "update needs a network and batch_images >= 1");
     if (!net->updates) return DN_OK; /* never trained: nothing accumulated */
+    enter(net);
     net->params_version++;
     float lr_over_b = learning_rate / (float)batch_images;
     float decay_b = decay * (float)batch_images;
-    for (int i = 0; i < net->n; i++)
-        if (layer_is(&net->layers[i], &conv_ops)) conv_update(&net->layers[i], net, lr_over_b, momentum, decay_b);
-    return DN_OK;
+    dn_status st = DN_OK;
+    for (int i = 0; i < net->n && !st; i++) {
+        dn_layer *l = &net->layers[i];
+        if (l->ops->update) st = l->ops->update(l, net, lr_over_b, momentum, decay_b);
+    }
+    return st;
 }
 
 DN_EXPORT dn_status dn_network_info(const dn_network *net, dn_net_info *out)
@@ -485,66 +601,49 @@ DN_EXPORT dn_status dn_network_layer_info(const dn_network *net, int index, dn_l
     out->out_w = l->out_w; out->out_h = l->out_h; out->out_c = l->out_c;
     out->bflops = l->bflops;
     out->n_params = l->n_params;
-    if (layer_is(l, &conv_ops)) conv_layer_info(l, out);
-    if (layer_is(l, &yolo_ops)) yolo_layer_info(l, out);
-    if (layer_is(l, &route_ops)) route_layer_info(l, out);
-    if (layer_is(l, &maxpool_ops)) maxpool_layer_info(l, out);
-    if (layer_is(l, &shortcut_ops)) shortcut_layer_info(l, out);
-    if (layer_is(l, &upsample_ops)) upsample_layer_info(l, out);
+    if (l->ops->info) l->ops->info(l, out);
     return DN_OK;
 }
 
-DN_EXPORT dn_status dn_network_yolo_stats(const dn_network *net, int yolo_index, dn_yolo_stats *out)
+/* A range of the parameter or update block, checked. */
+static dn_status check_range(const dn_network *net, size_t offset, size_t count, const void *buf)
 {
-    if (!net || !out) return dn_fail(DN_E_ARG, "NULL argument");
-    int k = 0;
-    for (int i = 0; i < net->n; i++) {
-        if (!layer_is(&net->layers[i], &yolo_ops)) continue;
-        if (k++ == yolo_index) return yolo_layer_stats(&net->layers[i], out);
-    }
-    return dn_fail(DN_E_ARG, "no [yolo] layer number %d (the network has %d)", yolo_index, k);
+    if (!net) return dn_fail(DN_E_ARG, "network is NULL");
+    if (offset > net->n_params || count > net->n_params - offset)
+        return dn_fail(DN_E_ARG, "floats %zu..%zu asked, the network has %zu parameters", offset, offset + count,
+                       net->n_params);
+    if (count && !buf) return dn_fail(DN_E_ARG, "buffer is NULL");
+    return DN_OK;
 }
 
-DN_EXPORT dn_status dn_network_yolo_anchors(const dn_network *net, int index, float *anchors, int *mask)
+DN_EXPORT dn_status dn_network_get_params(dn_network *net, size_t offset, size_t count, float *out)
 {
-    if (!net || index < 0 || index >= net->n || !layer_is(&net->layers[index], &yolo_ops))
-        return dn_fail(DN_E_ARG, "layer %d is not a [yolo] layer", index);
-    return yolo_layer_anchors(&net->layers[index], anchors, mask);
+    dn_status st = check_range(net, offset, count, out);
+    if (st || !count) return st;
+    return net->be->to_host(net->be, out, net->params + offset, count * sizeof(float));
 }
 
-/* The caller may write through the pointer, so the parameters count as changed. */
-DN_EXPORT float *dn_network_params(dn_network *net)
+DN_EXPORT dn_status dn_network_set_params(dn_network *net, size_t offset, size_t count, const float *values)
 {
-    if (!net) return NULL;
+    dn_status st = check_range(net, offset, count, values);
+    if (st || !count) return st;
     net->params_version++;
-    return net->params;
+    return net->be->from_host(net->be, net->params + offset, values, count * sizeof(float));
 }
 
-DN_EXPORT float *dn_network_updates(dn_network *net)
+DN_EXPORT dn_status dn_network_get_updates(dn_network *net, size_t offset, size_t count, float *out)
 {
-    if (!net) return NULL;
-    if (!net->updates) dn_network_alloc_training(net);
-    return net->updates;
+    dn_status st = check_range(net, offset, count, out);
+    if (!st) st = dn_network_alloc_training(net);
+    if (st || !count) return st;
+    return net->be->to_host(net->be, out, net->updates + offset, count * sizeof(float));
 }
 
-/* dn_network_train_chunk with a call after each layer's backward pass, from the last layer to the first: when
- * after_layer(net, i, user) runs, layer i's gradients for this chunk are complete in the update block (only
- * layer i's own backward writes its slice). comm.c starts the all-reduce of finished slices from there.
- * (dn_network_train_chunk is this with no call; the two share training_forward and total_cost.) */
-dn_status network_train_chunk_each_layer(dn_network *net, const float *input, const float *truth, int n, float *cost,
-                                         void (*after_layer)(dn_network *net, int layer, void *user), void *user)
+DN_EXPORT dn_status dn_network_set_updates(dn_network *net, size_t offset, size_t count, const float *values)
 {
-    dn_status st = training_forward(net, input, truth, n);
-    if (st) return st;
-    for (int i = net->n - 1; i >= 0; i--) {
-        dn_layer *l = &net->layers[i];
-        const float *in = i ? net->layers[i - 1].output : input;
-        float *in_delta = i ? net->layers[i - 1].delta : NULL;
-        l->ops->backward(l, net, in, in_delta, n);
-        after_layer(net, i, user);
-    }
-    net->train = 0;
-    net->info.seen += (uint64_t)n;
-    if (cost) *cost = total_cost(net);
-    return DN_OK;
+    dn_status st = check_range(net, offset, count, values);
+    if (!st) st = dn_network_alloc_training(net);
+    if (st || !count) return st;
+    return net->be->from_host(net->be, net->updates + offset, values, count * sizeof(float));
 }
+

@@ -7,6 +7,38 @@
 
 #include "internal.h"
 
+/* Reads `floats` parameters into the block: straight into host memory, through a host staging copy for a
+ * device backend. */
+static dn_status read_params(dn_network *net, FILE *fp, size_t floats, const char *path)
+{
+    dn_backend *be = net->be;
+    float *host = be->host_memory ? net->params : dn_calloc(floats, sizeof(float));
+    if (!host) return dn_fail(DN_E_NOMEM, "%s: out of memory for a host copy of %zu parameters", path, floats);
+    dn_status st = DN_OK;
+    if (fread(host, sizeof(float), floats, fp) != floats)
+        st = dn_fail(DN_E_IO, "%s: read error: %s", path, strerror(errno));
+    if (!be->host_memory) {
+        if (!st) st = be->from_host(be, net->params, host, floats * sizeof(float));
+        free(host);
+    }
+    return st;
+}
+
+/* The parameter block in host memory: the block itself, or a copy (free it when *copy is set). */
+static dn_status params_on_host(dn_network *net, const float **host, float **copy)
+{
+    *copy = NULL;
+    if (net->be->host_memory) {
+        *host = net->params;
+        return DN_OK;
+    }
+    *copy = dn_calloc(net->n_params, sizeof(float));
+    if (!*copy) return dn_fail(DN_E_NOMEM, "out of memory for a host copy of %zu parameters", net->n_params);
+    dn_status st = net->be->to_host(net->be, *copy, net->params, net->n_params * sizeof(float));
+    *host = *copy;
+    return st;
+}
+
 DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, int *layers_loaded)
 {
     if (!net || !path) return dn_fail(DN_E_ARG, "NULL argument");
@@ -81,10 +113,7 @@ DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, i
     }
     (void)last_with_params;
     net->params_version++;
-    if (floats && fread(net->params, sizeof(float), floats, fp) != floats) {
-        st = dn_fail(DN_E_IO, "%s: read error: %s", path, strerror(errno));
-        goto done;
-    }
+    if (floats && (st = read_params(net, fp, floats, path))) goto done;
     net->info.seen = seen;
     net->info.major = major;
     net->info.minor = minor;
@@ -107,17 +136,25 @@ DN_EXPORT dn_status dn_network_save_weights(dn_network *net, const char *path)
     if (!tmp) return dn_fail(DN_E_NOMEM, "out of memory");
     memcpy(tmp, path, n);
     memcpy(tmp + n, ".tmp", 5);
-    dn_status st = DN_OK;
+    const float *params = NULL;
+    float *copy;
+    dn_status st = params_on_host(net, &params, &copy);
+    if (st) {
+        free(copy);
+        free(tmp);
+        return st;
+    }
     FILE *fp = fopen(tmp, "wb");
     if (!fp) {
         st = dn_fail(errno == ENOENT ? DN_E_NOTFOUND : DN_E_IO, "%s: cannot write: %s", tmp, strerror(errno));
+        free(copy);
         free(tmp);
         return st;
     }
     const int32_t version[3] = {0, 2, 0};
     const uint64_t seen = net->info.seen;
     int ok = fwrite(version, sizeof(int32_t), 3, fp) == 3 && fwrite(&seen, sizeof seen, 1, fp) == 1 &&
-             fwrite(net->params, sizeof(float), net->n_params, fp) == net->n_params;
+             fwrite(params, sizeof(float), net->n_params, fp) == net->n_params;
     ok = ok && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
     if (fclose(fp) != 0) ok = 0;
     if (!ok) {
@@ -127,6 +164,7 @@ DN_EXPORT dn_status dn_network_save_weights(dn_network *net, const char *path)
         st = dn_fail(DN_E_IO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
         unlink(tmp);
     }
+    free(copy);
     free(tmp);
     return st;
 }

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "elementwise.h"
 #include "internal.h"
 #include "yolo_loss.h"
 
@@ -30,8 +31,6 @@ typedef struct ybox {
 typedef struct yedges {
     float dt, db, dl, dr;
 } yedges;
-
-static inline float yl_logistic(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 static inline size_t yl_index(int entries, int hw, size_t outputs, int b, int n, int entry, int loc)
 {
@@ -236,23 +235,16 @@ static dn_status yl_count_truths(const dn_yolo_config *cfg, const float *t, int 
 
 void yolo_activate(const dn_yolo_config *cfg, int batch, int h, int w, const float *in, float *out)
 {
-    int entries = 5 + cfg->classes;
-    int hw = h * w;
-    size_t outputs = (size_t)cfg->n * (size_t)entries * (size_t)hw;
-    size_t total = (size_t)batch * outputs;
-    if (out != in) memmove(out, in, total * sizeof(float));
-    for (int b = 0; b < batch; ++b) {
-        for (int n = 0; n < cfg->n; ++n) {
-            float *p = out + yl_index(entries, hw, outputs, b, n, 0, 0);
-            /* x, y */
-            for (int k = 0; k < 2 * hw; ++k) p[k] = yl_logistic(p[k]);
-            /* tw, th */
-            if (cfg->representation == DN_REPR_LIN)
-                for (int k = 2 * hw; k < 4 * hw; ++k)
-                    if (p[k] <= 0) p[k] = expf(p[k]);
-            /* objectness and classes */
-            for (int k = 4 * hw; k < entries * hw; ++k) p[k] = yl_logistic(p[k]);
-        }
+    const int entries = 5 + cfg->classes;
+    const size_t hw = (size_t)h * w;
+    const int lin = cfg->representation == DN_REPR_LIN;
+    /* One (image, anchor, entry) plane at a time: the entry, hence the formula, is fixed along the loop. */
+    const size_t planes = (size_t)batch * cfg->n * entries;
+    for (size_t p = 0; p < planes; ++p) {
+        const int entry = (int)(p % (size_t)entries);
+        const float *src = in + p * hw;
+        float *dst = out + p * hw;
+        for (size_t k = 0; k < hw; ++k) dst[k] = dn_yolo_activate_one(src[k], entry, lin);
     }
 }
 

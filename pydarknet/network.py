@@ -18,7 +18,8 @@ __all__ = ["Network", "LayerInfo", "YoloStats", "set_threads", "get_threads"]
 
 
 def set_threads(n: int) -> None:
-    """Threads the C core uses (BLAS and element-wise loops); 0 = every core. Process-wide."""
+    """Threads the C core uses (BLAS and element-wise loops); 0 = every core. Process-wide: every network
+    loaded with threads=0 runs with it, whichever thread drives it."""
     lib.dn_set_threads(int(n))
 
 
@@ -347,16 +348,17 @@ class Network:
 
     def params(self) -> np.ndarray:
         """A copy of every parameter, in .weights order."""
+        out = np.empty(self.n_params, np.float32)
         with self._lock:
-            buf = ffi.buffer(lib.dn_network_params(self._handle()), self.n_params * 4)
-            return np.frombuffer(buf, dtype=np.float32).copy()
+            check(lib.dn_network_get_params(self._handle(), 0, out.size, ffi.from_buffer("float[]", out)))
+        return out
 
     def set_params(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=np.float32).ravel()
         if values.size != self.n_params:
             raise ValueError(f"expected {self.n_params} parameters, got {values.size}")
         with self._lock:
-            ffi.memmove(lib.dn_network_params(self._handle()), ffi.from_buffer(values), values.nbytes)
+            check(lib.dn_network_set_params(self._handle(), 0, values.size, ffi.from_buffer("float[]", values)))
 
     # ---- shapes ---------------------------------------------------------------------------------------
     def _total_stride(self) -> int:
@@ -414,15 +416,17 @@ class Network:
         layer = self._layers[index]
         n = self.batch if n is None else n
         w, h, c = layer.output_shape
-        ptr = lib.dn_network_layer_output(self._handle(), index)
-        return np.frombuffer(ffi.buffer(ptr, n * c * h * w * 4), np.float32).reshape(n, c, h, w).copy()
+        out = np.empty((n, c, h, w), np.float32)
+        check(lib.dn_network_layer_output(self._handle(), index, ffi.from_buffer("float[]", out), out.size))
+        return out
 
     @_locked
     def _layer_delta(self, index: int, n: int) -> np.ndarray:
         layer = self._layers[index]
         w, h, c = layer.output_shape
-        ptr = lib.dn_network_layer_delta(self._handle(), index)
-        return np.frombuffer(ffi.buffer(ptr, n * c * h * w * 4), np.float32).reshape(n, c, h, w).copy()
+        out = np.empty((n, c, h, w), np.float32)
+        check(lib.dn_network_layer_delta(self._handle(), index, ffi.from_buffer("float[]", out), out.size))
+        return out
 
     def forward(self, x: np.ndarray) -> list[np.ndarray]:
         """Inference forward; returns every [yolo] layer's output (n, anchors*(5+classes), h, w)."""
@@ -498,8 +502,8 @@ class Network:
             check(lib.dn_network_zero_updates(self._handle()))
             check(lib.dn_network_backward_probe(self._handle(), ffi.from_buffer("float[]", x), x.shape[0],
                                                 ffi.from_buffer("float[]", d), ffi.from_buffer("float[]", input_delta)))
-            updates = np.frombuffer(ffi.buffer(lib.dn_network_updates(self._handle()), self.n_params * 4),
-                                    np.float32).copy()
+            updates = np.empty(self.n_params, np.float32)
+            check(lib.dn_network_get_updates(self._handle(), 0, updates.size, ffi.from_buffer("float[]", updates)))
             check(lib.dn_network_zero_updates(self._handle()))
             return input_delta, updates
 

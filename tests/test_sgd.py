@@ -4,7 +4,7 @@
     every trainable array:  p += (lr / B) * u;  u *= momentum
 
 Biases and batch-norm scales get no decay; rolling mean and variance are not trained. The update buffers are
-reached through the C API (dn_network_updates), as a multi-device reduction would.
+reached through the C API (dn_network_get_updates / dn_network_set_updates), as a multi-device reduction would.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pydarknet import Network
-from pydarknet._ffi import ffi, lib
+from pydarknet._ffi import check, ffi, lib
 
 from conftest import TINY_CFG
 
@@ -36,10 +36,16 @@ def layout(net: Network) -> dict[str, np.ndarray]:
     return {kind: kinds == kind for kind in ("bias", "scale", "rolling", "weight")}
 
 
-def updates_view(net: Network) -> np.ndarray:
-    """The network's update buffers, writable in place."""
-    lib.dn_network_zero_updates(net._handle())  # allocates them on a network that never trained
-    return np.frombuffer(ffi.buffer(lib.dn_network_updates(net._handle()), net.n_params * 4), np.float32)
+def get_updates(net: Network) -> np.ndarray:
+    """A copy of the network's update buffers."""
+    out = np.empty(net.n_params, np.float32)
+    check(lib.dn_network_get_updates(net._handle(), 0, out.size, ffi.from_buffer("float[]", out)))
+    return out
+
+
+def set_updates(net: Network, values: np.ndarray) -> None:
+    values = np.ascontiguousarray(values, np.float32)
+    check(lib.dn_network_set_updates(net._handle(), 0, values.size, ffi.from_buffer("float[]", values)))
 
 
 @pytest.fixture
@@ -56,11 +62,11 @@ def test_one_step_follows_the_formula(net):
     assert masks["weight"].sum() > 1000 and masks["scale"].sum() > 0
     p0 = rng.uniform(-1, 1, net.n_params).astype(np.float32)
     net.set_params(p0)
-    u = updates_view(net)
     u0 = rng.uniform(-5, 5, net.n_params).astype(np.float32)
-    u[:] = u0
+    set_updates(net, u0)
     lr, momentum, decay, batch = 0.01, 0.9, 0.0005, 16
     net.update(lr, momentum, decay, batch)
+    u = get_updates(net)
 
     p0d, u0d = p0.astype(np.float64), u0.astype(np.float64)
     decayed = np.where(masks["weight"], u0d - decay * batch * p0d, u0d)
@@ -78,8 +84,7 @@ def test_momentum_carries_the_step_on(net):
     masks = layout(net)
     p0 = rng.uniform(-1, 1, net.n_params).astype(np.float32)
     net.set_params(p0)
-    u = updates_view(net)
-    u[:] = rng.uniform(-5, 5, net.n_params).astype(np.float32)
+    set_updates(net, rng.uniform(-5, 5, net.n_params).astype(np.float32))
     lr, momentum, batch = 0.02, 0.5, 4
     net.update(lr, momentum, 0.0, batch)
     p1 = net.params().astype(np.float64)
@@ -95,7 +100,7 @@ def test_decay_pulls_weights_only(net):
     masks = layout(net)
     p0 = rng.uniform(0.5, 1, net.n_params).astype(np.float32)
     net.set_params(p0)
-    updates_view(net)[:] = 0
+    set_updates(net, np.zeros(net.n_params, np.float32))
     lr, decay = 0.1, 0.01
     net.update(lr, 0.9, decay, 8)
     p1 = net.params()

@@ -1,0 +1,375 @@
+/* The CPU kernels of backend.h: the reference every other backend's kernels are tested against.
+ *
+ * These are the engine's tuned loops (moved here from the layer files): batch-norm sums vectorised per row
+ * (float rows, double totals), maxpool windows inside the image without bounds tests or branches, the
+ * activation selects of activations.c, dn_gemm's threading. Per-element formulas come from elementwise.h,
+ * which the CUDA kernels share. All pointers are host memory. */
+#include <float.h>
+#include <string.h>
+
+#include "elementwise.h"
+#include "internal.h"
+#include "yolo_loss.h"
+
+static dn_status cpu_gemm(dn_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                          int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    (void)be;
+    dn_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return DN_OK;
+}
+
+static dn_status cpu_im2col(dn_backend *be, const float *im, int channels, int height, int width, int ksize,
+                            int stride, int pad, float *col)
+{
+    (void)be;
+    im2col(im, channels, height, width, ksize, stride, pad, col);
+    return DN_OK;
+}
+
+static dn_status cpu_col2im_add(dn_backend *be, const float *col, int channels, int height, int width, int ksize,
+                                int stride, int pad, float *im)
+{
+    (void)be;
+    col2im_add(col, channels, height, width, ksize, stride, pad, im);
+    return DN_OK;
+}
+
+static dn_status cpu_activate(dn_backend *be, float *x, size_t n, int activation)
+{
+    (void)be;
+    activate_array(x, n, (dn_activation)activation);
+    return DN_OK;
+}
+
+static dn_status cpu_gradient(dn_backend *be, const float *y, const float *x_raw, size_t n, int activation,
+                              float *delta)
+{
+    (void)be;
+    gradient_array(y, x_raw, n, (dn_activation)activation, delta);
+    return DN_OK;
+}
+
+static dn_status cpu_add(dn_backend *be, size_t n, const float *a, const float *b, float *out)
+{
+    (void)be;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    return DN_OK;
+}
+
+static dn_status cpu_axpy(dn_backend *be, size_t n, float alpha, const float *x, float *y)
+{
+    (void)be;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
+    return DN_OK;
+}
+
+static dn_status cpu_copy_rows(dn_backend *be, size_t rows, size_t cols, const float *src, size_t src_stride,
+                               float *dst, size_t dst_stride, int accumulate)
+{
+    (void)be;
+    for (size_t r = 0; r < rows; r++) {
+        const float *s = src + r * src_stride;
+        float *d = dst + r * dst_stride;
+        if (accumulate) {
+            for (size_t i = 0; i < cols; i++) d[i] += s[i];
+        } else {
+            memcpy(d, s, sizeof(float) * cols);
+        }
+    }
+    return DN_OK;
+}
+
+static dn_status cpu_affine_inference(dn_backend *be, float *x, int batch, int filters, size_t spatial,
+                                      const float *biases, const float *scales, const float *rolling_mean,
+                                      const float *rolling_variance)
+{
+    (void)be;
+    const size_t outputs = (size_t)filters * spatial;
+    /* Normalisation, scale and bias fused into one multiply-add per value. */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++) {
+        for (int c = 0; c < filters; c++) {
+            float *v = x + b * outputs + c * spatial;
+            float mul, add;
+            if (scales) dn_bn_fold(1, biases[c], scales[c], rolling_mean[c], rolling_variance[c], &mul, &add);
+            else dn_bn_fold(0, biases[c], 0.f, 0.f, 0.f, &mul, &add);
+            for (size_t i = 0; i < spatial; i++) v[i] = v[i] * mul + add;
+        }
+    }
+    return DN_OK;
+}
+
+static dn_status cpu_batchnorm_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
+                                       const float *scales, const float *biases, float *mean, float *variance,
+                                       float *rolling_mean, float *rolling_variance, int update_rolling,
+                                       float *x_norm, float *out)
+{
+    (void)be;
+    const size_t outputs = (size_t)filters * spatial;
+    /* Batch statistics (Darknet: unbiased variance). Each image's row is summed in float (vectorised), the
+     * rows in double. */
+    const double count = (double)batch * spatial;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < filters; c++) {
+        double sum = 0, sq = 0;
+        for (int b = 0; b < batch; b++) {
+            const float *v = x + b * outputs + c * spatial;
+            float row = 0;
+#pragma omp simd reduction(+:row)
+            for (size_t i = 0; i < spatial; i++) row += v[i];
+            sum += row;
+        }
+        const double m = sum / count;
+        const float mean_f = (float)m;
+        for (int b = 0; b < batch; b++) {
+            const float *v = x + b * outputs + c * spatial;
+            float row = 0;
+#pragma omp simd reduction(+:row)
+            for (size_t i = 0; i < spatial; i++) row += (v[i] - mean_f) * (v[i] - mean_f);
+            sq += row;
+        }
+        mean[c] = mean_f;
+        variance[c] = count > 1 ? (float)(sq / (count - 1)) : 0.f;
+    }
+    if (update_rolling) {
+        for (int c = 0; c < filters; c++) {
+            rolling_mean[c] = .99f * rolling_mean[c] + .01f * mean[c];
+            rolling_variance[c] = .99f * rolling_variance[c] + .01f * variance[c];
+        }
+    }
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++) {
+        for (int c = 0; c < filters; c++) {
+            const float *v = x + b * outputs + c * spatial;
+            float *o = out + b * outputs + c * spatial;
+            float *xn = x_norm + b * outputs + c * spatial;
+            const float inv = 1.f / (sqrtf(variance[c]) + DN_BN_EPS);
+            const float m = mean[c], scale = scales[c], bias = biases[c];
+            for (size_t i = 0; i < spatial; i++) {
+                xn[i] = (v[i] - m) * inv;
+                o[i] = xn[i] * scale + bias;
+            }
+        }
+    }
+    return DN_OK;
+}
+
+static dn_status cpu_bias_gradient(dn_backend *be, const float *delta, int batch, int filters, size_t spatial,
+                                   float *bias_updates)
+{
+    (void)be;
+    const size_t outputs = (size_t)filters * spatial;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < filters; c++) {
+        double sum = 0;
+        for (int b = 0; b < batch; b++) {
+            const float *d = delta + b * outputs + c * spatial;
+            float row = 0;
+#pragma omp simd reduction(+:row)
+            for (size_t i = 0; i < spatial; i++) row += d[i];
+            sum += row;
+        }
+        bias_updates[c] += (float)sum;
+    }
+    return DN_OK;
+}
+
+static dn_status cpu_batchnorm_backward(dn_backend *be, float *delta, const float *x, const float *x_norm,
+                                        const float *mean, const float *variance, const float *scales, int batch,
+                                        int filters, size_t spatial, float *scale_updates)
+{
+    (void)be;
+    const size_t outputs = (size_t)filters * spatial;
+    const double count = (double)batch * spatial;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < filters; c++) {
+        /* d(out)/d(x_norm) = scale; then through x_norm = (x - mean) / (sqrt(var) + eps). Rows are summed in
+         * float (vectorised), the rows in double. */
+        double dscale = 0, sum_g = 0, sum_gx = 0;
+        const float sigma = sqrtf(variance[c]);
+        const float s = sigma + DN_BN_EPS;
+        const float scale = scales[c], m = mean[c];
+        for (int b = 0; b < batch; b++) {
+            float *d = delta + b * outputs + c * spatial;
+            const float *xn = x_norm + b * outputs + c * spatial;
+            const float *v = x + b * outputs + c * spatial;
+            float r_scale = 0, r_g = 0, r_gx = 0;
+#pragma omp simd reduction(+:r_scale, r_g, r_gx)
+            for (size_t i = 0; i < spatial; i++) {
+                r_scale += d[i] * xn[i];
+                const float g = d[i] * scale;
+                d[i] = g;
+                r_g += g;
+                r_gx += g * (v[i] - m);
+            }
+            dscale += r_scale;
+            sum_g += r_g;
+            sum_gx += r_gx;
+        }
+        scale_updates[c] += (float)dscale;
+        const double dsigma = -sum_gx / ((double)s * s);
+        const float mean_g = (float)(sum_g / count), inv_s = 1.f / s;
+        const float k = (float)((sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0);
+        for (int b = 0; b < batch; b++) {
+            float *d = delta + b * outputs + c * spatial;
+            const float *v = x + b * outputs + c * spatial;
+            for (size_t i = 0; i < spatial; i++) d[i] = (d[i] - mean_g) * inv_s + k * (v[i] - m);
+        }
+    }
+    return DN_OK;
+}
+
+static dn_status cpu_sgd_update(dn_backend *be, float *w, float *u, size_t n, float lr_over_b, float momentum,
+                                float decay_b)
+{
+    (void)be;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dn_sgd_one(&w[i], &u[i], lr_over_b, momentum, decay_b);
+    return DN_OK;
+}
+
+/* First output index whose window starts at or after 0, and one past the last whose window ends inside n. */
+static void inner_range(int offset, int stride, int size, int n, int out_n, int *lo, int *hi)
+{
+    int a = offset < 0 ? (-offset + stride - 1) / stride : 0;
+    int b = n - size - offset >= 0 ? (n - size - offset) / stride + 1 : 0;
+    if (b > out_n) b = out_n;
+    if (a > b) a = b;
+    *lo = a;
+    *hi = b;
+}
+
+static dn_status cpu_maxpool_forward(dn_backend *be, const float *in, int batch, int channels, int height, int width,
+                                     int size, int stride, int padding, int out_h, int out_w, float *out,
+                                     int *argmax)
+{
+    (void)be;
+    const int offset = -padding / 2;
+    const size_t inputs = (size_t)channels * height * width, outputs = (size_t)channels * out_h * out_w;
+    int y_lo, y_hi, x_lo, x_hi;
+    inner_range(offset, stride, size, height, out_h, &y_lo, &y_hi);
+    inner_range(offset, stride, size, width, out_w, &x_lo, &x_hi);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++) {
+        for (int c = 0; c < channels; c++) {
+            const float *src = in + b * inputs + (size_t)c * width * height;
+            for (int y = 0; y < out_h; y++) {
+                const int inner_y = y >= y_lo && y < y_hi;
+                for (int x = 0; x < out_w; x++) {
+                    float best = -FLT_MAX;
+                    int best_i = -1;
+                    if (inner_y && x >= x_lo && x < x_hi) {
+                        /* The window lies inside: no bounds tests, and selects instead of branches (which
+                         * mispredict on random data). Same scan order and strict > as below. */
+                        const int base = (offset + y * stride) * width + offset + x * stride;
+                        for (int ky = 0; ky < size; ky++) {
+                            for (int kx = 0; kx < size; kx++) {
+                                const int i = base + ky * width + kx;
+                                const float v = src[i];
+                                const int better = v > best;
+                                best_i = better ? i : best_i;
+                                best = better ? v : best;
+                            }
+                        }
+                    } else {
+                        for (int ky = 0; ky < size; ky++) {
+                            const int iy = offset + y * stride + ky;
+                            if (iy < 0 || iy >= height) continue;
+                            for (int kx = 0; kx < size; kx++) {
+                                const int ix = offset + x * stride + kx;
+                                if (ix < 0 || ix >= width) continue;
+                                const float v = src[iy * width + ix];
+                                if (v > best) { best = v; best_i = iy * width + ix; }
+                            }
+                        }
+                    }
+                    const size_t o = b * outputs + ((size_t)c * out_h + y) * out_w + x;
+                    out[o] = best;
+                    if (argmax) argmax[o] = best_i < 0 ? -1 : (int)((size_t)c * width * height + best_i);
+                }
+            }
+        }
+    }
+    return DN_OK;
+}
+
+static dn_status cpu_maxpool_backward(dn_backend *be, const float *delta, const int *argmax, int batch,
+                                      size_t outputs, size_t inputs, float *in_delta)
+{
+    (void)be;
+    /* Parallel over images only: overlapping windows of one image may share their maximum. */
+#pragma omp parallel for schedule(static) if ((size_t)batch * outputs > 65536)
+    for (int b = 0; b < batch; b++)
+        for (size_t i = 0; i < outputs; i++) {
+            const int j = argmax[b * outputs + i];
+            if (j >= 0) in_delta[b * inputs + j] += delta[b * outputs + i];
+        }
+    return DN_OK;
+}
+
+static dn_status cpu_upsample_forward(dn_backend *be, const float *in, int batch, int channels, int height, int width,
+                                      int stride, float scale, float *out)
+{
+    (void)be;
+    const int out_h = height * stride, out_w = width * stride;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int c = 0; c < channels; c++) {
+            const size_t plane = (size_t)b * channels + c;
+            const float *src = in + plane * width * height;
+            float *dst = out + plane * out_w * out_h;
+            for (int y = 0; y < out_h; y++)
+                for (int x = 0; x < out_w; x++) dst[y * out_w + x] = scale * src[(y / stride) * width + x / stride];
+        }
+    return DN_OK;
+}
+
+static dn_status cpu_upsample_backward(dn_backend *be, const float *delta, int batch, int channels, int height,
+                                       int width, int stride, float scale, float *in_delta)
+{
+    (void)be;
+    const int out_h = height * stride, out_w = width * stride;
+    for (int b = 0; b < batch; b++)
+        for (int c = 0; c < channels; c++) {
+            const size_t plane = (size_t)b * channels + c;
+            float *dst = in_delta + plane * width * height;
+            const float *src = delta + plane * out_w * out_h;
+            for (int y = 0; y < out_h; y++)
+                for (int x = 0; x < out_w; x++) dst[(y / stride) * width + x / stride] += scale * src[y * out_w + x];
+        }
+    return DN_OK;
+}
+
+static dn_status cpu_yolo_activate(dn_backend *be, const float *in, int batch, int n, int classes, int h, int w,
+                                   int representation, float *out)
+{
+    (void)be;
+    const dn_yolo_config cfg = {.classes = classes, .n = n, .representation = representation};
+    yolo_activate(&cfg, batch, h, w, in, out);
+    return DN_OK;
+}
+
+const dn_kernels dn_cpu_kernels = {
+    .gemm = cpu_gemm,
+    .im2col = cpu_im2col,
+    .col2im_add = cpu_col2im_add,
+    .activate = cpu_activate,
+    .gradient = cpu_gradient,
+    .add = cpu_add,
+    .axpy = cpu_axpy,
+    .copy_rows = cpu_copy_rows,
+    .affine_inference = cpu_affine_inference,
+    .batchnorm_forward = cpu_batchnorm_forward,
+    .bias_gradient = cpu_bias_gradient,
+    .batchnorm_backward = cpu_batchnorm_backward,
+    .sgd_update = cpu_sgd_update,
+    .maxpool_forward = cpu_maxpool_forward,
+    .maxpool_backward = cpu_maxpool_backward,
+    .upsample_forward = cpu_upsample_forward,
+    .upsample_backward = cpu_upsample_backward,
+    .yolo_activate = cpu_yolo_activate,
+    /* conv_forward, conv_backward_data, conv_backward_filter: NULL (im2col + gemm) */
+};
