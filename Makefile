@@ -30,17 +30,34 @@ else
   BLAS_LIBS =
 endif
 
+# oneDNN (convolutions at inference, bf16): the onednn-cpu-gomp + onednn-devel-cpu-gomp wheels (their files land
+# under the Python prefix), else a system libdnnl-dev, else none (the hand-written path only; a warning says so).
+ONEDNN_PREFIX := $(shell $(PYTHON) -c "import importlib.metadata as m, pathlib; d = m.distribution('onednn-cpu-gomp'); f = next(p for p in d.files if p.name.startswith('libdnnl.so')); print(pathlib.Path(d.locate_file(f)).resolve().parent.parent)" 2>/dev/null)
+ifneq ($(and $(ONEDNN_PREFIX),$(wildcard $(ONEDNN_PREFIX)/include/oneapi/dnnl/dnnl.h)),)
+  # The rpath finds the wheel where it was at build time; _ffi.py preloads it wherever it is installed.
+  ONEDNN_CFLAGS = -DDN_ONEDNN -I$(ONEDNN_PREFIX)/include
+  ONEDNN_LIBS = -L$(ONEDNN_PREFIX)/lib -l:libdnnl.so.3 -Wl,-rpath,$(ONEDNN_PREFIX)/lib
+else ifneq ($(shell grep -s 'define DNNL_VERSION_MAJOR 3' /usr/include/oneapi/dnnl/dnnl_version.h),)
+  # Debian's libdnnl-dev, when it has oneDNN 3's C API (2.x's differs)
+  ONEDNN_CFLAGS = -DDN_ONEDNN
+  ONEDNN_LIBS = -ldnnl
+else
+  $(warning oneDNN not found (pip install onednn-cpu-gomp onednn-devel-cpu-gomp): building without it)
+  ONEDNN_CFLAGS =
+  ONEDNN_LIBS =
+endif
+
 .PHONY: all lib demo test asan fuzz bench clean install
 all: lib
 lib: $(LIB)
 
 $(LIB): $(SRC) $(HDR) Makefile
-	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm
+	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) $(ONEDNN_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) $(ONEDNN_LIBS) -lm
 
 $(ASAN_LIB): $(SRC) $(HDR) Makefile
 	@mkdir -p build/asan
 	$(CC) $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	  $(BLAS_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) -lm
+	  $(BLAS_CFLAGS) $(ONEDNN_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) $(ONEDNN_LIBS) -lm
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define DN_ABI_VERSION 2
+#define DN_ABI_VERSION 3
 
 typedef enum dn_status {
     DN_OK = 0,
@@ -50,8 +50,25 @@ typedef enum dn_conv_algo {
     DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */
     DN_CONV_WINOGRAD_F2 = 2,  /* Winograd F(2x2,3x3) wherever Winograd applies */
     DN_CONV_WINOGRAD_F4 = 3,  /* Winograd F(4x4,3x3) wherever Winograd applies */
-    DN_CONV_PLAIN = 4         /* the training path's convolution, unfused (a reference for tests) */
+    DN_CONV_PLAIN = 4,        /* the training path's convolution, unfused (a reference for tests) */
+    DN_CONV_ONEDNN = 5        /* oneDNN for every layer it implements (falls back, with a warning, when the
+                                 library was built without it) */
 } dn_conv_algo;
+
+/* Arithmetic of the CPU inference path. BF16: convolutions multiply in bfloat16 (inputs and weights rounded
+ * to 8 significant bits) and accumulate in float32, through oneDNN; needs a CPU with AMX or AVX512_BF16.
+ * Training always runs in float32. */
+typedef enum dn_precision { DN_PRECISION_F32 = 0, DN_PRECISION_BF16 = 1 } dn_precision;
+
+/* The engine a [convolutional] layer's last forward ran on (dn_layer_info.engine). */
+typedef enum dn_conv_engine {
+    DN_ENGINE_NONE = 0,         /* no forward yet */
+    DN_ENGINE_PLAIN = 1,        /* im2col + GEMM, then bias/batch norm and activation (training, DN_CONV_PLAIN) */
+    DN_ENGINE_FUSED = 2,        /* the hand-written fused path (Winograd or im2col + GEMM) */
+    DN_ENGINE_ONEDNN = 3,       /* oneDNN, float32 */
+    DN_ENGINE_ONEDNN_BF16 = 4,  /* oneDNN, bfloat16 multiplies */
+    DN_ENGINE_DEVICE = 5        /* the network's device backend (CUDA) */
+} dn_conv_engine;
 
 /* Per-network options, given at load. Fill with dn_options_init, then change what you need. */
 /* dn_options.device for tests: the CPU's memory and kernels behind the code paths of a device backend. */
@@ -64,6 +81,7 @@ typedef struct dn_options {
     int allow_tf32;          /* CUDA: let cuBLAS/cuDNN use TensorFloat-32 tensor cores (faster, ~1e-3 relative) */
     uint64_t memory_limit;   /* bytes this network may claim (parameters, activations, workspace) at load and
                                 resize; 0 = DN_DEFAULT_MEMORY_LIMIT */
+    int precision;           /* dn_precision: BF16 is refused (DN_E_ARG) on CPUs without AMX/AVX512_BF16 */
 } dn_options;
 
 #define DN_DEFAULT_MEMORY_LIMIT 17179869184
@@ -120,6 +138,8 @@ typedef struct dn_layer_info {
     /* [route] only: up to 4 source layers (absolute indices), n_sources of them */
     int n_sources;
     int sources[4];
+    /* [convolutional] only: the dn_conv_engine its last forward ran on */
+    int engine;
 } dn_layer_info;
 
 /* The [net] section and the header of the last weights file loaded. */
@@ -157,6 +177,10 @@ void dn_set_log_callback(dn_log_fn fn, void *user);
 void dn_set_threads(int n);
 int dn_get_threads(void);
 const char *dn_blas_name(void);
+/* oneDNN's version ("3.2.0") when the library was built with it, else "". */
+const char *dn_onednn_version(void);
+/* 1 when precision BF16 can run here; isa (may be NULL) gets oneDNN's name for this CPU's instruction set. */
+int dn_bf16_supported(const char **isa);
 const char *dn_activation_name(int code);
 
 void dn_options_init(dn_options *options);

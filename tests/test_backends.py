@@ -97,6 +97,12 @@ def cuda_devices() -> int:
 
 STAGED = "cpu-staged"  # the C API's DN_DEVICE_CPU_STAGED, a test-only device the Python API does not name
 GPU = pytest.mark.gpu
+NEEDS_ONEDNN = pytest.mark.skipif(not pydarknet.network.onednn_version(),
+                                  reason="the library was built without oneDNN (pip install onednn-cpu-gomp "
+                                         "onednn-devel-cpu-gomp, then make)")
+NEEDS_BF16 = pytest.mark.skipif(not pydarknet.network.bf16_supported()[0],
+                                reason="no bf16 here (a build without oneDNN, or a CPU without AMX/AVX512_BF16)")
+BF16_TOL = 3e-2  # bfloat16 keeps 8 significant bits of inputs and weights; sums stay float32
 NEEDS_CUDA = pytest.mark.skipif(cuda_devices() == 0, reason="no CUDA device (or a build without CUDA)")
 
 # (id, implementation A, implementation B, marks)
@@ -105,6 +111,7 @@ INFERENCE_PAIRS = [
     ("winograd4-vs-gemm", dict(conv_algo="winograd4"), dict(conv_algo="gemm"), ()),
     ("auto-vs-gemm", dict(conv_algo="auto"), dict(conv_algo="gemm"), ()),
     ("gemm-vs-plain", dict(conv_algo="gemm"), dict(conv_algo="plain"), ()),
+    ("onednn-vs-plain", dict(conv_algo="onednn"), dict(conv_algo="plain"), (NEEDS_ONEDNN,)),
     ("staged-vs-cpu", dict(device=STAGED), dict(device="cpu"), ()),
     ("cuda-vs-cpu", dict(device="cuda:0"), dict(device="cpu"), (GPU, NEEDS_CUDA)),
 ]
@@ -187,9 +194,42 @@ def test_inference_outputs_agree(tmp_path, impl_a, impl_b, shape, batch, layers)
     with a, b:
         a.forward_last(x)
         b.forward_last(x)
+        engines_used(a, impl_a)
+        engines_used(b, impl_b)
         for i, (oa, ob) in enumerate(zip(all_outputs(a, batch), all_outputs(b, batch))):
             assert np.abs(ob).max() > 0, f"layer {i}: an all-zero output proves nothing"
             assert_close(oa, ob, f"layer {i} ({a.layers[i].type}) output")
+
+
+def engines_used(net: Network, options: dict) -> None:
+    """The convolutions ran on the engine the options asked for (so a pair never compares a path with itself)."""
+    engines = net.conv_engines()
+    if options.get("conv_algo") == "onednn":
+        expected = "onednn-bf16" if options.get("precision") == "bf16" else "onednn"
+        assert set(engines) == {expected}, engines
+    elif options.get("conv_algo") == "plain":
+        assert set(engines) == {"plain"}, engines
+
+
+@NEEDS_BF16
+@pytest.mark.parametrize("cid,shape,batch,layers", [c for c in CASES if c[0].startswith(("wide", "mini-yolo",
+                                                                                         "conv-chain"))],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_bf16_inference_is_close_to_float32(tmp_path, cid, shape, batch, layers):
+    """precision="bf16" (oneDNN, bfloat16 multiplies) stays within BF16_TOL of the float32 plain path, layer by
+    layer, and does round (it is not the float32 path under another name)."""
+    bf16 = dict(conv_algo="onednn", precision="bf16")
+    plain = dict(conv_algo="plain")
+    a, b, x, _ = twins(tmp_path, shape, batch, layers, bf16, plain)
+    with a, b:
+        a.forward_last(x)
+        b.forward_last(x)
+        engines_used(a, bf16)
+        worst = 0.0
+        for i, (oa, ob) in enumerate(zip(all_outputs(a, batch), all_outputs(b, batch))):
+            assert_close(oa, ob, f"layer {i} ({a.layers[i].type}) output", BF16_TOL)
+            worst = max(worst, rel_err(oa, ob))
+        assert worst > 1e-6, "bf16 gave float32's results exactly: it did not run in bfloat16"
 
 
 @pytest.mark.parametrize("impl_a,impl_b,shape,batch,layers", params_for(TRAINING_PAIRS))
