@@ -59,13 +59,13 @@ def _draw(image, detections):
     return out
 
 
-def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None) -> None:
+def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None, precision="f32") -> None:
     import cv2  # noqa: PLC0415
 
     from .detect import Detector  # noqa: PLC0415
     from .image import read_image  # noqa: PLC0415
 
-    with Detector(cfg, weights, names=names) as detector:
+    with Detector(cfg, weights, names=names, precision=precision) as detector:
         for path in images:
             image = read_image(path)
             start = time.perf_counter()
@@ -89,9 +89,11 @@ def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=
 @click.option("--thresh", default=0.25, show_default=True, help="Score threshold.")
 @click.option("--nms", default=0.45, show_default=True, help="NMS IoU threshold.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Save annotated images here.")
-def detect(cfg, weights, images, names, thresh, nms, out_dir):
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="bf16: bfloat16 convolutions (CPUs with AMX or AVX512_BF16).")
+def detect(cfg, weights, images, names, thresh, nms, out_dir, precision):
     """Detect objects in IMAGES and print them as Darknet does."""
-    run_detect(cfg, weights, images, names, thresh, nms, out_dir)
+    run_detect(cfg, weights, images, names, thresh, nms, out_dir, precision)
 
 
 @main.command()
