@@ -43,16 +43,20 @@ typedef enum dn_representation { DN_REPR_EXP = 0, DN_REPR_LIN = 1 } dn_represent
 
 typedef struct dn_network dn_network;
 
-/* How a network's convolutions run at inference. AUTO: Winograd for 3x3 stride-1 layers with enough
- * channels (tile chosen by map size), im2col + GEMM elsewhere, bias/batch norm/activation fused. */
+/* How a network's convolutions run at inference. AUTO: oneDNN for every layer when the library has it (measured
+ * faster than the hand-written paths on every yolov3 and yolov3-tiny layer shape here), else DN_CONV_FUSED:
+ * Winograd for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM elsewhere;
+ * bias/batch norm/activation fused in both. */
 typedef enum dn_conv_algo {
     DN_CONV_AUTO = 0,
     DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */
     DN_CONV_WINOGRAD_F2 = 2,  /* Winograd F(2x2,3x3) wherever Winograd applies */
     DN_CONV_WINOGRAD_F4 = 3,  /* Winograd F(4x4,3x3) wherever Winograd applies */
     DN_CONV_PLAIN = 4,        /* the training path's convolution, unfused (a reference for tests) */
-    DN_CONV_ONEDNN = 5        /* oneDNN for every layer it implements (falls back, with a warning, when the
+    DN_CONV_ONEDNN = 5,       /* oneDNN for every layer it implements (falls back, with a warning, when the
                                  library was built without it) */
+    DN_CONV_FUSED = 6         /* the hand-written fused path alone: Winograd F(4x4) from 24x24 maps, F(2x2) below,
+                                 im2col + GEMM elsewhere (AUTO's choice when the library has no oneDNN) */
 } dn_conv_algo;
 
 /* Arithmetic of the CPU inference path. BF16: convolutions multiply in bfloat16 (inputs and weights rounded

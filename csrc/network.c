@@ -215,7 +215,7 @@ DN_EXPORT void dn_options_init(dn_options *options)
 
 static dn_status check_options(const dn_options *o)
 {
-    if (o->conv_algo < DN_CONV_AUTO || o->conv_algo > DN_CONV_ONEDNN)
+    if (o->conv_algo < DN_CONV_AUTO || o->conv_algo > DN_CONV_FUSED)
         return dn_fail(DN_E_ARG, "unknown convolution algorithm %d", o->conv_algo);
     if (o->precision != DN_PRECISION_F32 && o->precision != DN_PRECISION_BF16)
         return dn_fail(DN_E_ARG, "unknown precision %d (0 = float32, 1 = bfloat16)", o->precision);

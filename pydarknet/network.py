@@ -91,7 +91,7 @@ def _fspath(path) -> bytes:
     return os.fsencode(os.fspath(path))
 
 
-CONV_ALGOS = {"auto": 0, "gemm": 1, "winograd2": 2, "winograd4": 3, "plain": 4, "onednn": 5}
+CONV_ALGOS = {"auto": 0, "gemm": 1, "winograd2": 2, "winograd4": 3, "plain": 4, "onednn": 5, "fused": 6}
 PRECISIONS = {"f32": 0, "float32": 0, "bf16": 1, "bfloat16": 1}
 # dn_conv_engine codes -> the names Network.conv_engines reports
 CONV_ENGINES = {0: "none", 1: "plain", 2: "fused", 3: "onednn", 4: "onednn-bf16", 5: "device"}
@@ -153,7 +153,8 @@ class Network:
     ``Network(cfg, weights=None, batch=1, device=None, conv_algo="auto", threads=0, memory_limit=None,
     precision="f32")``: without weights the parameters get Darknet's initialisation. ``device`` is ``"cpu"``
     (default), ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto`` (oneDNN when the library has it,
-    else the hand-written paths), ``onednn``, ``gemm``, ``winograd2``, ``winograd4``, ``plain``; ``threads``
+    else ``fused``), ``onednn``, ``fused`` (the hand-written Winograd/GEMM paths), ``gemm``, ``winograd2``,
+    ``winograd4``, ``plain``; ``threads``
     this network's threads (0 = the process setting); ``memory_limit`` the bytes the network may claim (None =
     the library's default); ``precision`` ``"f32"`` or ``"bf16"`` (inference convolutions multiply in
     bfloat16 through oneDNN: CPUs with AMX or AVX512_BF16 only, else a ``DarknetValueError``; training stays

@@ -8,8 +8,9 @@ Compared (each as max|a - b| / max|b|, the error relative to the array's scale):
     backward from the same last delta (dn_network_backward_probe), the batch-norm rolling statistics after a
     train_chunk, and the parameters and momentum buffers after an SGD step from the same update buffers.
 
-Pairs today, on the CPU: the Winograd tiles (winograd2, winograd4, auto) against im2col + GEMM (gemm) and the
-fused inference path against the unfused plain one, for inference; one thread against two for training (the
+Pairs today, on the CPU: the Winograd tiles (winograd2, winograd4, fused's choice) and auto (oneDNN when built
+in) against im2col + GEMM (gemm), oneDNN against the unfused plain path, and the fused inference path against
+the plain one, for inference (test_bf16_inference_is_close_to_float32: bf16 against plain, looser); one thread against two for training (the
 per-thread splits of GEMMs and batch-norm sums must not change the results); and the CPU behind the code paths
 of a device backend (DN_DEVICE_CPU_STAGED: inputs staged, the [yolo] loss through host staging, no Winograd)
 against the CPU, for both. With a CUDA device (a GPU build, pydarknet.cuda_device_count() > 0) the same cases
@@ -110,6 +111,7 @@ INFERENCE_PAIRS = [
     ("winograd2-vs-gemm", dict(conv_algo="winograd2"), dict(conv_algo="gemm"), ()),
     ("winograd4-vs-gemm", dict(conv_algo="winograd4"), dict(conv_algo="gemm"), ()),
     ("auto-vs-gemm", dict(conv_algo="auto"), dict(conv_algo="gemm"), ()),
+    ("fused-vs-gemm", dict(conv_algo="fused"), dict(conv_algo="gemm"), ()),
     ("gemm-vs-plain", dict(conv_algo="gemm"), dict(conv_algo="plain"), ()),
     ("onednn-vs-plain", dict(conv_algo="onednn"), dict(conv_algo="plain"), (NEEDS_ONEDNN,)),
     ("staged-vs-cpu", dict(device=STAGED), dict(device="cpu"), ()),
@@ -122,7 +124,7 @@ TRAINING_PAIRS = [
 ]
 
 
-def params_for(pairs, winograd_only_for=("winograd",)):
+def params_for(pairs, winograd_only_for=("winograd", "fused")):
     out = []
     for pid, a, b, marks in pairs:
         for cid, shape, batch, layers in CASES:
@@ -207,8 +209,8 @@ def engines_used(net: Network, options: dict) -> None:
     if options.get("conv_algo") == "onednn":
         expected = "onednn-bf16" if options.get("precision") == "bf16" else "onednn"
         assert set(engines) == {expected}, engines
-    elif options.get("conv_algo") == "plain":
-        assert set(engines) == {"plain"}, engines
+    elif options.get("conv_algo") in ("plain", "fused"):
+        assert set(engines) == {options["conv_algo"]}, engines
 
 
 @NEEDS_BF16

@@ -512,7 +512,7 @@ def test_conv_algorithms_agree_and_cuda_on_a_cpu_build_is_a_clear_error(tmp_path
                    "size=3\npad=1\nactivation=leaky\n\n[convolutional]\nfilters=8\nsize=1\nactivation=linear\n")
     x = np.random.default_rng(3).random((2, 8, 32, 32), dtype=np.float32)
     outs = {}
-    for algo in ("plain", "auto", "gemm", "winograd2", "winograd4", "onednn"):
+    for algo in ("plain", "auto", "gemm", "winograd2", "winograd4", "onednn", "fused"):
         with pydarknet.Network(cfg, batch=2, conv_algo=algo) as net:
             net.forward(x)
             outs[algo] = net.layer_output(1).copy()
