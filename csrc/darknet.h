@@ -43,10 +43,11 @@ typedef enum dn_representation { DN_REPR_EXP = 0, DN_REPR_LIN = 1 } dn_represent
 
 typedef struct dn_network dn_network;
 
-/* How a network's convolutions run at inference. AUTO: oneDNN for every layer when the library has it (measured
- * faster than the hand-written paths on every yolov3 and yolov3-tiny layer shape here), else DN_CONV_FUSED:
- * Winograd for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM elsewhere;
- * bias/batch norm/activation fused in both. */
+/* How a network's convolutions run at inference. AUTO: oneDNN for kernels larger than 1x1 and DN_CONV_FUSED for
+ * 1x1 ones (the faster engine on most shapes of yolov3, see layer_convolutional.c; precision BF16: oneDNN for
+ * all); without oneDNN, DN_CONV_FUSED: Winograd
+ * for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM elsewhere. Bias, batch
+ * norm and activation are fused in both engines. */
 typedef enum dn_conv_algo {
     DN_CONV_AUTO = 0,
     DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */

@@ -170,13 +170,18 @@ static dn_status convolve(const dn_layer *l, dn_network *net, const float *weigh
     return st;
 }
 
-/* Whether inference goes to oneDNN first: asked for (conv_algo onednn, precision bf16) or chosen by AUTO, when
- * the library has it. */
-static int wants_onednn(const dn_network *net)
+/* Whether inference goes to oneDNN first: asked for (conv_algo onednn, precision bf16), or AUTO's rule when the
+ * library has oneDNN: oneDNN for kernels larger than 1x1, the hand-written path for 1x1 ones. Timed layer by
+ * layer over the 30 distinct convolution shapes of yolov3 and yolov3-tiny at 416 (one thread, medians of 7):
+ * oneDNN took 0.32-0.99x the hand-written time on 13 of the 15 larger-kernel shapes (up to 1.48x on the
+ * other two), and 0.9-1.74x on the 1x1 ones but one, whose inputs and outputs it must reorder to and from its
+ * blocked layout for little arithmetic. A fixed rule, not a timing at load, so that a network gives the same
+ * bits at every load and batch size. */
+static int wants_onednn(const dn_network *net, const dn_layer *l)
 {
     if (!conv_onednn_built()) return 0;
-    return net->opt.conv_algo == DN_CONV_AUTO || net->opt.conv_algo == DN_CONV_ONEDNN ||
-           net->opt.precision == DN_PRECISION_BF16;
+    if (net->opt.conv_algo == DN_CONV_ONEDNN || net->opt.precision == DN_PRECISION_BF16) return 1;
+    return net->opt.conv_algo == DN_CONV_AUTO && l->size > 1;
 }
 
 /* Inference on the CPU: oneDNN (conv_onednn.c) or the hand-written fused path (winograd.c), both doing
@@ -198,8 +203,8 @@ static dn_status conv_forward_fast(dn_layer *l, dn_network *net, const conv_view
         .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w, .weights = v->weights,
         .weights_version = net->params_version, .mul = mul, .add = add,
         .activation = p->activation, .algo = net->opt.conv_algo};
-    if (wants_onednn(net)) {
-        const int bf16 = net->opt.precision == DN_PRECISION_BF16;
+    const int bf16 = net->opt.precision == DN_PRECISION_BF16;
+    if (wants_onednn(net, l)) {
         dn_status st = conv_onednn_forward(&p->onednn, &d, bf16, in, l->output, batch);
         if (st == DN_OK) {
             p->engine = bf16 ? DN_ENGINE_ONEDNN_BF16 : DN_ENGINE_ONEDNN;

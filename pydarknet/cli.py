@@ -112,12 +112,19 @@ def layers(cfg, weights):
 @click.option("--threads", default=2, show_default=True)
 @click.option("--models", default="yolov3-tiny,yolov3", show_default=True)
 @click.option("--train/--no-train", default=False, help="Also time training (images/s).")
+@click.option("--batches", default="1,4", show_default=True, help="Images per forward, comma-separated.")
+@click.option("--peers/--no-peers", default=True, help="Also ONNX Runtime and OpenVINO on the ONNX export.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def bench(repeat, threads, models, train, json_path):
-    """Time inference (and training) against OpenCV DNN in the same run."""
+def bench(repeat, threads, models, train, batches, peers, json_path):
+    """Time inference (and training) against OpenCV DNN, ONNX Runtime and OpenVINO in the same run."""
     from .bench import run_benchmarks  # noqa: PLC0415
 
-    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, json_path=json_path)
+    try:
+        batch_list = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{batches!r}: comma-separated integers", param_hint="--batches") from None
+    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, batches=batch_list,
+                   peers=peers, json_path=json_path)
 
 
 def _darknet_args(args: list[str], flags: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:

@@ -152,8 +152,8 @@ class Network:
 
     ``Network(cfg, weights=None, batch=1, device=None, conv_algo="auto", threads=0, memory_limit=None,
     precision="f32")``: without weights the parameters get Darknet's initialisation. ``device`` is ``"cpu"``
-    (default), ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto`` (oneDNN when the library has it,
-    else ``fused``), ``onednn``, ``fused`` (the hand-written Winograd/GEMM paths), ``gemm``, ``winograd2``,
+    (default), ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto`` (oneDNN for kernels larger than
+    1x1, ``fused`` for 1x1 ones and without oneDNN), ``onednn``, ``fused`` (the hand-written Winograd/GEMM paths), ``gemm``, ``winograd2``,
     ``winograd4``, ``plain``; ``threads``
     this network's threads (0 = the process setting); ``memory_limit`` the bytes the network may claim (None =
     the library's default); ``precision`` ``"f32"`` or ``"bf16"`` (inference convolutions multiply in

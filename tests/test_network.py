@@ -87,16 +87,23 @@ def test_yolo_output_layout_after_activations(tiny_cfg):
             assert not np.allclose(out5[:, :, 2:4], sigmoid(raw5[:, :, 2:4]), atol=1e-3)
 
 
-def test_batch3_equals_three_batch1(tiny_cfg):
+@pytest.mark.parametrize("conv_algo", ["fused", "auto"])
+def test_batch3_equals_three_batch1(tiny_cfg, conv_algo):
+    """Images in a batch do not mix. The hand-written path gives identical bits; oneDNN (in AUTO) may block a
+    batch of 3 otherwise than a batch of 1 (sums rounded in another order)."""
     x = images(3, 64, seed=5)
-    with Network(tiny_cfg, batch=3) as net:
+    with Network(tiny_cfg, batch=3, conv_algo=conv_algo) as net:
         randomise(net, 2)
         together = net.forward(x)
-    with Network(tiny_cfg, batch=1) as net:
+    with Network(tiny_cfg, batch=1, conv_algo=conv_algo) as net:
         randomise(net, 2)
         alone = [net.forward(x[i:i + 1]) for i in range(3)]
     for head in range(2):
-        np.testing.assert_array_equal(together[head], np.concatenate([a[head] for a in alone]))
+        if conv_algo == "fused":
+            np.testing.assert_array_equal(together[head], np.concatenate([a[head] for a in alone]))
+        else:
+            np.testing.assert_allclose(together[head], np.concatenate([a[head] for a in alone]), rtol=1e-5,
+                                       atol=1e-6)
 
 
 def test_reference_batch3_equals_three_batch1(reference_dir):
