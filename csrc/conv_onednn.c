@@ -18,6 +18,7 @@
 #ifndef DN_ONEDNN
 
 int conv_onednn_built(void) { return 0; }
+int conv_onednn_runs_bf16(const conv_fast_desc *d, int bf16) { return 0; }
 int conv_onednn_bf16_supported(const char **isa_name)
 {
     if (isa_name) *isa_name = "none (built without oneDNN)";
@@ -53,6 +54,8 @@ struct conv_onednn {
 };
 
 int conv_onednn_built(void) { return 1; }
+
+int conv_onednn_runs_bf16(const conv_fast_desc *d, int bf16) { return bf16 && d->c / d->groups >= 16; }
 
 static const char *isa_name(dnnl_cpu_isa_t isa)
 {
@@ -170,7 +173,7 @@ static dn_status build(conv_onednn *s, const conv_fast_desc *d, int bf16, int ba
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t post = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    const dnnl_data_type_t mul_type = bf16 ? dnnl_bf16 : dnnl_f32;
+    const dnnl_data_type_t mul_type = conv_onednn_runs_bf16(d, bf16) ? dnnl_bf16 : dnnl_f32;
     const dnnl_dims_t src_dims = {batch, d->c, d->h, d->w};
     const dnnl_dims_t dst_dims = {batch, d->filters, d->out_h, d->out_w};
     const dnnl_dims_t bias_dims = {d->filters};

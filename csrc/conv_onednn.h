@@ -20,6 +20,11 @@ int conv_onednn_bf16_supported(const char **isa_name);
 /* oneDNN's version as "major.minor.patch", or "" when not built in. */
 const char *conv_onednn_version(void);
 
+/* Whether a layer runs in bfloat16 when bf16 is asked: only with at least 16 input channels per group. With
+ * fewer (the 3-channel first layer of YOLO) bf16 measured slower than float32 in oneDNN (6.8 vs 4.9 ms at
+ * 416x416x3 -> 16, one thread): the conversion costs more than AMX saves on so short a dot product. */
+int conv_onednn_runs_bf16(const conv_fast_desc *d, int bf16);
+
 /* Runs the layer described by d (mul/add: the folded batch norm) for `batch` images. bf16: bfloat16
  * multiplies. Returns DN_OK when done; DN_E_NOTFOUND when oneDNN has no implementation for this layer (the
  * caller runs its own path; the answer is remembered per shape); another error (message set) when oneDNN

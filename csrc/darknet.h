@@ -60,8 +60,9 @@ typedef enum dn_conv_algo {
                                  im2col + GEMM elsewhere (AUTO's choice when the library has no oneDNN) */
 } dn_conv_algo;
 
-/* Arithmetic of the CPU inference path. BF16: convolutions multiply in bfloat16 (inputs and weights rounded
- * to 8 significant bits) and accumulate in float32, through oneDNN; needs a CPU with AMX or AVX512_BF16.
+/* Arithmetic of the CPU inference path. BF16: convolutions with at least 16 input channels per group multiply
+ * in bfloat16 (inputs and weights rounded to 8 significant bits) and accumulate in float32, through oneDNN
+ * (narrower ones, like a first layer on RGB, run float32 there: faster); needs a CPU with AMX or AVX512_BF16.
  * Training always runs in float32. */
 typedef enum dn_precision { DN_PRECISION_F32 = 0, DN_PRECISION_BF16 = 1 } dn_precision;
 

@@ -207,7 +207,7 @@ static dn_status conv_forward_fast(dn_layer *l, dn_network *net, const conv_view
     if (wants_onednn(net, l)) {
         dn_status st = conv_onednn_forward(&p->onednn, &d, bf16, in, l->output, batch);
         if (st == DN_OK) {
-            p->engine = bf16 ? DN_ENGINE_ONEDNN_BF16 : DN_ENGINE_ONEDNN;
+            p->engine = conv_onednn_runs_bf16(&d, bf16) ? DN_ENGINE_ONEDNN_BF16 : DN_ENGINE_ONEDNN;
             return DN_OK;
         }
         if (st != DN_E_NOTFOUND) return st;

@@ -547,7 +547,7 @@ def test_precision_option_is_checked_and_bf16_is_refused_without_the_instruction
     from pydarknet.network import bf16_supported, onednn_version
 
     cfg = tmp_path / "b.cfg"
-    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=8\n\n[convolutional]\nbatch_normalize=1\nfilters=16\n"
+    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=16\n\n[convolutional]\nbatch_normalize=1\nfilters=16\n"
                    "size=3\npad=1\nactivation=leaky\n")
     with pytest.raises(DarknetValueError, match="precision"):
         pydarknet.Network(cfg, precision="fp8")
@@ -566,7 +566,7 @@ def test_precision_option_is_checked_and_bf16_is_refused_without_the_instruction
     assert "REFUSED" in out.stdout and "AMX or AVX512_BF16" in out.stdout and "avx512_core" in out.stdout, (
         out.stdout + out.stderr)
     if bf16_supported()[0]:
-        x = np.random.default_rng(5).random((1, 8, 16, 16), dtype=np.float32)
+        x = np.random.default_rng(5).random((1, 16, 16, 16), dtype=np.float32)
         with pydarknet.Network(cfg, precision="bf16") as net:
             assert net.precision == "bf16"
             net.forward_last(x)
