@@ -197,6 +197,8 @@ def _peer_engines(onnx_path: Path | None, why: str, x: np.ndarray, threads: int)
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # its pool would otherwise spin on the cores after each run, slowing whichever engine runs next
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x}
         engines.append(_Engine("onnxruntime", lambda: session.run(None, feed), f"onnxruntime {ort.__version__}"))
