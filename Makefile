@@ -40,6 +40,23 @@ else
 endif
 
 
+# oneDNN (convolutions at inference, bf16): the onednn-cpu-gomp + onednn-devel-cpu-gomp wheels (their files land
+# under the Python prefix), else a system libdnnl-dev, else none (the hand-written path only; a warning says so).
+ONEDNN_PREFIX := $(shell $(PYTHON) -c "import importlib.metadata as m, pathlib; d = m.distribution('onednn-cpu-gomp'); f = next(p for p in d.files if p.name.startswith('libdnnl.so')); print(pathlib.Path(d.locate_file(f)).resolve().parent.parent)" 2>/dev/null)
+ifneq ($(and $(ONEDNN_PREFIX),$(wildcard $(ONEDNN_PREFIX)/include/oneapi/dnnl/dnnl.h)),)
+  # The rpath finds the wheel where it was at build time; _ffi.py preloads it wherever it is installed.
+  ONEDNN_CFLAGS = -DDN_ONEDNN -I$(ONEDNN_PREFIX)/include
+  ONEDNN_LIBS = -L$(ONEDNN_PREFIX)/lib -l:libdnnl.so.3 -Wl,-rpath,$(ONEDNN_PREFIX)/lib
+else ifneq ($(shell grep -s 'define DNNL_VERSION_MAJOR 3' /usr/include/oneapi/dnnl/dnnl_version.h),)
+  # Debian's libdnnl-dev, when it has oneDNN 3's C API (2.x's differs)
+  ONEDNN_CFLAGS = -DDN_ONEDNN
+  ONEDNN_LIBS = -ldnnl
+else
+  $(warning oneDNN not found (pip install onednn-cpu-gomp onednn-devel-cpu-gomp): building without it)
+  ONEDNN_CFLAGS =
+  ONEDNN_LIBS =
+endif
+
 # ---- CUDA ----
 GPU ?= 0
 CUDNN ?= 0
@@ -121,7 +138,7 @@ ifneq ($(MPI),0)
 endif
 
 # The library is rebuilt whenever the build configuration changes (make GPU=1 after make, another CUDA_ARCH...).
-BUILD_CONFIG = GPU=$(GPU) CUDNN=$(CUDNN) NCCL=$(NCCL) MPI=$(MPI_CFLAGS) CUDA_ARCH=$(CUDA_ARCH) CC=$(CC) OPT=$(OPT) BLAS=$(BLAS_CFLAGS)
+BUILD_CONFIG = GPU=$(GPU) CUDNN=$(CUDNN) NCCL=$(NCCL) MPI=$(MPI_CFLAGS) CUDA_ARCH=$(CUDA_ARCH) CC=$(CC) OPT=$(OPT) BLAS=$(BLAS_CFLAGS) ONEDNN=$(ONEDNN_CFLAGS)
 CONFIG_STAMP = build/config/$(subst /,_,$(LIB))
 $(CONFIG_STAMP): FORCE
 	@mkdir -p $(dir $@)
@@ -141,13 +158,13 @@ lib: $(LIB)
 
 $(LIB): $(SRC) $(HDR) Makefile $(CONFIG_STAMP) $(GPU_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) $(GPU_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(GPU_OBJS) $(BLAS_LIBS) \
-	  $(GPU_LIBS) $(MPI_LIBS) -lm -lpthread
+	$(CC) $(CFLAGS_BASE) $(OPT) $(BLAS_CFLAGS) $(ONEDNN_CFLAGS) $(GPU_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(GPU_OBJS) \
+	  $(BLAS_LIBS) $(ONEDNN_LIBS) $(GPU_LIBS) $(MPI_LIBS) -lm -lpthread
 
 $(ASAN_LIB): $(SRC) $(HDR) Makefile
 	@mkdir -p build/asan
 	$(CC) $(CFLAGS_BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	  $(BLAS_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) $(MPI_LIBS) -lm -lpthread
+	  $(BLAS_CFLAGS) $(ONEDNN_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $(SRC) $(BLAS_LIBS) $(ONEDNN_LIBS) $(MPI_LIBS) -lm -lpthread
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define DN_ABI_VERSION 2
+#define DN_ABI_VERSION 3
 
 typedef enum dn_status {
     DN_OK = 0,
@@ -44,15 +44,38 @@ typedef enum dn_representation { DN_REPR_EXP = 0, DN_REPR_LIN = 1 } dn_represent
 
 typedef struct dn_network dn_network;
 
-/* How a network's convolutions run at inference. AUTO: Winograd for 3x3 stride-1 layers with enough
- * channels (tile chosen by map size), im2col + GEMM elsewhere, bias/batch norm/activation fused. */
+/* How a network's convolutions run at inference. AUTO: oneDNN for kernels larger than 1x1 and DN_CONV_FUSED for
+ * 1x1 ones (the faster engine on most shapes of yolov3, see layer_convolutional.c; precision BF16: oneDNN for
+ * all); without oneDNN, DN_CONV_FUSED: Winograd
+ * for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM elsewhere. Bias, batch
+ * norm and activation are fused in both engines. */
 typedef enum dn_conv_algo {
     DN_CONV_AUTO = 0,
     DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */
     DN_CONV_WINOGRAD_F2 = 2,  /* Winograd F(2x2,3x3) wherever Winograd applies */
     DN_CONV_WINOGRAD_F4 = 3,  /* Winograd F(4x4,3x3) wherever Winograd applies */
-    DN_CONV_PLAIN = 4         /* the training path's convolution, unfused (a reference for tests) */
+    DN_CONV_PLAIN = 4,        /* the training path's convolution, unfused (a reference for tests) */
+    DN_CONV_ONEDNN = 5,       /* oneDNN for every layer it implements (falls back, with a warning, when the
+                                 library was built without it) */
+    DN_CONV_FUSED = 6         /* the hand-written fused path alone: Winograd F(4x4) from 24x24 maps, F(2x2) below,
+                                 im2col + GEMM elsewhere (AUTO's choice when the library has no oneDNN) */
 } dn_conv_algo;
+
+/* Arithmetic of the CPU inference path. BF16: convolutions with at least 16 input channels per group multiply
+ * in bfloat16 (inputs and weights rounded to 8 significant bits) and accumulate in float32, through oneDNN
+ * (narrower ones, like a first layer on RGB, run float32 there: faster); needs a CPU with AMX or AVX512_BF16.
+ * Training always runs in float32. */
+typedef enum dn_precision { DN_PRECISION_F32 = 0, DN_PRECISION_BF16 = 1 } dn_precision;
+
+/* The engine a [convolutional] layer's last forward ran on (dn_layer_info.engine). */
+typedef enum dn_conv_engine {
+    DN_ENGINE_NONE = 0,         /* no forward yet */
+    DN_ENGINE_PLAIN = 1,        /* im2col + GEMM, then bias/batch norm and activation (training, DN_CONV_PLAIN) */
+    DN_ENGINE_FUSED = 2,        /* the hand-written fused path (Winograd or im2col + GEMM) */
+    DN_ENGINE_ONEDNN = 3,       /* oneDNN, float32 */
+    DN_ENGINE_ONEDNN_BF16 = 4,  /* oneDNN, bfloat16 multiplies */
+    DN_ENGINE_DEVICE = 5        /* the network's device backend (CUDA) */
+} dn_conv_engine;
 
 /* Per-network options, given at load. Fill with dn_options_init, then change what you need. */
 /* dn_options.device for tests: the CPU's memory and kernels behind the code paths of a device backend. */
@@ -65,6 +88,7 @@ typedef struct dn_options {
     int allow_tf32;          /* CUDA: let cuBLAS/cuDNN use TensorFloat-32 tensor cores (faster, ~1e-3 relative) */
     uint64_t memory_limit;   /* bytes this network may claim (parameters, activations, workspace) at load and
                                 resize; 0 = DN_DEFAULT_MEMORY_LIMIT */
+    int precision;           /* dn_precision: BF16 is refused (DN_E_ARG) on CPUs without AMX/AVX512_BF16 */
 } dn_options;
 
 #define DN_DEFAULT_MEMORY_LIMIT 17179869184
@@ -126,6 +150,8 @@ typedef struct dn_layer_info {
      * -padding/2) */
     int padding;
     float scale;         /* [upsample]: the factor applied after the nearest-neighbour copy */
+    /* [convolutional] only: the dn_conv_engine its last forward ran on */
+    int engine;
 } dn_layer_info;
 
 /* The [net] section and the header of the last weights file loaded. */
@@ -169,6 +195,10 @@ const char *dn_blas_name(void);
 const char *dn_build_info(void);
 /* CUDA devices the driver reports: 0 on a CPU-only build, without a driver or without a device. */
 int dn_cuda_device_count(void);
+/* oneDNN's version ("3.2.0") when the library was built with it, else "". */
+const char *dn_onednn_version(void);
+/* 1 when precision BF16 can run here; isa (may be NULL) gets oneDNN's name for this CPU's instruction set. */
+int dn_bf16_supported(const char **isa);
 const char *dn_activation_name(int code);
 
 void dn_options_init(dn_options *options);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "conv_onednn.h"
 #include "internal.h"
 
 void layer_release(dn_network *net, void *buf)
@@ -194,6 +195,16 @@ DN_EXPORT dn_status dn_network_init_params(dn_network *net, uint64_t seed)
     return st;
 }
 
+DN_EXPORT const char *dn_onednn_version(void) { return conv_onednn_version(); }
+
+DN_EXPORT int dn_bf16_supported(const char **isa)
+{
+    const char *name = NULL;
+    int ok = conv_onednn_built() && conv_onednn_bf16_supported(&name);
+    if (isa) *isa = name ? name : "none (built without oneDNN)";
+    return ok;
+}
+
 DN_EXPORT void dn_options_init(dn_options *options)
 {
     if (!options) return;
@@ -204,8 +215,27 @@ DN_EXPORT void dn_options_init(dn_options *options)
 
 static dn_status check_options(const dn_options *o)
 {
-    if (o->conv_algo < DN_CONV_AUTO || o->conv_algo > DN_CONV_PLAIN)
+    if (o->conv_algo < DN_CONV_AUTO || o->conv_algo > DN_CONV_FUSED)
         return dn_fail(DN_E_ARG, "unknown convolution algorithm %d", o->conv_algo);
+    if (o->precision != DN_PRECISION_F32 && o->precision != DN_PRECISION_BF16)
+        return dn_fail(DN_E_ARG, "unknown precision %d (0 = float32, 1 = bfloat16)", o->precision);
+    if (o->precision == DN_PRECISION_BF16) {
+        const char *isa = NULL;
+        if (o->device >= 0)
+            return dn_fail(DN_E_ARG, "precision bf16 is a CPU mode; CUDA device %d runs float32", o->device);
+        if (!conv_onednn_built())
+            return dn_fail(DN_E_ARG, "precision bf16 needs oneDNN, and this library was built without it "
+                           "(pip install onednn-cpu-gomp onednn-devel-cpu-gomp, then rebuild)");
+        if (!conv_onednn_bf16_supported(&isa))
+            return dn_fail(DN_E_ARG, "precision bf16 needs a CPU with AMX or AVX512_BF16; this one offers %s "
+                           "(oneDNN's instruction set name)", isa);
+        if (o->conv_algo != DN_CONV_AUTO && o->conv_algo != DN_CONV_ONEDNN)
+            return dn_fail(DN_E_ARG, "precision bf16 runs its convolutions through oneDNN: use conv_algo auto or "
+                           "onednn, not %d", o->conv_algo);
+    }
+    if (o->conv_algo == DN_CONV_ONEDNN && !conv_onednn_built())
+        dn_log(DN_LOG_WARNING, "conv_algo onednn: this library was built without oneDNN; using the hand-written "
+               "convolutions");
     if (o->threads < 0) return dn_fail(DN_E_ARG, "threads must be >= 0, got %d", o->threads);
     if (o->device < DN_DEVICE_CPU_STAGED)
         return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", o->device);

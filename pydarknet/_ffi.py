@@ -27,7 +27,7 @@ from .errors import (
 __all__ = ["ffi", "lib", "check", "library_path", "build_info", "cuda_device_count"]
 
 _HERE = Path(__file__).resolve().parent
-_EXPECTED_ABI = 2
+_EXPECTED_ABI = 3
 log = logging.getLogger("pydarknet")
 
 
@@ -110,6 +110,23 @@ def _preload_cuda(cudnn: bool) -> None:
         _load_global(paths)
 
 
+def _preload_onednn() -> None:
+    """Load the onednn-cpu-gomp wheel's libdnnl.so.3 globally, for the same reason as the BLAS (a library built
+    in an isolated pip environment keeps an rpath to a folder that is gone)."""
+    try:
+        from importlib import metadata  # noqa: PLC0415
+
+        dist = metadata.distribution("onednn-cpu-gomp")
+    except Exception:  # not installed: a library built with oneDNN finds it by its rpath, or fails to load
+        return
+    for file in dist.files or ():
+        if file.name == "libdnnl.so.3":
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
 def library_path() -> Path:
     env = os.environ.get("PYDARKNET_LIBRARY")
     if env:
@@ -125,6 +142,7 @@ def _load():
             "or point $PYDARKNET_LIBRARY at a libdarknet.so"
         )
     _preload_blas()
+    _preload_onednn()
     # OpenMP threads that spin long between parallel regions steal the cores from the data-loading workers
     # and from each other on a busy machine (measured 2x slower training under load); keep the spin short.
     # libgomp reads this when it is loaded, i.e. by the dlopen below; a user's own setting wins.

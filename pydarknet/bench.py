@@ -20,6 +20,7 @@ alternate; each engine's figure is its best pass.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -150,57 +151,165 @@ def _output_difference(ocv, net, x: np.ndarray, ours: list[np.ndarray]) -> dict:
             "raw_max_abs_diff": raw_diff, "raw_std": min(float(r.std()) for r in raws)}
 
 
-def _bench_inference(model: _Model, repeat: int, warmup: int, threads: int) -> dict:
+def sgemm_peak(threads: int, n: int = 2048, runs: int = 5) -> float:
+    """The machine's float32 GEMM rate (GFLOP/s): the best of `runs` n x n x n products by numpy's BLAS on
+    `threads` threads, in a fresh process (the BLAS reads its thread count at start-up)."""
+    import subprocess  # noqa: PLC0415
+
+    code = ("import numpy as np, time\n"
+            f"a = np.random.default_rng(0).random(({n}, {n}), dtype=np.float32); b = a.copy(); a @ b\n"
+            "best = float('inf')\n"
+            f"for _ in range({runs}):\n"
+            "    t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)\n"
+            f"print(2 * {n}**3 / best / 1e9)\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"SGEMM peak measurement failed: {result.stderr.strip()[-300:]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class _Engine:
+    name: str
+    run: object          # callable: one timed forward of the batch
+    path: str = ""       # what ran (pydarknet: the convolution engines of its last forward)
+
+
+def _onnx_file(net, batch: int, folder: Path) -> tuple[Path | None, str]:
+    """The project's own ONNX export of `net` at `batch`, or None and why not."""
+    try:
+        from .onnx_export import export_onnx  # noqa: PLC0415
+    except ImportError:
+        return None, "this pydarknet has no ONNX exporter (pydarknet.onnx_export)"
+    path = folder / f"{Path(str(net.cfg_path)).stem}-b{batch}.onnx"
+    try:
+        return export_onnx(net, path, batch=batch), ""
+    except Exception as exc:  # the onnx package missing, or a layer the exporter does not take
+        return None, f"ONNX export failed: {exc}"
+
+
+def _peer_engines(onnx_path: Path | None, why: str, x: np.ndarray, threads: int) -> tuple[list, dict]:
+    """ONNX Runtime (float32) and OpenVINO (float32, and its default precision: bf16 on AMX CPUs) on the
+    exported file; engines that cannot run are returned with the reason."""
+    engines, skipped = [], {}
+    names = ("onnxruntime", "openvino-f32", "openvino-default")
+    if onnx_path is None:
+        return [], {n: why for n in names}
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError:
+        skipped["onnxruntime"] = "onnxruntime is not installed (pip install onnxruntime)"
+    else:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # its pool would otherwise spin on the cores after each run, slowing whichever engine runs next
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        engines.append(_Engine("onnxruntime", lambda: session.run(None, feed), f"onnxruntime {ort.__version__}"))
+    try:
+        import openvino as ov  # noqa: PLC0415
+    except ImportError:
+        skipped["openvino-f32"] = skipped["openvino-default"] = "openvino is not installed (pip install openvino)"
+    else:
+        core = ov.Core()
+        model = core.read_model(str(onnx_path))
+        for name, config in (("openvino-f32", {"INFERENCE_PRECISION_HINT": "f32"}), ("openvino-default", {})):
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                         "PERFORMANCE_HINT": "LATENCY", **config})
+            request = compiled.create_infer_request()
+            precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+            engines.append(_Engine(name, lambda r=request: r.infer({0: x}),
+                                   f"openvino {ov.__version__}, {str(precision).lower()}"))
+    return engines, skipped
+
+
+def _bench_inference(model: _Model, repeat: int, warmup: int, threads: int, batch: int = 1,
+                     peers: bool = True) -> dict:
     import cv2  # noqa: PLC0415
 
-    from .network import Network  # noqa: PLC0415
+    from .network import Network, bf16_supported  # noqa: PLC0415
 
-    with Network(model.cfg, model.weights) as net:
+    engines: list[_Engine] = []
+    skipped: dict[str, str] = {}
+    nets = []
+    with tempfile.TemporaryDirectory(prefix="pydarknet-onnx-") as folder, contextlib.ExitStack() as stack:
+        net = stack.enter_context(Network(model.cfg, model.weights, batch=batch))
+        nets.append(("pydarknet", net))
         if model.image is not None:
             from .image import letterbox, read_image  # noqa: PLC0415
 
             x = letterbox(read_image(model.image), net.width, net.height)[None]
+            x = np.repeat(x, batch, axis=0)
         else:
-            x = np.random.default_rng(7).uniform(0, 1, (1, net.channels, net.height, net.width))
+            x = np.random.default_rng(7).uniform(0, 1, (batch, net.channels, net.height, net.width))
         x = np.ascontiguousarray(x, np.float32)
+        engines.append(_Engine("pydarknet", lambda: net.forward(x)))
+        # the hand-written path that AUTO ran before oneDNN (the "before" of this run)
+        fused = stack.enter_context(Network(model.cfg, model.weights, batch=batch, conv_algo="fused"))
+        nets.append(("pydarknet-fused", fused))
+        engines.append(_Engine("pydarknet-fused", lambda: fused.forward(x)))
+        ok, isa = bf16_supported()
+        if ok:
+            bf16 = stack.enter_context(Network(model.cfg, model.weights, batch=batch, precision="bf16"))
+            nets.append(("pydarknet-bf16", bf16))
+            engines.append(_Engine("pydarknet-bf16", lambda: bf16.forward(x)))
+        else:
+            skipped["pydarknet-bf16"] = f"no bf16 here (oneDNN's instruction set: {isa})"
 
         ocv = cv2.dnn.readNetFromDarknet(str(model.cfg), str(model.weights))
         ocv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         ocv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         out_names = list(ocv.getUnconnectedOutLayersNames())
 
-        def run_ours():
-            start = time.perf_counter()
-            net.forward(x)
-            return time.perf_counter() - start
-
         def run_opencv():
-            start = time.perf_counter()
             ocv.setInput(x)
             ocv.forward(out_names)
+
+        engines.append(_Engine("opencv", run_opencv, f"OpenCV DNN {cv2.__version__}"))
+        if peers:
+            onnx_path, why = _onnx_file(net, batch, Path(folder))
+            more, why_not = _peer_engines(onnx_path, why, x, threads)
+            engines += more
+            skipped.update(why_not)
+        else:
+            skipped.update({n: "not asked for (--no-peers)" for n in ("onnxruntime", "openvino-f32",
+                                                                     "openvino-default")})
+
+        def timed(engine: _Engine) -> float:
+            start = time.perf_counter()
+            engine.run()
             return time.perf_counter() - start
 
         for _ in range(warmup):
-            run_ours()
-            run_opencv()
-        ours_s, opencv_s = [], []
-        for i in range(repeat):
-            if i % 2 == 0:
-                ours_s.append(run_ours())
-                opencv_s.append(run_opencv())
-            else:
-                opencv_s.append(run_opencv())
-                ours_s.append(run_ours())
-        outputs = net.forward(x)
-        difference = _output_difference(ocv, net, x, outputs)
+            for engine in engines:
+                timed(engine)
+        runs: dict[str, list[float]] = {e.name: [] for e in engines}
+        for i in range(repeat):  # call by call, the order reversed every other round
+            for engine in (engines if i % 2 == 0 else engines[::-1]):
+                runs[engine.name].append(timed(engine))
+        for name, n in nets:
+            counts = n.conv_engines()
+            next(e for e in engines if e.name == name).path = ", ".join(f"{k} x{v}" for k, v in counts.items())
+        outputs = net.forward(x[:1]) if batch == 1 else None
+        difference = (_output_difference(ocv, net, x[:1], outputs) if outputs is not None else
+                      {"max_abs_diff": None, "max_abs_output": None, "note": "compared at batch 1 only"})
         bflops, shape = net.bflops, f"{net.width}x{net.height}"
-    ours_median, opencv_median = statistics.median(ours_s), statistics.median(opencv_s)
+    medians = {name: statistics.median(v) for name, v in runs.items()}
+    ours = medians["pydarknet"]
     return {
-        "model": model.name, "input": shape, "batch": 1, "weights": model.weights_kind,
+        "model": model.name, "input": shape, "batch": batch, "weights": model.weights_kind,
         "threads": threads, "bflops": bflops,
-        "pydarknet_s": ours_median, "opencv_s": opencv_median, "ratio": ours_median / opencv_median,
-        "pydarknet_gflops_per_s": bflops / ours_median, "opencv_gflops_per_s": bflops / opencv_median,
-        "pydarknet_runs_s": ours_s, "opencv_runs_s": opencv_s, **difference,
+        "pydarknet_s": ours, "opencv_s": medians["opencv"], "ratio": ours / medians["opencv"],
+        "pydarknet_gflops_per_s": bflops * batch / ours, "opencv_gflops_per_s": bflops * batch / medians["opencv"],
+        "pydarknet_runs_s": runs["pydarknet"], "opencv_runs_s": runs["opencv"],
+        "engines": {e.name: {"s": medians[e.name], "runs_s": runs[e.name], "path": e.path,
+                             "gflops_per_s": bflops * batch / medians[e.name],
+                             "time_vs_pydarknet": medians[e.name] / ours} for e in engines},
+        "skipped": skipped, **difference,
     }
 
 
@@ -304,6 +413,90 @@ def _training_runs(iterations: int, loader_workers: Sequence[int], say) -> list[
         say(f"training {cfg.stem} (its cfg's batch and size) ...")
         results.append(_bench_training(cfg.stem, cfg, None, "random", None, paths, iterations, loader_workers))
     return results
+
+
+def realdata_path() -> Path:
+    """../shared/realdata/coco-tiny (50 COCO 2017 train and val images with their annotations)."""
+    return reference_path().parent / "realdata" / "coco-tiny"
+
+
+def _coco_train_set(folder: Path) -> list[str] | None:
+    """The real train images linked under folder/images with Darknet labels under folder/labels (crowd
+    regions left out, boxes clipped to the image); None when the data is absent."""
+    from .eval.boxes import COCO_CATEGORY_IDS  # noqa: PLC0415
+
+    root = realdata_path()
+    annotations = root / "annotations" / "instances_train2017.json"
+    if not annotations.is_file():
+        return None
+    dataset = json.loads(annotations.read_text())
+    class_of = {cid: i for i, cid in enumerate(COCO_CATEGORY_IDS)}
+    by_image: dict[int, list] = {}
+    for ann in dataset["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image in dataset["images"]:
+        link = folder / "images" / image["file_name"]
+        link.symlink_to((root / "train2017" / image["file_name"]).resolve())
+        w, h = image["width"], image["height"]
+        rows = []
+        for ann in by_image.get(image["id"], []):
+            if ann["iscrowd"]:
+                continue
+            x, y, bw, bh = ann["bbox"]
+            x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + bw), min(h, y + bh)
+            rows.append(f"{class_of[ann['category_id']]} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                        f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n")
+        (folder / "labels" / (Path(image["file_name"]).stem + ".txt")).write_text("".join(rows))
+        paths.append(str(link))
+    return paths
+
+
+def _bench_realdata_training(iterations: int, workers: int, say) -> dict | None:
+    """Fine-tuning the pretrained yolov3-tiny at 416, batch 8, on the 50 real train images: DataLoader (JPEG
+    decoding, the cfg's augmentation, `workers` processes) feeding train_chunk + update; images/s over
+    `iterations` iterations after one warm-up, data waits included."""
+    from .data import Augment, DataLoader  # noqa: PLC0415
+    from .network import Network  # noqa: PLC0415
+    from .train import learning_rate  # noqa: PLC0415
+
+    ref = reference_path()
+    if not (ref / "yolov3-tiny.weights").is_file():
+        say(f"real-data training skipped: {ref / 'yolov3-tiny.weights'} not found")
+        return None
+    with tempfile.TemporaryDirectory(prefix="pydarknet-bench-") as folder:
+        folder = Path(folder)
+        paths = _coco_train_set(folder)
+        if paths is None:
+            say(f"real-data training skipped: {realdata_path()} not found")
+            return None
+        cfg = _sized_cfg(ref / "yolov3-tiny.cfg", 416, folder, "yolov3-tiny")
+        batch = 8
+        say(f"fine-tuning yolov3-tiny 416, batch {batch}, on {len(paths)} real COCO images ({workers} loader "
+            f"processes) ...")
+        with Network(cfg, ref / "yolov3-tiny.weights", batch=batch) as net:
+            opts = net.options
+            aug = Augment.from_net_options(opts, jitter=min(net.yolo_layers[-1].jitter, 0.49))
+            times, losses = [], []
+            with DataLoader(paths, num_classes=net.yolo_layers[0].classes, batch=batch, net_w=net.width,
+                            net_h=net.height, aug=aug, max_boxes=net.max_boxes, workers=workers, seed=1) as loader:
+                for it in range(iterations + 1):
+                    start = time.perf_counter()
+                    x, truth = loader.next_batch()
+                    losses.append(net.train_chunk(x, truth))
+                    net.update(learning_rate(opts, net.seen // batch) * 0.1, opts["momentum"], opts["decay"],
+                               batch)
+                    if it > 0:
+                        times.append(time.perf_counter() - start)
+            bflops = net.bflops
+    seconds = statistics.median(times)
+    return {"model": "yolov3-tiny", "input": "416x416", "batch": batch, "weights": "reference",
+            "data": f"{len(paths)} real COCO train2017 images", "loader_workers": workers,
+            "iterations": iterations, "s_per_iteration": seconds, "s_per_image": seconds / batch,
+            "images_per_s": batch / seconds, "iteration_runs_s": times, "losses": losses,
+            "train_gflops_per_s": 3 * bflops * batch / seconds}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -430,36 +623,48 @@ def _fmt_diff(value) -> str:
     return "n/a" if value is None else f"{value:.1e}"
 
 
-def _inference_table(rows: list[dict]) -> list[str]:
-    lines = [f"{'model':<14}{'input':>9}{'weights':>11}{'BFLOPs':>9}{'pydarknet s':>13}{'OpenCV s':>10}"
-             f"{'ratio':>7}{'GFLOP/s':>9}{'OpenCV GFLOP/s':>16}{'max|diff|':>11}"]
+ENGINE_ORDER = ("pydarknet", "pydarknet-bf16", "pydarknet-fused", "opencv", "onnxruntime", "openvino-f32",
+                "openvino-default")
+
+
+def _inference_table(rows: list[dict], peak: float | None = None) -> list[str]:
+    lines = [f"{'model':<13}{'batch':>6}{'engine':>18}{'median s':>10}{'GFLOP/s':>9}{'of peak':>9}"
+             f"{'time / pydarknet':>18}  what ran"]
     for r in rows:
-        lines.append(f"{r['model']:<14}{r['input']:>9}{r['weights']:>11}{r['bflops']:>9.3f}"
-                     f"{r['pydarknet_s']:>13.4f}{r['opencv_s']:>10.4f}{r['ratio']:>7.2f}"
-                     f"{r['pydarknet_gflops_per_s']:>9.1f}{r['opencv_gflops_per_s']:>16.1f}"
-                     f"{_fmt_diff(r['max_abs_diff']):>11}")
+        for name in ENGINE_ORDER:
+            if name in r["engines"]:
+                e = r["engines"][name]
+                share = f"{e['gflops_per_s'] / peak:.2f}" if peak else "n/a"
+                lines.append(f"{r['model']:<13}{r['batch']:>6}{name:>18}{e['s']:>10.4f}{e['gflops_per_s']:>9.1f}"
+                             f"{share:>9}{e['time_vs_pydarknet']:>18.2f}  {e['path']}")
+            elif name in r.get("skipped", {}):
+                lines.append(f"{r['model']:<13}{r['batch']:>6}{name:>18}  skipped: {r['skipped'][name]}")
     return lines
 
 
-def _inference_notes(rows: list[dict]) -> list[str]:
+def _inference_notes(rows: list[dict], peak: float | None = None) -> list[str]:
     fig = ISSUE_FIGURES
-    lines = ["  (ratio = pydarknet / OpenCV, medians of the same run; GFLOP/s = Darknet's BFLOPs / median s)"]
+    lines = ["  (medians of interleaved calls in one run; GFLOP/s = Darknet's BFLOPs x batch / median s; "
+             "of peak = that / the SGEMM peak; time / pydarknet < 1 = faster than pydarknet float32;",
+             "   pydarknet = the default (AUTO) path, pydarknet-fused = the hand-written Winograd/GEMM path alone)"]
+    if peak:
+        lines.append(f"  SGEMM peak (numpy's BLAS, 2048^3, same threads): {peak:.1f} GFLOP/s")
     for r in rows:
         if r["max_abs_diff"] is not None:
             lines.append(f"  sanity {r['model']}: max |pydarknet - OpenCV| {r['max_abs_diff']:.2e} over the [yolo] "
                          f"outputs (up to {r['max_abs_output']:.3g}); {r['raw_max_abs_diff']:.2e} over the raw "
                          f"heads (std >= {r['raw_std']:.3g})")
-        else:
+        elif r["batch"] == 1:
             lines.append(f"  sanity {r['model']}: not compared ({r.get('note', '')})")
     quoted = ", ".join(f"{v} s {k}" for k, v in fig["inference_opencv_s"].items())
     lines.append(f"  issue figures: OpenCV DNN {quoted} on the project machine")
     for r in rows:
-        if r["model"] == "yolov3":
-            ok_min = r["ratio"] <= fig["inference_ratio_minimum"]
-            ok_goal = r["ratio"] <= fig["inference_ratio_goal"]
-            lines.append(f"  yolov3 ratio {r['ratio']:.2f}: minimum <= {fig['inference_ratio_minimum']}x "
-                         f"{'met' if ok_min else 'NOT met'}; goal <= {fig['inference_ratio_goal']}x "
-                         f"{'met' if ok_goal else 'not met'}")
+        e = r["engines"]
+        for ours, theirs in (("pydarknet", "openvino-f32"), ("pydarknet-bf16", "openvino-default")):
+            if ours in e and theirs in e:
+                ratio = e[ours]["s"] / e[theirs]["s"]
+                lines.append(f"  {r['model']} batch {r['batch']}: {ours} / {theirs} time {ratio:.2f} "
+                             f"(goal <= 1: {'met' if ratio <= 1 else 'NOT met'})")
     return lines
 
 
@@ -493,24 +698,25 @@ def _training_notes(rows: list[dict]) -> list[str]:
 
 
 def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: int = 10, threads: int = 2,
-                   train: bool = False, *, size: int = 416, warmup: int = 2, train_iterations: int = 3,
-                   loader_workers: Sequence[int] = (0, 2), valid: bool = False,
-                   valid_images: str | os.PathLike | None = None, valid_limit: int | None = 20,
+                   train: bool = False, *, batches: Sequence[int] = (1, 4), size: int = 416, warmup: int = 2,
+                   train_iterations: int = 3, loader_workers: Sequence[int] = (0, 2), peers: bool = True,
+                   valid: bool = False, valid_images: str | os.PathLike | None = None, valid_limit: int | None = 20,
                    json_path: str | os.PathLike | None = None, stream: IO[str] | None = None) -> dict:
     """Run the benchmarks, print a table to `stream` (stdout) and return the figures (see module doc).
 
     `models`: names of cfgs in cfg/ (``yolov3-tiny`` uses the reference weights when present) or .cfg paths;
-    `repeat`: timed runs per engine and model after `warmup` runs; `threads`: for both engines;
-    `train`: also time training (`train_iterations` timed iterations after one warm-up, per cfg);
+    `batches`: images per forward; `repeat`: timed runs per engine after `warmup` runs; `threads`: for every
+    engine; `peers`: also ONNX Runtime and OpenVINO on the project's ONNX export; `train`: also time training
+    (`train_iterations` timed iterations after one warm-up, per cfg, and the real-data fine-tune);
     `valid`: also time `valid` on the first `valid_limit` real JPEGs of `valid_images` (a folder or a list
     file; default the COCO slice in ../shared/realdata), `repeat` passes per engine (at most 3).
     """
     import cv2  # noqa: PLC0415
 
-    from .network import get_threads, set_threads  # noqa: PLC0415
+    from .network import get_threads, onednn_version, set_threads  # noqa: PLC0415
 
-    if repeat < 1 or threads < 1:
-        raise ValueError(f"repeat={repeat} and threads={threads} must be >= 1")
+    if repeat < 1 or threads < 1 or not batches or min(batches) < 1:
+        raise ValueError(f"repeat={repeat}, threads={threads} and batches={list(batches)} must be >= 1")
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):
         raise RuntimeError("this OpenCV has no DNN module with the Darknet reader (pip install opencv-python)")
     out = stream if stream is not None else sys.stdout
@@ -524,23 +730,27 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
     cv2.setNumThreads(threads)
     report: dict = {
         "machine": {"cpus": os.cpu_count(), "threads": threads, "opencv": cv2.__version__,
-                    "python": sys.version.split()[0]},
+                    "python": sys.version.split()[0], "onednn": onednn_version() or None},
         "settings": {"repeat": repeat, "warmup": warmup, "size": size, "models": models, "train": train,
-                     "train_iterations": train_iterations},
+                     "batches": list(batches), "train_iterations": train_iterations, "peers": peers},
         "issue_figures": ISSUE_FIGURES,
-        "inference": [], "training": [], "valid": None,
+        "inference": [], "training": [], "training_realdata": None, "valid": None,
     }
     try:
-        say(f"pydarknet bench: {os.cpu_count()} CPUs, {threads} threads for both engines, OpenCV {cv2.__version__}")
-        say(f"inference, batch 1 at {size}x{size}: {warmup} warm-up runs, then medians of {repeat} runs per "
-            f"engine, interleaved")
+        say(f"pydarknet bench: {os.cpu_count()} CPUs, {threads} threads for every engine, OpenCV {cv2.__version__}, "
+            + (f"oneDNN {onednn_version()}" if onednn_version() else
+               "no oneDNN in this build (pydarknet runs its hand-written convolutions)"))
+        report["machine"]["sgemm_peak_gflops"] = peak = sgemm_peak(threads)
+        say(f"inference at {size}x{size}, batches {', '.join(map(str, batches))}: {warmup} warm-up runs, then "
+            f"medians of {repeat} runs per engine, interleaved call by call")
         with tempfile.TemporaryDirectory(prefix="pydarknet-bench-") as folder:
             for name in models:
                 model = _resolve_model(name, size, Path(folder))
-                report["inference"].append(_bench_inference(model, repeat, warmup, threads))
+                for batch in batches:
+                    report["inference"].append(_bench_inference(model, repeat, warmup, threads, batch, peers))
         if report["inference"]:
             say()
-            for line in _inference_table(report["inference"]) + _inference_notes(report["inference"]):
+            for line in _inference_table(report["inference"], peak) + _inference_notes(report["inference"], peak):
                 say(line)
         if valid:
             paths = _valid_paths(valid_images or default_valid_images(), valid_limit)
@@ -554,10 +764,18 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
         if train:
             say()
             report["training"] = _training_runs(train_iterations, loader_workers, say)
+            report["training_realdata"] = real = _bench_realdata_training(max(train_iterations, 3), 1, say)
             say()
             say(f"training on {threads} threads")
             for line in _training_table(report["training"]) + _training_notes(report["training"]):
                 say(line)
+            if real is not None:
+                say(f"  real data: yolov3-tiny 416 batch 8 fine-tuned from the pretrained weights on "
+                    f"{real['data']}, JPEG decoding and augmentation in {real['loader_workers']} loader process: "
+                    f"{real['s_per_iteration']:.2f} s/iteration, {real['s_per_image']:.3f} s/image, "
+                    f"{real['images_per_s']:.2f} images/s ({real['train_gflops_per_s']:.1f} GFLOP/s counting "
+                    f"backward as 2x forward); issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet "
+                    f"before 0.17 s/image")
     finally:
         set_threads(previous[0])
         cv2.setNumThreads(previous[1])

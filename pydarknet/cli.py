@@ -46,14 +46,14 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None) -> None:
+def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None, precision="f32") -> None:
     import cv2  # noqa: PLC0415
 
     from .detect import Detector  # noqa: PLC0415
     from .draw import draw_detections  # noqa: PLC0415
     from .image import read_image  # noqa: PLC0415
 
-    with Detector(cfg, weights, names=names) as detector:
+    with Detector(cfg, weights, names=names, precision=precision) as detector:
         for path in images:
             image = read_image(path)
             start = time.perf_counter()
@@ -77,9 +77,11 @@ def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=
 @click.option("--thresh", default=0.25, show_default=True, help="Score threshold.")
 @click.option("--nms", default=0.45, show_default=True, help="NMS IoU threshold.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Save annotated images here.")
-def detect(cfg, weights, images, names, thresh, nms, out_dir):
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="bf16: bfloat16 convolutions (CPUs with AMX or AVX512_BF16).")
+def detect(cfg, weights, images, names, thresh, nms, out_dir, precision):
     """Detect objects in IMAGES and print them as Darknet does."""
-    run_detect(cfg, weights, images, names, thresh, nms, out_dir)
+    run_detect(cfg, weights, images, names, thresh, nms, out_dir, precision)
 
 
 @main.command()
@@ -125,11 +127,14 @@ def export(cfg, weights, out, batch, dynamic_batch, opset, decode):
 @click.option("--valid-images", type=click.Path(exists=True),
               help="Folder of JPEGs or image list for --valid (default: ../shared/realdata's COCO val slice).")
 @click.option("--valid-limit", default=20, show_default=True, help="Images used by --valid.")
+@click.option("--batches", default="1,4", show_default=True, help="Images per forward, comma-separated.")
+@click.option("--peers/--no-peers", default=True, help="Also ONNX Runtime and OpenVINO on the ONNX export.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 @click.option("--dist", is_flag=True, help="Instead: data-parallel training (2 MPI ranks against 1 process) and "
                                            "the multi-GPU scaling model.")
-def bench(repeat, threads, models, train, valid, valid_images, valid_limit, json_path, dist):
-    """Time inference (and training, and valid on real JPEGs) against OpenCV DNN in the same run."""
+def bench(repeat, threads, models, train, valid, valid_images, valid_limit, batches, peers, json_path, dist):
+    """Time inference (and training, and valid on real JPEGs) against OpenCV DNN, ONNX Runtime and OpenVINO in
+    the same run."""
     if dist:
         from .bench_dist import run_dist_bench  # noqa: PLC0415
 
@@ -137,8 +142,12 @@ def bench(repeat, threads, models, train, valid, valid_images, valid_limit, json
         return
     from .bench import run_benchmarks  # noqa: PLC0415
 
-    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, valid=valid,
-                   valid_images=valid_images, valid_limit=valid_limit, json_path=json_path)
+    try:
+        batch_list = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{batches!r}: comma-separated integers", param_hint="--batches") from None
+    run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, batches=batch_list,
+                   peers=peers, valid=valid, valid_images=valid_images, valid_limit=valid_limit, json_path=json_path)
 
 
 def _darknet_args(args: list[str], flags: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:

@@ -116,7 +116,8 @@ class Detector:
 
     def __init__(self, cfg: str | os.PathLike, weights: str | os.PathLike | None, names=None, batch: int = 1,
                  **network_options):
-        """``network_options``: ``device``, ``conv_algo``, ``threads``, ``memory_limit``, as for ``Network``."""
+        """``network_options``: ``device``, ``conv_algo``, ``threads``, ``memory_limit``, ``precision``
+        (``"f32"`` or ``"bf16"``), as for ``Network``."""
         self.network = Network(cfg, weights, batch=batch, **network_options)
         yolo = self.network.yolo_layers
         if not yolo:

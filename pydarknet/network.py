@@ -96,7 +96,22 @@ def _fspath(path) -> bytes:
     return os.fsencode(os.fspath(path))
 
 
-CONV_ALGOS = {"auto": 0, "gemm": 1, "winograd2": 2, "winograd4": 3, "plain": 4}
+CONV_ALGOS = {"auto": 0, "gemm": 1, "winograd2": 2, "winograd4": 3, "plain": 4, "onednn": 5, "fused": 6}
+PRECISIONS = {"f32": 0, "float32": 0, "bf16": 1, "bfloat16": 1}
+# dn_conv_engine codes -> the names Network.conv_engines reports
+CONV_ENGINES = {0: "none", 1: "plain", 2: "fused", 3: "onednn", 4: "onednn-bf16", 5: "device"}
+
+
+def bf16_supported() -> tuple[bool, str]:
+    """Whether ``precision="bf16"`` can run here, and oneDNN's name for this CPU's instruction set."""
+    isa = ffi.new("const char **")
+    ok = bool(lib.dn_bf16_supported(isa))
+    return ok, ffi.string(isa[0]).decode()
+
+
+def onednn_version() -> str:
+    """oneDNN's version when the library was built with it, else ``""``."""
+    return ffi.string(lib.dn_onednn_version()).decode()
 
 
 def parse_device(device) -> int:
@@ -117,7 +132,8 @@ def parse_device(device) -> int:
     raise DarknetValueError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:K')")
 
 
-def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None):
+def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None,
+                 precision: str = "f32"):
     """The C load options (dn_options) for these Python arguments."""
     options = ffi.new("dn_options *")
     lib.dn_options_init(options)
@@ -126,6 +142,9 @@ def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_
         raise DarknetValueError(f"unknown conv_algo {conv_algo!r} (one of {', '.join(CONV_ALGOS)})")
     options.conv_algo = CONV_ALGOS[conv_algo]
     options.threads = int(threads)
+    if precision not in PRECISIONS:
+        raise DarknetValueError(f"unknown precision {precision!r} (f32 or bf16)")
+    options.precision = PRECISIONS[precision]
     if memory_limit is not None:
         if int(memory_limit) < 1:
             raise DarknetValueError(f"memory_limit must be a positive number of bytes, got {memory_limit}")
@@ -136,23 +155,29 @@ def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_
 class Network:
     """A network built from a Darknet ``.cfg``.
 
-    ``Network(cfg, weights=None, batch=1, device=None, conv_algo="auto", threads=0, memory_limit=None)``:
-    without weights the parameters get Darknet's initialisation. ``device`` is ``"cpu"`` (default),
-    ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto``, ``gemm``, ``winograd2``, ``winograd4``,
-    ``plain``; ``threads`` this network's threads (0 = the process setting); ``memory_limit`` the bytes the
-    network may claim (None = the library's default).
+    ``Network(cfg, weights=None, batch=1, device=None, conv_algo="auto", threads=0, memory_limit=None,
+    precision="f32")``: without weights the parameters get Darknet's initialisation. ``device`` is ``"cpu"``
+    (default), ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto`` (oneDNN for kernels larger than
+    1x1, ``fused`` for 1x1 ones and without oneDNN), ``onednn``, ``fused`` (the hand-written Winograd/GEMM paths), ``gemm``, ``winograd2``,
+    ``winograd4``, ``plain``; ``threads``
+    this network's threads (0 = the process setting); ``memory_limit`` the bytes the network may claim (None =
+    the library's default); ``precision`` ``"f32"`` or ``"bf16"`` (inference convolutions multiply in
+    bfloat16 through oneDNN: CPUs with AMX or AVX512_BF16 only, else a ``DarknetValueError``; training stays
+    float32). ``conv_engines()`` says which engine each convolution's last forward ran on.
     ``forward(x)`` takes float32 NCHW (or CHW) and returns the output of every ``[yolo]`` layer, in Darknet's
     layout ``(n, anchors*(5+classes), h, w)`` after the layer's activations. Use it as a context manager or
     call ``close()`` to free the C memory at a known time (calling it twice is fine).
     """
 
     def __init__(self, cfg: str | os.PathLike, weights: str | os.PathLike | None = None, batch: int = 1, *,
-                 device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None):
+                 device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None,
+                 precision: str = "f32"):
         self.cfg_path = Path(cfg)
         self.weights_path = Path(weights) if weights is not None else None
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: weights file not found")
-        options = load_options(device, conv_algo, threads, memory_limit)
+        options = load_options(device, conv_algo, threads, memory_limit, precision)
+        self.precision = "bf16" if options.precision == 1 else "f32"
         self.device = "cpu" if options.device < 0 else f"cuda:{options.device}"
         # One call at a time per network: the C object keeps per-call buffers, and close() must not free it
         # while a call from another thread still uses it. Every method that reaches C memory holds this lock.
@@ -296,6 +321,18 @@ class Network:
     @property
     def bflops(self) -> float:
         return float(sum(l.bflops for l in self._layers))
+
+    def conv_engines(self) -> dict[str, int]:
+        """How many convolutional layers each engine ran in the last forward: keys ``onednn``, ``onednn-bf16``,
+        ``fused`` (Winograd/GEMM), ``plain``, ``device``, ``none`` (not run yet)."""
+        counts: dict[str, int] = {}
+        c_info = ffi.new("dn_layer_info *")
+        for layer in self._layers:
+            if layer.type == "conv":
+                check(lib.dn_network_layer_info(self._handle(), layer.index, c_info))
+                name = CONV_ENGINES.get(c_info.engine, "none")
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def summary(self) -> str:
         """Darknet's layer table: index, type, filters, size, input -> output, BFLOPs."""

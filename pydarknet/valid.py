@@ -46,12 +46,14 @@ def valid(
     gpu: int | None = None,
     progress: bool | None = None,
     detector=None,
+    precision: str = "f32",
 ) -> ValidResult:
     """Detect every image of the ``valid`` list of ``data`` and write the VOC or COCO result files.
 
     ``prefix`` overrides the ``results`` folder of the ``.data`` file (default ``results``); the folder is
     created. ``progress=None`` shows progress only when stderr is a terminal. ``detector`` lets a caller
     that already holds a :class:`~pydarknet.detect.Detector` for ``cfg``/``weights`` reuse it.
+    ``precision``: ``"f32"`` or ``"bf16"`` (see :class:`~pydarknet.network.Network`).
     """
     gpu = None if gpu is None else int(gpu)  # Darknet's -i arrives as text from the command line
     options = read_data_file(data)
@@ -75,7 +77,7 @@ def valid(
 
     own_detector = detector is None
     if own_detector:
-        detector = open_detector(cfg, weights, names, batch, gpu)
+        detector = open_detector(cfg, weights, names, batch, gpu, precision)
     try:
         names = names_for(detector, names, data)
         result = write_results(detector, image_paths, output_dir, style, names, category_ids,
@@ -103,11 +105,13 @@ def _read_valid_list(path: str) -> list[str]:
               help="Output folder (overrides `results` of the .data file).")
 @click.option("--gpu", "-i", "gpu", type=int, default=None, help="GPU index (Darknet's -i).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per forward pass.")
-def valid_command(data, cfg, weights, prefix, gpu, batch):
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="bf16: bfloat16 convolutions (CPUs with AMX or AVX512_BF16).")
+def valid_command(data, cfg, weights, prefix, gpu, batch, precision):
     """Detect every image of the valid list of DATA (thresh .005) and write VOC or COCO result files."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    valid(data, cfg, weights, prefix, batch=batch, gpu=gpu)  # logs where the results went
+    valid(data, cfg, weights, prefix, batch=batch, gpu=gpu, precision=precision)  # logs where the results went
 
 
 _callable_module(__name__, "valid")  # pydarknet.valid(...) works even once this module is imported

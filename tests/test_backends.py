@@ -8,8 +8,9 @@ Compared (each as max|a - b| / max|b|, the error relative to the array's scale):
     backward from the same last delta (dn_network_backward_probe), the batch-norm rolling statistics after a
     train_chunk, and the parameters and momentum buffers after an SGD step from the same update buffers.
 
-Pairs today, on the CPU: the Winograd tiles (winograd2, winograd4, auto) against im2col + GEMM (gemm) and the
-fused inference path against the unfused plain one, for inference; one thread against two for training (the
+Pairs today, on the CPU: the Winograd tiles (winograd2, winograd4, fused's choice) and auto (oneDNN when built
+in) against im2col + GEMM (gemm), oneDNN against the unfused plain path, and the fused inference path against
+the plain one, for inference (test_bf16_inference_is_close_to_float32: bf16 against plain, looser); one thread against two for training (the
 per-thread splits of GEMMs and batch-norm sums must not change the results); and the CPU behind the code paths
 of a device backend (DN_DEVICE_CPU_STAGED: inputs staged, the [yolo] loss through host staging, no Winograd)
 against the CPU, for both. With a CUDA device (a GPU build, pydarknet.cuda_device_count() > 0) the same cases
@@ -97,6 +98,12 @@ def cuda_devices() -> int:
 
 STAGED = "cpu-staged"  # the C API's DN_DEVICE_CPU_STAGED, a test-only device the Python API does not name
 GPU = pytest.mark.gpu
+NEEDS_ONEDNN = pytest.mark.skipif(not pydarknet.network.onednn_version(),
+                                  reason="the library was built without oneDNN (pip install onednn-cpu-gomp "
+                                         "onednn-devel-cpu-gomp, then make)")
+NEEDS_BF16 = pytest.mark.skipif(not pydarknet.network.bf16_supported()[0],
+                                reason="no bf16 here (a build without oneDNN, or a CPU without AMX/AVX512_BF16)")
+BF16_TOL = 3e-2  # bfloat16 keeps 8 significant bits of inputs and weights; sums stay float32
 NEEDS_CUDA = pytest.mark.skipif(cuda_devices() == 0, reason="no CUDA device (or a build without CUDA)")
 
 # (id, implementation A, implementation B, marks)
@@ -104,7 +111,9 @@ INFERENCE_PAIRS = [
     ("winograd2-vs-gemm", dict(conv_algo="winograd2"), dict(conv_algo="gemm"), ()),
     ("winograd4-vs-gemm", dict(conv_algo="winograd4"), dict(conv_algo="gemm"), ()),
     ("auto-vs-gemm", dict(conv_algo="auto"), dict(conv_algo="gemm"), ()),
+    ("fused-vs-gemm", dict(conv_algo="fused"), dict(conv_algo="gemm"), ()),
     ("gemm-vs-plain", dict(conv_algo="gemm"), dict(conv_algo="plain"), ()),
+    ("onednn-vs-plain", dict(conv_algo="onednn"), dict(conv_algo="plain"), (NEEDS_ONEDNN,)),
     ("staged-vs-cpu", dict(device=STAGED), dict(device="cpu"), ()),
     ("cuda-vs-cpu", dict(device="cuda:0"), dict(device="cpu"), (GPU, NEEDS_CUDA)),
 ]
@@ -115,7 +124,7 @@ TRAINING_PAIRS = [
 ]
 
 
-def params_for(pairs, winograd_only_for=("winograd",)):
+def params_for(pairs, winograd_only_for=("winograd", "fused")):
     out = []
     for pid, a, b, marks in pairs:
         for cid, shape, batch, layers in CASES:
@@ -187,9 +196,50 @@ def test_inference_outputs_agree(tmp_path, impl_a, impl_b, shape, batch, layers)
     with a, b:
         a.forward_last(x)
         b.forward_last(x)
+        engines_used(a, impl_a)
+        engines_used(b, impl_b)
         for i, (oa, ob) in enumerate(zip(all_outputs(a, batch), all_outputs(b, batch))):
             assert np.abs(ob).max() > 0, f"layer {i}: an all-zero output proves nothing"
             assert_close(oa, ob, f"layer {i} ({a.layers[i].type}) output")
+
+
+def engines_used(net: Network, options: dict) -> None:
+    """The convolutions ran on the engine the options asked for (so a pair never compares a path with itself)."""
+    engines = net.conv_engines()
+    if options.get("conv_algo") == "onednn" and options.get("precision") == "bf16":
+        # bfloat16 for layers with >= 16 input channels, float32 for narrower ones
+        expected = {"onednn-bf16" if layer.input_shape[2] >= 16 else "onednn" for layer in net.layers
+                    if layer.type == "conv"}
+        assert set(engines) == expected, engines
+    elif options.get("conv_algo") == "onednn":
+        assert set(engines) == {"onednn"}, engines
+    elif options.get("conv_algo") in ("plain", "fused"):
+        assert set(engines) == {options["conv_algo"]}, engines
+
+
+@NEEDS_BF16
+@pytest.mark.parametrize("cid,shape,batch,layers", [c for c in CASES if c[0].startswith(("wide", "mini-yolo",
+                                                                                         "conv-chain"))],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_bf16_inference_is_close_to_float32(tmp_path, cid, shape, batch, layers):
+    """precision="bf16" (oneDNN, bfloat16 multiplies where a layer has >= 16 input channels) stays within
+    BF16_TOL of the float32 plain path, layer by layer, and does round where it ran bfloat16 (it is not the
+    float32 path under another name)."""
+    bf16 = dict(conv_algo="onednn", precision="bf16")
+    plain = dict(conv_algo="plain")
+    a, b, x, _ = twins(tmp_path, shape, batch, layers, bf16, plain)
+    with a, b:
+        a.forward_last(x)
+        b.forward_last(x)
+        engines_used(a, bf16)
+        worst = 0.0
+        for i, (oa, ob) in enumerate(zip(all_outputs(a, batch), all_outputs(b, batch))):
+            assert_close(oa, ob, f"layer {i} ({a.layers[i].type}) output", BF16_TOL)
+            worst = max(worst, rel_err(oa, ob))
+        if "onednn-bf16" in a.conv_engines():
+            assert worst > 1e-6, "bf16 gave float32's results exactly: it did not run in bfloat16"
+        else:
+            assert worst <= TOL, "layers below 16 input channels run float32"
 
 
 @pytest.mark.parametrize("impl_a,impl_b,shape,batch,layers", params_for(TRAINING_PAIRS))

@@ -1,4 +1,5 @@
-"""`pydarknet bench` on the smallest settings: both engines timed, a ratio, and the outputs agree."""
+"""`pydarknet bench` on the smallest settings: every engine timed or skipped with a reason, the ratios, and
+pydarknet's outputs agree with OpenCV's."""
 from __future__ import annotations
 
 import io
@@ -27,30 +28,43 @@ def check_row(row: dict) -> None:
     # The two engines read the same .cfg and .weights and see the same input.
     assert row["max_abs_diff"] is not None and row["max_abs_diff"] < 1e-3, row["max_abs_diff"]
     assert row["raw_max_abs_diff"] < 1e-2 * max(1.0, row["raw_std"])
+    engines = row["engines"]
+    for name in ("pydarknet", "pydarknet-fused", "opencv"):
+        assert engines[name]["s"] > 0 and len(engines[name]["runs_s"]) == len(row["pydarknet_runs_s"])
+        assert engines[name]["time_vs_pydarknet"] == pytest.approx(engines[name]["s"] / row["pydarknet_s"])
+    # which path ran is said: every convolution of yolov3-tiny (13) on a named engine
+    assert engines["pydarknet-fused"]["path"] == "fused x13"
+    counts = dict(part.split(" x") for part in engines["pydarknet"]["path"].split(", "))
+    assert sum(int(v) for v in counts.values()) == 13 and set(counts) <= {"onednn", "fused"}, counts
+    # every peer ran, or says why not
+    for name in ("pydarknet-bf16", "onnxruntime", "openvino-f32", "openvino-default"):
+        assert (name in engines) != bool(row["skipped"].get(name)), (name, row["skipped"])
 
 
 def test_run_benchmarks_tiny(tmp_path):
     before = get_threads()
     out = io.StringIO()
     path = tmp_path / "bench.json"
-    report = run_benchmarks(models=["yolov3-tiny"], repeat=1, threads=1, warmup=1, json_path=path, stream=out)
+    report = run_benchmarks(models=["yolov3-tiny"], repeat=1, threads=1, warmup=1, batches=(1,), json_path=path,
+                            stream=out)
     assert get_threads() == before  # the thread count is restored
     assert len(report["inference"]) == 1 and report["training"] == []
     check_row(report["inference"][0])
     assert len(report["inference"][0]["pydarknet_runs_s"]) == len(report["inference"][0]["opencv_runs_s"]) == 1
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
     text = out.getvalue()
-    for expected in ("pydarknet s", "OpenCV s", "ratio", "GFLOP/s", "yolov3-tiny", "sanity yolov3-tiny",
-                     "0.027"):
+    assert report["machine"]["sgemm_peak_gflops"] > 0
+    for expected in ("median s", "time / pydarknet", "GFLOP/s", "of peak", "SGEMM peak", "yolov3-tiny",
+                     "sanity yolov3-tiny", "0.027", "pydarknet-fused", "opencv"):
         assert expected in text, text
 
 
 def test_bench_command_writes_json(tmp_path):
     path = tmp_path / "b.json"
     result = CliRunner().invoke(main, ["bench", "--models", "yolov3-tiny", "--repeat", "1", "--threads", "1",
-                                       "--json", str(path)])
+                                       "--batches", "1", "--no-peers", "--json", str(path)])
     assert result.exit_code == 0, result.output
-    assert "ratio" in result.output and "OpenCV s" in result.output
+    assert "time / pydarknet" in result.output and "opencv" in result.output
     report = json.loads(path.read_text())
     assert report["settings"]["repeat"] == 1 and report["machine"]["threads"] == 1
     check_row(report["inference"][0])

@@ -199,3 +199,29 @@ def test_layers_prints_table():
     assert re.search(r"^\s*23\s+yolo\s*$", out, re.M)
     # conv layers only, as pjreddie's Darknet counts (see test_network.py): 5.565
     assert re.search(r"^Total BFLOPS 5\.565\s*$", out, re.M), out
+
+
+def test_detect_precision_bf16_finds_what_float32_finds(reference_dir):
+    """`detect --precision bf16` runs the bfloat16 path and reports the same objects as float32 on a real
+    photo (probabilities within a few points); an unknown precision is a usage error."""
+    from pydarknet.cli import main
+    from pydarknet.network import bf16_supported
+
+    image = reference_dir / "images" / "dog.jpg"
+    if not image.is_file() or not (reference_dir / "yolov3-tiny.weights").is_file():
+        pytest.skip("reference yolov3-tiny weights or dog.jpg not found")
+    args = ["detect", str(reference_dir / "yolov3-tiny.cfg"), str(reference_dir / "yolov3-tiny.weights"),
+            str(image), "--names", str(reference_dir / "coco.names")]
+    bad = CliRunner().invoke(main, args + ["--precision", "fp8"])
+    assert bad.exit_code == 2 and "fp8" in bad.output
+    ok, isa = bf16_supported()
+    if not ok:
+        pytest.skip(f"no bf16 here ({isa})")
+    found = {}
+    for precision in ("f32", "bf16"):
+        result = CliRunner().invoke(main, args + ["--precision", precision])
+        assert result.exit_code == 0, result.output
+        found[precision] = re.findall(r"^(\w+): (\d+)%", result.output, flags=re.M)
+    assert [name for name, _ in found["bf16"]] == [name for name, _ in found["f32"]] and found["f32"]
+    for (_, p32), (_, p16) in zip(found["f32"], found["bf16"]):
+        assert abs(int(p32) - int(p16)) <= 3

@@ -87,16 +87,23 @@ def test_yolo_output_layout_after_activations(tiny_cfg):
             assert not np.allclose(out5[:, :, 2:4], sigmoid(raw5[:, :, 2:4]), atol=1e-3)
 
 
-def test_batch3_equals_three_batch1(tiny_cfg):
+@pytest.mark.parametrize("conv_algo", ["fused", "auto"])
+def test_batch3_equals_three_batch1(tiny_cfg, conv_algo):
+    """Images in a batch do not mix. The hand-written path gives identical bits; oneDNN (in AUTO) may block a
+    batch of 3 otherwise than a batch of 1 (sums rounded in another order)."""
     x = images(3, 64, seed=5)
-    with Network(tiny_cfg, batch=3) as net:
+    with Network(tiny_cfg, batch=3, conv_algo=conv_algo) as net:
         randomise(net, 2)
         together = net.forward(x)
-    with Network(tiny_cfg, batch=1) as net:
+    with Network(tiny_cfg, batch=1, conv_algo=conv_algo) as net:
         randomise(net, 2)
         alone = [net.forward(x[i:i + 1]) for i in range(3)]
     for head in range(2):
-        np.testing.assert_array_equal(together[head], np.concatenate([a[head] for a in alone]))
+        if conv_algo == "fused":
+            np.testing.assert_array_equal(together[head], np.concatenate([a[head] for a in alone]))
+        else:
+            np.testing.assert_allclose(together[head], np.concatenate([a[head] for a in alone]), rtol=1e-5,
+                                       atol=1e-6)
 
 
 def test_reference_batch3_equals_three_batch1(reference_dir):
@@ -512,7 +519,7 @@ def test_conv_algorithms_agree_and_cuda_on_a_cpu_build_is_a_clear_error(tmp_path
                    "size=3\npad=1\nactivation=leaky\n\n[convolutional]\nfilters=8\nsize=1\nactivation=linear\n")
     x = np.random.default_rng(3).random((2, 8, 32, 32), dtype=np.float32)
     outs = {}
-    for algo in ("plain", "auto", "gemm", "winograd2", "winograd4"):
+    for algo in ("plain", "auto", "gemm", "winograd2", "winograd4", "onednn", "fused"):
         with pydarknet.Network(cfg, batch=2, conv_algo=algo) as net:
             net.forward(x)
             outs[algo] = net.layer_output(1).copy()
@@ -623,3 +630,41 @@ def test_detector_close_while_detecting(tmp_path):
     worker.join(300)
     assert set(outcome) <= {"ok", "closed"}, outcome
     assert len(outcome) == 3
+
+
+def test_precision_option_is_checked_and_bf16_is_refused_without_the_instructions(tmp_path):
+    """An unknown precision is a ValueError naming the choices; bf16 on a CPU whose instruction set lacks AMX
+    and AVX512_BF16 (simulated with oneDNN's ONEDNN_MAX_CPU_ISA cap, in a fresh process) is refused at load
+    with a message naming the instructions and the CPU's set; on a capable CPU it loads and runs on oneDNN."""
+    import subprocess
+    import sys
+
+    import pydarknet
+    from pydarknet.errors import DarknetValueError
+    from pydarknet.network import bf16_supported, onednn_version
+
+    cfg = tmp_path / "b.cfg"
+    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=16\n\n[convolutional]\nbatch_normalize=1\nfilters=16\n"
+                   "size=3\npad=1\nactivation=leaky\n")
+    with pytest.raises(DarknetValueError, match="precision"):
+        pydarknet.Network(cfg, precision="fp8")
+    if not onednn_version():
+        with pytest.raises(DarknetValueError, match="oneDNN"):
+            pydarknet.Network(cfg, precision="bf16")
+        return
+    with pytest.raises(DarknetValueError, match="conv_algo"):
+        pydarknet.Network(cfg, precision="bf16", conv_algo="winograd4")
+    script = ("import pydarknet, sys\n"
+              "try:\n    pydarknet.Network(sys.argv[1], precision='bf16')\n"
+              "except ValueError as e:\n    print('REFUSED', e)\n")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX512_CORE")
+    out = subprocess.run([sys.executable, "-c", script, str(cfg)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert "REFUSED" in out.stdout and "AMX or AVX512_BF16" in out.stdout and "avx512_core" in out.stdout, (
+        out.stdout + out.stderr)
+    if bf16_supported()[0]:
+        x = np.random.default_rng(5).random((1, 16, 16, 16), dtype=np.float32)
+        with pydarknet.Network(cfg, precision="bf16") as net:
+            assert net.precision == "bf16"
+            net.forward_last(x)
+            assert net.conv_engines() == {"onednn-bf16": 1}

@@ -156,9 +156,11 @@ def names_for(detector, names: Sequence[str], where) -> list[str]:
     return list(names[:detector.num_classes])
 
 
-def open_detector(cfg, weights, names, batch: int, gpu: int | None):
+def open_detector(cfg, weights, names, batch: int, gpu: int | None, precision: str = "f32"):
     from ..detect import Detector  # imported here: loading the engine is not needed to read options
     kwargs = {"names": names, "batch": batch}
+    if precision != "f32":
+        kwargs["precision"] = precision
     if gpu is not None:
         if "gpu" in inspect.signature(Detector).parameters:
             kwargs["gpu"] = gpu

@@ -1,0 +1,65 @@
+"""The accuracy cost of precision="bf16", measured where it matters: COCO AP of the pretrained yolov3-tiny on the
+50 real val2017 images of ../shared/realdata/coco-tiny, bf16 against float32, both through `valid` (thresh .005)
+and pycocotools' COCOeval. Skipped, saying why, without the data, without oneDNN or on a CPU without AMX /
+AVX512_BF16."""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from conftest import ROOT
+from pydarknet import Detector
+from pydarknet.network import bf16_supported
+from pydarknet.valid import valid
+
+COCO_TINY = ROOT.parent / "shared" / "realdata" / "coco-tiny"
+AP_TOLERANCE = 0.005  # the issue's bound on bf16's cost, in COCO AP points (0..1)
+
+
+def coco_stats(gt: Path, results: Path) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(COCO(str(gt)), COCO(str(gt)).loadRes(str(results)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.array(evaluator.stats)
+
+
+@pytest.mark.slow
+def test_bf16_costs_at_most_half_a_point_of_coco_ap(reference_dir, tmp_path):
+    gt = COCO_TINY / "annotations" / "instances_val2017.json"
+    if not gt.is_file():
+        pytest.skip(f"real COCO slice not found at {COCO_TINY} (see the shared realdata README)")
+    if not (reference_dir / "yolov3-tiny.weights").is_file():
+        pytest.skip(f"{reference_dir / 'yolov3-tiny.weights'} not found")
+    ok, isa = bf16_supported()
+    if not ok:
+        pytest.skip(f"bf16 needs oneDNN and AMX or AVX512_BF16; this build/CPU offers {isa}")
+    images = sorted(str(p) for p in (COCO_TINY / "val2017").glob("*.jpg"))
+    assert len(images) == 50
+    (tmp_path / "val.txt").write_text("".join(p + "\n" for p in images))
+    data = tmp_path / "coco.data"
+    data.write_text(f"classes=80\nvalid={tmp_path / 'val.txt'}\nnames={reference_dir / 'coco.names'}\neval=coco\n")
+    cfg, weights = reference_dir / "yolov3-tiny.cfg", reference_dir / "yolov3-tiny.weights"
+    stats = {}
+    for precision in ("f32", "bf16"):
+        with Detector(cfg, weights, names=reference_dir / "coco.names", precision=precision) as detector:
+            result = valid(data, cfg, weights, tmp_path / precision, detector=detector, progress=False)
+            engines = detector.network.conv_engines()
+        # AUTO in float32: oneDNN for the 3x3 layers, the hand-written path for the 1x1 ones; bf16: every layer on
+        # oneDNN, in bfloat16 but the first (3 input channels)
+        expected = {"onednn-bf16": 12, "onednn": 1} if precision == "bf16" else {"onednn": 9, "fused": 4}
+        assert engines == expected, engines
+        stats[precision] = coco_stats(gt, result.outputs[0])
+    f32, bf16 = stats["f32"], stats["bf16"]
+    print(f"COCO AP f32 {f32[0]:.4f} bf16 {bf16[0]:.4f}; AP50 f32 {f32[1]:.4f} bf16 {bf16[1]:.4f}")
+    assert f32[0] > 0.1, f"float32 AP {f32[0]:.3f}: the pretrained model should detect on real COCO images"
+    # AP@[.5:.95] and AP@.5 within the bound
+    assert abs(bf16[0] - f32[0]) <= AP_TOLERANCE, (f32[:2], bf16[:2])
+    assert abs(bf16[1] - f32[1]) <= AP_TOLERANCE, (f32[:2], bf16[:2])
