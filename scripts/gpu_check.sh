@@ -56,6 +56,8 @@ print(1 if wheel or os.path.exists(os.path.join(home, "include", "cudnn.h")) els
 EOF
 )
 MAKE_ARGS+=("CUDNN=$HAVE_CUDNN")
+# NCCL (the multi-GPU transport) when its wheel or NCCL_HOME is there, so its gpu test runs too.
+if [ -n "${NCCL_HOME:-}" ] || $PYTHON -c "import nvidia.nccl" 2>/dev/null; then MAKE_ARGS+=("NCCL=1"); fi
 stamp "building ${MAKE_ARGS[*]}"
 make -s "${MAKE_ARGS[@]}" lib
 stamp "building the CPU library for comparison"
@@ -67,7 +69,7 @@ TEST_STATUS=skipped
 if [ "$SKIP_TESTS" = 0 ]; then
     stamp "GPU tests"
     if PYDARKNET_LIBRARY=$GPU_LIB PYTHONPATH=$PWD timeout 300 $PYTHON -m pytest -q -p no:cacheprovider -m gpu \
-        tests/test_cuda.py; then
+        tests; then
         TEST_STATUS=passed
     else
         TEST_STATUS=failed
