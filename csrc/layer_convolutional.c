@@ -88,7 +88,7 @@ static dn_status conv_reshape(dn_layer *l, dn_network *net)
     l->bflops = 2.0 * l->filters * l->size * l->size * (l->c / l->groups) * l->out_h * l->out_w / 1e9;
     int direct = l->size == 1 && l->stride == 1 && p->pad == 0;
     l->workspace_floats = direct ? 0 : (size_t)(l->c / l->groups) * l->size * l->size * l->out_w * l->out_h;
-    if (l->out_w < 1 || l->out_h < 1) return DN_OK; /* reported by the caller */
+    if (net->planning || l->out_w < 1 || l->out_h < 1) return DN_OK; /* shapes only, or reported by the caller */
     dn_status st = layer_alloc_io(l, net);
     if (st) return st;
     if (net->training_buffers) {
@@ -139,6 +139,17 @@ static void convolve(const dn_layer *l, const dn_network *net, const float *weig
     }
 }
 
+/* The shape and options of the layer for winograd.c; the caller adds the weights and the folded batch norm. */
+static conv_fast_desc fast_desc(const dn_layer *l, const dn_network *net)
+{
+    const conv_priv *p = l->priv;
+    conv_fast_desc d = {
+        .c = l->c, .h = l->h, .w = l->w, .filters = l->filters, .size = l->size, .stride = l->stride,
+        .pad = p->pad, .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w,
+        .weights_version = net->params_version, .activation = p->activation, .algo = net->opt.conv_algo};
+    return d;
+}
+
 /* Inference through winograd.c: convolution, folded batch norm and activation in one pass. 0 when done. */
 static int conv_forward_fast(dn_layer *l, dn_network *net, const conv_views *v, const float *in, int batch)
 {
@@ -154,12 +165,24 @@ static int conv_forward_fast(dn_layer *l, dn_network *net, const conv_views *v, 
             add[c] = v->biases[c] - v->rolling_mean[c] * mul[c];
         }
     }
-    conv_fast_desc d = {
-        .c = l->c, .h = l->h, .w = l->w, .filters = f, .size = l->size, .stride = l->stride, .pad = p->pad,
-        .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w, .weights = v->weights,
-        .weights_version = net->params_version, .mul = mul, .add = add,
-        .activation = p->activation, .algo = net->opt.conv_algo};
+    conv_fast_desc d = fast_desc(l, net);
+    d.weights = v->weights;
+    d.mul = mul;
+    d.add = add;
     return conv_fast_forward(&p->fast, &d, net->workspace, net->workspace_floats, in, l->output, batch);
+}
+
+double conv_private_bytes(const dn_layer *l, const dn_network *net, size_t workspace_floats)
+{
+    const conv_priv *p = l->priv;
+    const conv_fast_desc d = fast_desc(l, net);
+    double floats = (double)conv_fast_cache_floats(&d, workspace_floats) + 2.0 * l->filters;
+    if (net->training_buffers) {
+        const double n = (double)net->batch * l->outputs;
+        floats += activation_needs_input(p->activation) ? n : 1;
+        if (p->batch_normalize) floats += 2 * n + 2.0 * l->filters;
+    }
+    return floats * sizeof(float);
 }
 
 static void conv_forward(dn_layer *l, dn_network *net, const float *in, int batch)

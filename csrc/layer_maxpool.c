@@ -24,7 +24,7 @@ static dn_status maxpool_reshape(dn_layer *l, dn_network *net)
     l->out_c = l->c;
     l->outputs = (size_t)l->out_w * l->out_h * l->out_c;
     l->bflops = 0;
-    if (l->out_w < 1 || l->out_h < 1) return DN_OK;
+    if (net->planning || l->out_w < 1 || l->out_h < 1) return DN_OK; /* shapes only, or reported by the caller */
     dn_status st = layer_alloc_io(l, net);
     if (st) return st;
     free(p->argmax);
@@ -108,6 +108,11 @@ static void maxpool_backward(dn_layer *l, dn_network *net, const float *in, floa
             const int j = p->argmax[b * l->outputs + i];
             if (j >= 0) in_delta[b * l->inputs + j] += l->delta[b * l->outputs + i];
         }
+}
+
+double maxpool_private_bytes(const dn_layer *l, const dn_network *net)
+{
+    return net->training_buffers ? (double)net->batch * l->outputs * sizeof(int) : 0; /* argmax */
 }
 
 const layer_ops maxpool_ops = {"max", maxpool_reshape, maxpool_forward, maxpool_backward, maxpool_free};

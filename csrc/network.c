@@ -31,11 +31,12 @@ static dn_status parse_net_section(const cfg_file *f, cfg_section *s, dn_net_inf
 {
     dn_status st;
     memset(o, 0, sizeof *o);
-    if ((st = cfg_get_int(f, s, "batch", 1, 0, &o->cfg_batch))) return st;
-    if ((st = cfg_get_int(f, s, "subdivisions", 1, 0, &o->subdivisions))) return st;
-    if ((st = cfg_get_int(f, s, "width", 0, 1, &o->width))) return st;
-    if ((st = cfg_get_int(f, s, "height", 0, 1, &o->height))) return st;
-    if ((st = cfg_get_int(f, s, "channels", 0, 1, &o->channels))) return st;
+    /* The batch limits are dn_network_set_batch's: a training chunk is batch/subdivisions images. */
+    if ((st = cfg_get_int_range(f, s, "batch", 1, 0, 1, DN_MAX_BATCH, &o->cfg_batch))) return st;
+    if ((st = cfg_get_int_range(f, s, "subdivisions", 1, 0, 1, DN_MAX_BATCH, &o->subdivisions))) return st;
+    if ((st = cfg_get_int_range(f, s, "width", 0, 1, 1, DN_MAX_SIDE, &o->width))) return st;
+    if ((st = cfg_get_int_range(f, s, "height", 0, 1, 1, DN_MAX_SIDE, &o->height))) return st;
+    if ((st = cfg_get_int_range(f, s, "channels", 0, 1, 1, DN_MAX_CHANNELS, &o->channels))) return st;
     if ((st = cfg_get_float(f, s, "learning_rate", .001f, 0, &o->learning_rate))) return st;
     if ((st = cfg_get_float(f, s, "momentum", .9f, 0, &o->momentum))) return st;
     if ((st = cfg_get_float(f, s, "decay", .0001f, 0, &o->decay))) return st;
@@ -69,12 +70,6 @@ static dn_status parse_net_section(const cfg_file *f, cfg_section *s, dn_net_inf
                                                 "random", "letter_box", "mosaic", "adam", "B1", "B2", "eps",
                                                 "inputs", "center", "clip", "max_chart_loss", "mixup"};
     for (size_t i = 0; i < sizeof known_ignored / sizeof *known_ignored; i++) cfg_find(s, known_ignored[i]);
-    if (o->cfg_batch < 1 || o->subdivisions < 1)
-        return dn_fail(DN_E_CFG, "%s:%d: [net] batch and subdivisions must be >= 1", f->path, s->line);
-    if (o->width < 1 || o->height < 1 || o->channels < 1 || o->width > 16384 || o->height > 16384 ||
-        o->channels > 4096)
-        return dn_fail(DN_E_CFG, "%s:%d: [net] width/height/channels out of range (%d x %d x %d)", f->path, s->line,
-                       o->width, o->height, o->channels);
     return DN_OK;
 }
 
@@ -95,10 +90,13 @@ DN_EXPORT void dn_network_free(dn_network *net)
     free(net);
 }
 
-/* Recompute every shape from the network input down and reallocate the batch-sized buffers. */
-dn_status dn_network_reshape(dn_network *net)
+/* Recompute every shape from the network input down; with allocate, also (re)allocate the batch-sized buffers
+ * (without, the layers compute shapes only: net->planning). */
+static dn_status reshape_layers(dn_network *net, int allocate)
 {
+    dn_status st = DN_OK;
     size_t workspace = 0;
+    net->planning = !allocate;
     for (int i = 0; i < net->n; i++) {
         dn_layer *l = &net->layers[i];
         if (i == 0) {
@@ -107,33 +105,44 @@ dn_status dn_network_reshape(dn_network *net)
             l->w = net->layers[i - 1].out_w; l->h = net->layers[i - 1].out_h; l->c = net->layers[i - 1].out_c;
         }
         l->inputs = (size_t)l->w * l->h * l->c;
-        dn_status st = l->ops->reshape(l, net);
-        if (st) return st;
-        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1)
-            return dn_fail(DN_E_CFG, "%s: layer %d (%s) has an empty output (%d x %d x %d) for a %d x %d input",
-                           net->cfg_path, i, l->ops->type, l->out_w, l->out_h, l->out_c, net->w, net->h);
+        if ((st = l->ops->reshape(l, net))) goto done;
+        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1) {
+            st = dn_fail(DN_E_CFG, "%s: layer %d (%s) has an empty output (%d x %d x %d) for a %d x %d input",
+                         net->cfg_path, i, l->ops->type, l->out_w, l->out_h, l->out_c, net->w, net->h);
+            goto done;
+        }
         if (l->workspace_floats > workspace) workspace = l->workspace_floats;
     }
-    if (workspace > net->workspace_floats) {
-        dn_status st = layer_alloc(&net->workspace, workspace);
-        if (st) return st;
+    if (allocate && workspace > net->workspace_floats) {
+        if ((st = layer_alloc(&net->workspace, workspace))) goto done;
         net->workspace_floats = workspace;
     }
     net->info.batch = net->batch;
     net->info.width = net->w;
     net->info.height = net->h;
-    return DN_OK;
+done:
+    net->planning = 0;
+    return st;
+}
+
+/* Shapes first, then the memory budget, and only then the allocations. */
+dn_status dn_network_reshape(dn_network *net)
+{
+    dn_status st = reshape_layers(net, 0);
+    if (!st) st = dn_memory_check(net, DN_E_ARG);
+    if (!st) st = reshape_layers(net, 1);
+    return st;
 }
 
 dn_status dn_network_alloc_training(dn_network *net)
 {
     if (net->training_buffers) return DN_OK;
-    if (!net->updates) {
-        net->updates = dn_calloc(net->n_params, sizeof(float));
-        if (!net->updates) return dn_fail(DN_E_NOMEM, "out of memory for the update buffers");
-    }
-    net->training_buffers = 1;
+    net->training_buffers = 1; /* the budget counts the training buffers, the update block among them */
     dn_status st = dn_network_reshape(net);
+    if (!st && !net->updates) {
+        net->updates = dn_calloc(net->n_params, sizeof(float));
+        if (!net->updates) st = dn_fail(DN_E_NOMEM, "out of memory for the update buffers");
+    }
     if (st) net->training_buffers = 0;
     return st;
 }
@@ -184,6 +193,7 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     if (options) opt = *options;
     dn_status st = check_options(&opt);
     if (st) return st;
+    if (batch > DN_MAX_BATCH) return dn_fail(DN_E_ARG, "batch %d out of range (1..%d)", batch, DN_MAX_BATCH);
     cfg_file cfg;
     if ((st = cfg_read(cfg_path, &cfg))) return st;
     dn_network *net = dn_calloc(1, sizeof *net);
@@ -210,6 +220,7 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     if (!net->layers) { st = dn_fail(DN_E_NOMEM, "out of memory"); goto fail; }
 
     size_t offset = 0;
+    net->planning = 1; /* shapes only until the memory budget has been checked */
     for (int i = 0; i < net->n; i++) {
         cfg_section *s = &cfg.sections[i + 1];
         dn_layer *l = &net->layers[i];
@@ -247,8 +258,10 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
             goto fail;
         }
     }
+    net->planning = 0;
     net->n_params = offset;
     net->info.n_params = offset;
+    if ((st = dn_memory_check(net, DN_E_CFG))) goto fail;
     net->params = dn_calloc(offset, sizeof(float));
     if (!net->params) { st = dn_fail(DN_E_NOMEM, "out of memory for %zu parameters", offset); goto fail; }
     for (int i = 0; i < net->n; i++) {
@@ -272,33 +285,39 @@ fail:
     return st;
 }
 
+/* Reshape for a new batch or input size; on failure go back to the old ones, so the network stays usable, and
+ * report the first error. */
+static dn_status reshape_or_restore(dn_network *net, int old_w, int old_h, int old_batch)
+{
+    dn_status st = dn_network_reshape(net);
+    if (!st) return DN_OK;
+    char saved[1024];
+    snprintf(saved, sizeof saved, "%s", dn_last_error());
+    net->w = old_w;
+    net->h = old_h;
+    net->batch = old_batch;
+    dn_network_reshape(net);
+    return dn_fail(st, "%s", saved);
+}
+
 DN_EXPORT dn_status dn_network_set_batch(dn_network *net, int batch)
 {
-    if (!net || batch < 1 || batch > 65536) return dn_fail(DN_E_ARG, "batch must be in 1..65536");
+    if (!net || batch < 1 || batch > DN_MAX_BATCH) return dn_fail(DN_E_ARG, "batch must be in 1..%d", DN_MAX_BATCH);
     if (batch == net->batch) return DN_OK;
+    const int old = net->batch;
     net->batch = batch;
-    return dn_network_reshape(net);
+    return reshape_or_restore(net, net->w, net->h, old);
 }
 
 DN_EXPORT dn_status dn_network_resize(dn_network *net, int width, int height)
 {
     if (!net) return dn_fail(DN_E_ARG, "network is NULL");
-    if (width < 1 || height < 1 || width > 16384 || height > 16384)
+    if (width < 1 || height < 1 || width > DN_MAX_SIDE || height > DN_MAX_SIDE)
         return dn_fail(DN_E_ARG, "input size %d x %d out of range", width, height);
-    int old_w = net->w, old_h = net->h;
+    const int old_w = net->w, old_h = net->h;
     net->w = width;
     net->h = height;
-    dn_status st = dn_network_reshape(net);
-    if (st) {
-        /* Leave the network usable at its old size. */
-        net->w = old_w;
-        net->h = old_h;
-        char saved[1024];
-        snprintf(saved, sizeof saved, "%s", dn_last_error());
-        dn_network_reshape(net);
-        return dn_fail(st, "%s", saved);
-    }
-    return DN_OK;
+    return reshape_or_restore(net, old_w, old_h, net->batch);
 }
 
 static dn_status check_io(dn_network *net, const float *input, int n)

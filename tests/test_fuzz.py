@@ -389,8 +389,8 @@ def expected_load(data: bytes):
     if len(data) < header:
         return None
     payload = len(data) - header
-    if payload % 4 or payload // 4 not in BOUNDARIES:
-        return None
+    if payload == 0 or payload % 4 or payload // 4 not in BOUNDARIES:
+        return None  # a header only fills no layer: an error, like a file that ends inside a layer
     seen = struct.unpack_from(fmt, data, 12)[0]
     params = np.frombuffer(data, "<f4", offset=header).astype(np.float32)
     return seen, params, BOUNDARIES[payload // 4]
@@ -509,11 +509,13 @@ def test_integer_key_edges(tmp_path, value, expected):
     """An integer key takes integral numbers in float notation too; anything that is not an int32 is an error
     naming the key (converting an out-of-range float to int was undefined behaviour in C)."""
     path = tmp_path / "edge.cfg"
-    path.write_text(TINY_CFG.replace("batch=4\n", f"batch={value}\n", 1))
+    # max_batches: an integer key without a range of its own (batch= is limited to 1..65536)
+    path.write_text(TINY_CFG.replace("max_batches=100\n", f"max_batches={value}\n", 1))
+    lineno = TINY_CFG.splitlines().index("max_batches=100") + 1
     if expected is None:
-        with pytest.raises(CfgError, match="'batch'") as info:
+        with pytest.raises(CfgError, match="'max_batches'") as info:
             Network(path)
-        assert f"{path}:2:" in str(info.value)
+        assert f"{path}:{lineno}:" in str(info.value)
     else:
         with Network(path) as net:
-            assert net.options["batch"] == expected
+            assert net.options["max_batches"] == expected
