@@ -17,6 +17,7 @@ dn_status layer_alloc(float **buf, size_t count)
 
 dn_status layer_alloc_io(dn_layer *l, dn_network *net)
 {
+    if (net->planning) return DN_OK; /* shapes only: the memory budget is checked before anything is allocated */
     dn_status st = layer_alloc(&l->output, (size_t)net->batch * l->outputs);
     if (st) return st;
     if (net->training_buffers) return layer_alloc(&l->delta, (size_t)net->batch * l->outputs);
