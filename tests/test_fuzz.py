@@ -519,3 +519,24 @@ def test_integer_key_edges(tmp_path, value, expected):
     else:
         with Network(path) as net:
             assert net.options["max_batches"] == expected
+
+
+# ---- the libFuzzer harnesses' regression inputs (tests/fuzz/regressions/), through the Python API -----------
+
+LIBFUZZER_CFG_REGRESSIONS = sorted((ROOT / "tests" / "fuzz" / "regressions" / "cfg").glob("*"))
+
+
+@pytest.mark.parametrize("path", LIBFUZZER_CFG_REGRESSIONS, ids=lambda p: p.name)
+def test_libfuzzer_cfg_regressions(path, quiet_log):
+    """Each was a finding of `make fuzz-c` or of issue 14: with the harness's memory limit it loads and runs a
+    forward pass, or is a CfgError naming the file. (`make fuzz-regress` runs them under clang's sanitizers,
+    which also catch the undefined behaviour gcc's miss, as in winograd-top-padding-ub.cfg.)"""
+    try:
+        net = Network(path, memory_limit=16 << 20)
+    except CfgError as exc:
+        assert str(path) in str(exc)
+        return
+    with net:
+        x = np.random.default_rng(0).random((1, net.channels, net.height, net.width), dtype=np.float32)
+        net.forward(x)
+        assert np.isfinite(net.layer_output(len(net.layers) - 1)).all()
