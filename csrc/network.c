@@ -91,6 +91,18 @@ DN_EXPORT void dn_network_free(dn_network *net)
     free(net);
 }
 
+/* Past these a layer's int index arithmetic (a plane's y * w + x, a route's channel sum, an upsample's
+ * w * stride one layer on) could overflow; the memory budget refuses far smaller networks anyway. */
+#define MAX_LAYER_SIDE 65536
+#define MAX_LAYER_PLANE (1 << 30)
+#define MAX_LAYER_CHANNELS (1 << 20)
+
+static int output_too_large(const dn_layer *l)
+{
+    return l->out_w > MAX_LAYER_SIDE || l->out_h > MAX_LAYER_SIDE || l->out_c > MAX_LAYER_CHANNELS ||
+           (size_t)l->out_w * l->out_h > MAX_LAYER_PLANE;
+}
+
 /* Recompute every shape from the network input down; with allocate, also (re)allocate the batch-sized buffers
  * (without, the layers compute shapes only: net->planning). */
 static dn_status reshape_layers(dn_network *net, int allocate)
@@ -107,9 +119,10 @@ static dn_status reshape_layers(dn_network *net, int allocate)
         }
         l->inputs = (size_t)l->w * l->h * l->c;
         if ((st = l->ops->reshape(l, net))) goto done;
-        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1) {
-            st = dn_fail(DN_E_CFG, "%s: layer %d (%s) has an empty output (%d x %d x %d) for a %d x %d input",
-                         net->cfg_path, i, l->ops->type, l->out_w, l->out_h, l->out_c, net->w, net->h);
+        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1 || output_too_large(l)) {
+            st = dn_fail(DN_E_CFG, "%s: layer %d (%s) has an %s output (%d x %d x %d) for a %d x %d input",
+                         net->cfg_path, i, l->ops->type, output_too_large(l) ? "oversized" : "empty", l->out_w,
+                         l->out_h, l->out_c, net->w, net->h);
             goto done;
         }
         if (l->workspace_floats > workspace) workspace = l->workspace_floats;
@@ -253,9 +266,9 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
         cfg_warn_unused(&cfg, s);
         /* Compute this layer's shape now so the next layer (and route/shortcut checks) see it. */
         if ((st = l->ops->reshape(l, net))) goto fail;
-        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1) {
-            st = dn_fail(DN_E_CFG, "%s:%d: [%s] layer %d has an empty output (%d x %d x %d)", cfg_path, s->line,
-                         name, i, l->out_w, l->out_h, l->out_c);
+        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1 || output_too_large(l)) {
+            st = dn_fail(DN_E_CFG, "%s:%d: [%s] layer %d has an %s output (%d x %d x %d)", cfg_path, s->line, name,
+                         i, output_too_large(l) ? "oversized" : "empty", l->out_w, l->out_h, l->out_c);
             goto fail;
         }
     }

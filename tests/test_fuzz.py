@@ -540,3 +540,13 @@ def test_libfuzzer_cfg_regressions(path, quiet_log):
         x = np.random.default_rng(0).random((1, net.channels, net.height, net.width), dtype=np.float32)
         net.forward(x)
         assert np.isfinite(net.layer_output(len(net.layers) - 1)).all()
+
+
+@pytest.mark.parametrize("name, section_line", [("upsample-side-overflow.cfg", 5), ("route-channels-overflow.cfg", 12)])
+def test_oversized_layer_output_is_a_cfg_error(name, section_line):
+    """Three [upsample] stride=64 after a 16384-wide input, or routes that keep quadrupling 65536 channels, used to
+    overflow int arithmetic in the layer's shape (clang's UBSan); now the first layer past the limits is named."""
+    path = ROOT / "tests" / "fuzz" / "regressions" / "cfg" / name
+    with pytest.raises(CfgError, match="oversized output") as info:
+        Network(path)
+    assert f"{path}:{section_line}:" in str(info.value)
