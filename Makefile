@@ -85,6 +85,10 @@ FUZZ_TMP ?= /dev/shm
 FUZZ_RUN = -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/crash-
 fuzz_corpus = $(FUZZ_DIR)/corpus/$(1) tests/fuzz/regressions/$(1) tests/fuzz/seeds/$(1) $(if $(filter cfg,$(1)),cfg)
 fuzz_dict = $(if $(filter cfg,$(1)),-dict=tests/fuzz/cfg.dict -max_len=16384)
+fuzz_run = TMPDIR=$(FUZZ_TMP) $(FUZZ_DIR)/fuzz_$(1) $(FUZZ_RUN) -max_total_time=$(FUZZ_C_SECONDS) $(call fuzz_dict,$(1)) \
+	$(FUZZ_C_ARGS) $(call fuzz_corpus,$(1))
+fuzz_replay = TMPDIR=$(FUZZ_TMP) LLVM_PROFILE_FILE=$(FUZZ_DIR)/$(1).profraw $(FUZZ_DIR)/coverage_$(1) -runs=0 \
+	$(call fuzz_dict,$(1)) $(call fuzz_corpus,$(1))
 
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h tests/fuzz/coverage_ignore.txt $(SRC) $(HDR) Makefile
 	@mkdir -p $(FUZZ_DIR)
@@ -101,20 +105,17 @@ fuzz-regress: $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_HARNESSES))
 
 fuzz-c: fuzz-regress
 	@for h in $(FUZZ_HARNESSES); do mkdir -p $(FUZZ_DIR)/corpus/$$h; done
-	TMPDIR=$(FUZZ_TMP) $(FUZZ_DIR)/fuzz_cfg $(FUZZ_RUN) -max_total_time=$(FUZZ_C_SECONDS) $(call fuzz_dict,cfg) $(FUZZ_C_ARGS) \
-	  $(call fuzz_corpus,cfg)
-	TMPDIR=$(FUZZ_TMP) $(FUZZ_DIR)/fuzz_weights $(FUZZ_RUN) -max_total_time=$(FUZZ_C_SECONDS) $(FUZZ_C_ARGS) $(call fuzz_corpus,weights)
+	$(call fuzz_run,cfg)
+	$(call fuzz_run,weights)
 
 # Line coverage of the corpus (seeds, regressions and what fuzz-c found), per file of csrc/.
 fuzz-coverage: $(addprefix $(FUZZ_DIR)/coverage_,$(FUZZ_HARNESSES))
 	@for h in $(FUZZ_HARNESSES); do mkdir -p $(FUZZ_DIR)/corpus/$$h; rm -f $(FUZZ_DIR)/$$h.profraw; done
-	TMPDIR=$(FUZZ_TMP) LLVM_PROFILE_FILE=$(FUZZ_DIR)/cfg.profraw $(FUZZ_DIR)/coverage_cfg -runs=0 $(call fuzz_dict,cfg) $(call fuzz_corpus,cfg)
-	TMPDIR=$(FUZZ_TMP) LLVM_PROFILE_FILE=$(FUZZ_DIR)/weights.profraw $(FUZZ_DIR)/coverage_weights -runs=0 $(call fuzz_corpus,weights)
-	llvm-profdata merge -o $(FUZZ_DIR)/cfg.profdata $(FUZZ_DIR)/cfg.profraw
-	llvm-profdata merge -o $(FUZZ_DIR)/weights.profdata $(FUZZ_DIR)/weights.profraw
-	@echo "== cfg harness"; llvm-cov report $(FUZZ_DIR)/coverage_cfg -instr-profile=$(FUZZ_DIR)/cfg.profdata $(SRC)
-	@echo "== weights harness"; llvm-cov report $(FUZZ_DIR)/coverage_weights -instr-profile=$(FUZZ_DIR)/weights.profdata \
-	  csrc/weights.c
+	$(call fuzz_replay,cfg)
+	$(call fuzz_replay,weights)
+	@for h in $(FUZZ_HARNESSES); do \
+	  llvm-profdata merge -o $(FUZZ_DIR)/$$h.profdata $(FUZZ_DIR)/$$h.profraw && echo "== $$h harness" && \
+	  llvm-cov report $(FUZZ_DIR)/coverage_$$h -instr-profile=$(FUZZ_DIR)/$$h.profdata $(SRC) || exit 1; done
 
 bench: install
 	$(PYTHON) -m pydarknet bench
