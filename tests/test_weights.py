@@ -151,7 +151,7 @@ def test_version_beyond_any_format_loads_when_it_fits(tiny_cfg, tmp_path, caplog
     assert any("beyond any weights format" in r.getMessage() for r in caplog.records)
 
 
-def test_partial_real_weights(reference_dir, tmp_path):
+def test_partial_real_weights(reference_dir, tmp_path, caplog):
     """yolov3-tiny.conv.15-style: the real file cut after layer 14 (its first nine convolutions)."""
     original = reference_dir / "yolov3-tiny.weights"
     if not original.is_file():
@@ -164,8 +164,11 @@ def test_partial_real_weights(reference_dir, tmp_path):
     partial = tmp_path / "yolov3-tiny.conv.15"
     partial.write_bytes(original.read_bytes()[:20 + 4 * n])
     cfg = reference_dir / "yolov3-tiny.cfg"
-    with Network(cfg) as fresh, Network(cfg, original) as full, Network(cfg, partial) as net:
+    with caplog.at_level(logging.INFO, logger="pydarknet"), Network(cfg) as fresh, \
+            Network(cfg, original) as full, Network(cfg, partial) as net:
         assert net.layers_loaded == 15  # the ninth conv is layer 14
+        # yolov3-tiny has 13 convolutions, the only layers with parameters
+        assert any(f"{partial}: partial weights: filled 9 of the 13 layers" in r.getMessage() for r in caplog.records)
         np.testing.assert_array_equal(net.params()[:n], full.params()[:n])
         np.testing.assert_array_equal(net.params()[n:], fresh.params()[n:])
 
