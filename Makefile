@@ -116,6 +116,9 @@ fuzz-coverage: $(addprefix $(FUZZ_DIR)/coverage_,$(FUZZ_HARNESSES))
 	@for h in $(FUZZ_HARNESSES); do \
 	  llvm-profdata merge -o $(FUZZ_DIR)/$$h.profdata $(FUZZ_DIR)/$$h.profraw && echo "== $$h harness" && \
 	  llvm-cov report $(FUZZ_DIR)/coverage_$$h -instr-profile=$(FUZZ_DIR)/$$h.profdata $(SRC) || exit 1; done
+	llvm-profdata merge -o $(FUZZ_DIR)/all.profdata $(addsuffix .profraw,$(addprefix $(FUZZ_DIR)/,$(FUZZ_HARNESSES)))
+	@echo "== both harnesses"; llvm-cov report $(FUZZ_DIR)/coverage_cfg -object=$(FUZZ_DIR)/coverage_weights \
+	  -instr-profile=$(FUZZ_DIR)/all.profdata $(SRC)
 
 bench: install
 	$(PYTHON) -m pydarknet bench
