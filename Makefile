@@ -8,7 +8,8 @@
 #   make demo       install and run the main job (the built-in training default)
 #   make test       install and run the test suite
 #   make asan       the test suite against a library built with AddressSanitizer + UBSan
-#   make fuzz       fuzz the cfg parser and the weights loader under the sanitizers
+#   make fuzz       fuzz the cfg parser and the weights loader under the sanitizers (hypothesis, then libFuzzer)
+#   make fuzz-c     the libFuzzer harnesses of tests/fuzz/ alone (clang); fuzz-coverage: their line coverage
 #   make bench      inference and training benchmarks against OpenCV DNN
 #   make MPI=0|1    leave out / require the MPI transport of data-parallel training (default: built in when
 #                   pkg-config or mpicc finds OpenMPI or MPICH)
@@ -152,7 +153,7 @@ $(CUDA_OBJDIR)/%.o: csrc/cuda/%.cu $(HDR) Makefile $(CONFIG_STAMP) | build/cuda-
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
-.PHONY: all lib demo test asan fuzz bench clean install FORCE
+.PHONY: all lib demo test asan fuzz fuzz-py fuzz-c fuzz-regress fuzz-coverage bench clean install FORCE
 all: lib
 lib: $(LIB)
 
@@ -185,8 +186,63 @@ asan: install $(ASAN_LIB)
 	$(ASAN_ENV) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests -m "not slow and not browser"
 
 FUZZ_SECONDS ?= 300
-fuzz: install $(ASAN_LIB)
+fuzz: fuzz-py fuzz-c
+fuzz-py: install $(ASAN_LIB)
 	$(ASAN_ENV) PYDARKNET_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+# Coverage-guided fuzzing with libFuzzer under clang's AddressSanitizer (LeakSanitizer included) and UBSan,
+# statically linked with the C core (portable BLAS, no OpenMP: one thread; the arithmetic loops are left out of
+# the coverage feedback, see tests/fuzz/coverage_ignore.txt).
+# Inputs found go to build/fuzz/corpus/; the committed seeds and regressions (tests/fuzz/) are read only.
+# The harnesses write each input to a file under FUZZ_TMP (tmpfs: the cfg harness saves weights, with fsync).
+# FUZZ_C_SECONDS per harness; FUZZ_C_ARGS adds libFuzzer flags (e.g. -runs=1000000 -jobs=2).
+FUZZ_CC ?= clang
+FUZZ_C_SECONDS ?= 60
+FUZZ_C_ARGS ?=
+FUZZ_DIR = build/fuzz
+FUZZ_HARNESSES = cfg weights
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wno-unused-parameter -Wno-unknown-pragmas
+FUZZ_SANITIZE = -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	-fsanitize-coverage-ignorelist=tests/fuzz/coverage_ignore.txt
+FUZZ_COVERAGE = -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping
+FUZZ_TMP ?= /dev/shm
+FUZZ_RUN = -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/crash-
+fuzz_corpus = $(FUZZ_DIR)/corpus/$(1) tests/fuzz/regressions/$(1) tests/fuzz/seeds/$(1) $(if $(filter cfg,$(1)),cfg)
+fuzz_dict = $(if $(filter cfg,$(1)),-dict=tests/fuzz/cfg.dict -max_len=16384)
+fuzz_run = TMPDIR=$(FUZZ_TMP) $(FUZZ_DIR)/fuzz_$(1) $(FUZZ_RUN) -max_total_time=$(FUZZ_C_SECONDS) $(call fuzz_dict,$(1)) \
+	$(FUZZ_C_ARGS) $(call fuzz_corpus,$(1))
+fuzz_replay = TMPDIR=$(FUZZ_TMP) LLVM_PROFILE_FILE=$(FUZZ_DIR)/$(1).profraw $(FUZZ_DIR)/coverage_$(1) -runs=0 \
+	$(call fuzz_dict,$(1)) $(call fuzz_corpus,$(1))
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h tests/fuzz/coverage_ignore.txt $(SRC) $(HDR) Makefile
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SANITIZE) -o $@ $< $(SRC) -lm
+
+$(FUZZ_DIR)/coverage_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(SRC) $(HDR) Makefile
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_COVERAGE) -o $@ $< $(SRC) -lm
+
+# Every regression input once (each was a finding: it must now pass), then FUZZ_C_SECONDS of fuzzing each.
+fuzz-regress: $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_HARNESSES))
+	@for h in $(FUZZ_HARNESSES); do \
+	  echo "== regressions: $$h"; TMPDIR=$(FUZZ_TMP) $(FUZZ_DIR)/fuzz_$$h tests/fuzz/regressions/$$h/* || exit 1; done
+
+fuzz-c: fuzz-regress
+	@for h in $(FUZZ_HARNESSES); do mkdir -p $(FUZZ_DIR)/corpus/$$h; done
+	$(call fuzz_run,cfg)
+	$(call fuzz_run,weights)
+
+# Line coverage of the corpus (seeds, regressions and what fuzz-c found), per file of csrc/.
+fuzz-coverage: $(addprefix $(FUZZ_DIR)/coverage_,$(FUZZ_HARNESSES))
+	@for h in $(FUZZ_HARNESSES); do mkdir -p $(FUZZ_DIR)/corpus/$$h; rm -f $(FUZZ_DIR)/$$h.profraw; done
+	$(call fuzz_replay,cfg)
+	$(call fuzz_replay,weights)
+	@for h in $(FUZZ_HARNESSES); do \
+	  llvm-profdata merge -o $(FUZZ_DIR)/$$h.profdata $(FUZZ_DIR)/$$h.profraw && echo "== $$h harness" && \
+	  llvm-cov report $(FUZZ_DIR)/coverage_$$h -instr-profile=$(FUZZ_DIR)/$$h.profdata $(SRC) || exit 1; done
+	llvm-profdata merge -o $(FUZZ_DIR)/all.profdata $(addsuffix .profraw,$(addprefix $(FUZZ_DIR)/,$(FUZZ_HARNESSES)))
+	@echo "== both harnesses"; llvm-cov report $(FUZZ_DIR)/coverage_cfg -object=$(FUZZ_DIR)/coverage_weights \
+	  -instr-profile=$(FUZZ_DIR)/all.profdata $(SRC)
 
 bench: install
 	$(PYTHON) -m pydarknet bench

@@ -181,6 +181,16 @@ dn_status cfg_get_int(const cfg_file *f, cfg_section *s, const char *key, int de
     return DN_OK;
 }
 
+dn_status cfg_get_int_range(const cfg_file *f, cfg_section *s, const char *key, int def, int required, int lo,
+                            int hi, int *out)
+{
+    dn_status st = cfg_get_int(f, s, key, def, required, out);
+    if (st || (*out >= lo && *out <= hi)) return st;
+    const cfg_option *o = cfg_find(s, key);
+    return dn_fail(DN_E_CFG, "%s:%d: [%s] key '%s': %d out of range (%d..%d)", f->path, o ? o->line : s->line, s->name,
+                   key, *out, lo, hi);
+}
+
 dn_status cfg_get_float(const cfg_file *f, cfg_section *s, const char *key, float def, int required, float *out)
 {
     cfg_option *o = cfg_find(s, key);

@@ -31,5 +31,8 @@ typedef struct conv_fast_desc {
 int conv_fast_forward(conv_fast_cache **cache, const conv_fast_desc *d, float *workspace, size_t workspace_floats,
                       const float *in, float *out, int batch);
 void conv_fast_free(conv_fast_cache *cache);
+/* Floats a layer's cache would hold after a forward: the transformed weights, and the scratch when the
+ * network's workspace (workspace_floats) is too small. The memory budget counts them before any forward. */
+size_t conv_fast_cache_floats(const conv_fast_desc *d, size_t workspace_floats);
 
 #endif

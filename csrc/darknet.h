@@ -86,8 +86,10 @@ typedef struct dn_options {
     int conv_algo;           /* dn_conv_algo */
     int threads;             /* threads for this network's calls; 0 = the process setting (dn_set_threads) */
     int allow_tf32;          /* CUDA: let cuBLAS/cuDNN use TensorFloat-32 tensor cores (faster, ~1e-3 relative) */
-    uint64_t memory_limit;   /* bytes this network may claim (parameters, activations, workspace) at load and
-                                resize; 0 = DN_DEFAULT_MEMORY_LIMIT */
+    uint64_t memory_limit;   /* bytes this network may claim (parameters, layer outputs, workspace, caches and,
+                                once it trains, the training buffers), counted from the shapes before allocating;
+                                0 = DN_DEFAULT_MEMORY_LIMIT. Over it: DN_E_CFG at load, DN_E_ARG from set_batch,
+                                resize and the first training call, with the bytes needed and the largest layer */
     int precision;           /* dn_precision: BF16 is refused (DN_E_ARG) on CPUs without AMX/AVX512_BF16 */
 } dn_options;
 

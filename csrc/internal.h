@@ -9,6 +9,11 @@
 
 #define DN_EXPORT __attribute__((visibility("default")))
 
+/* Limits of the [net] keys, dn_network_set_batch and dn_network_resize. */
+#define DN_MAX_BATCH 65536
+#define DN_MAX_SIDE 16384
+#define DN_MAX_CHANNELS 4096
+
 /* ---- errors and logging (util.c) ---- */
 /* Sets the thread-local error message (printf-style) and returns code, so `return dn_fail(...)` reads well. */
 dn_status dn_fail(dn_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -59,6 +64,9 @@ void cfg_free(cfg_file *cfg);
  * a malformed value is an error naming the option's own line. */
 dn_status cfg_get_int(const cfg_file *f, cfg_section *s, const char *key, int def, int required, int *out);
 dn_status cfg_get_float(const cfg_file *f, cfg_section *s, const char *key, float def, int required, float *out);
+/* cfg_get_int, then a value outside lo..hi is an error naming the key's own line. */
+dn_status cfg_get_int_range(const cfg_file *f, cfg_section *s, const char *key, int def, int required, int lo,
+                            int hi, int *out);
 const char *cfg_get_str(cfg_section *s, const char *key, const char *def);
 cfg_option *cfg_find(cfg_section *s, const char *key);
 /* Comma-separated lists; *count receives the number parsed (at most cap). */
@@ -103,6 +111,8 @@ typedef struct layer_ops {
     void (*info)(const dn_layer *l, dn_layer_info *out);
     /* optional, loss layers only: the cost of the last training forward with truths */
     float (*cost)(const dn_layer *l);
+    /* optional, for the memory budget: bytes the layer holds beyond its output and delta (caches, scratch) */
+    double (*private_bytes)(const dn_layer *l, const dn_network *net, size_t workspace_floats);
     void (*free_private)(dn_layer *l, dn_network *net);
 } layer_ops;
 
@@ -146,6 +156,7 @@ struct dn_network {
     int train;                   /* 1 during a training forward/backward */
     int update_rolling;          /* batch norm updates its rolling statistics (not in dn_network_loss) */
     int training_buffers;        /* deltas and training caches allocated */
+    int planning;                /* 1 while reshape computes shapes only: layers allocate nothing */
     const float *truth;          /* truths of the current training forward (host memory) */
     int max_boxes;               /* truth boxes per image the caller passes */
 };
@@ -167,5 +178,10 @@ dn_status dn_network_alloc_training(dn_network *net);
 
 /* The CPU kernel table (kernels_cpu.c). */
 extern const dn_kernels dn_cpu_kernels;
+/* ---- the memory budget (memory_budget.c) ---- */
+/* From the shapes alone (run after a planning pass, before the allocations): what the network claims with
+ * its current batch, size and buffers; over net->opt.memory_limit it is error `code` naming the total and
+ * the layer that contributes most. */
+dn_status dn_memory_check(const dn_network *net, dn_status code);
 
 #endif

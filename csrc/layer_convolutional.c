@@ -101,7 +101,7 @@ static dn_status conv_reshape(dn_layer *l, dn_network *net)
     l->bflops = 2.0 * l->filters * l->size * l->size * (l->c / l->groups) * l->out_h * l->out_w / 1e9;
     int direct = l->size == 1 && l->stride == 1 && p->pad == 0;
     l->workspace_floats = direct ? 0 : (size_t)(l->c / l->groups) * l->size * l->size * l->out_w * l->out_h;
-    if (l->out_w < 1 || l->out_h < 1) return DN_OK; /* reported by the caller */
+    if (net->planning || l->out_w < 1 || l->out_h < 1) return DN_OK; /* shapes only, or reported by the caller */
     dn_status st = layer_alloc_io(l, net);
     if (st) return st;
     if (net->training_buffers) {
@@ -188,6 +188,17 @@ static int wants_onednn(const dn_network *net, const dn_layer *l)
     return net->opt.conv_algo == DN_CONV_AUTO && l->size > 1;
 }
 
+/* The shape and options of the layer for winograd.c; the caller adds the weights and the folded batch norm. */
+static conv_fast_desc fast_desc(const dn_layer *l, const dn_network *net)
+{
+    const conv_priv *p = l->priv;
+    conv_fast_desc d = {
+        .c = l->c, .h = l->h, .w = l->w, .filters = l->filters, .size = l->size, .stride = l->stride,
+        .pad = p->pad, .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w,
+        .weights_version = net->params_version, .activation = p->activation, .algo = net->opt.conv_algo};
+    return d;
+}
+
 /* Inference on the CPU: oneDNN (conv_onednn.c) or the hand-written fused path (winograd.c), both doing
  * convolution, folded batch norm and activation in one pass. DN_OK when done, DN_E_NOTFOUND when neither
  * took the layer (DN_CONV_PLAIN, or out of memory in winograd.c): the caller runs the plain path. */
@@ -202,11 +213,10 @@ static dn_status conv_forward_fast(dn_layer *l, dn_network *net, const conv_view
         dn_bn_fold(p->batch_normalize, v->biases[c], p->batch_normalize ? v->scales[c] : 0.f,
                    p->batch_normalize ? v->rolling_mean[c] : 0.f, p->batch_normalize ? v->rolling_variance[c] : 0.f,
                    &mul[c], &add[c]);
-    conv_fast_desc d = {
-        .c = l->c, .h = l->h, .w = l->w, .filters = f, .size = l->size, .stride = l->stride, .pad = p->pad,
-        .groups = l->groups, .out_h = l->out_h, .out_w = l->out_w, .weights = v->weights,
-        .weights_version = net->params_version, .mul = mul, .add = add,
-        .activation = p->activation, .algo = net->opt.conv_algo};
+    conv_fast_desc d = fast_desc(l, net);
+    d.weights = v->weights;
+    d.mul = mul;
+    d.add = add;
     const int bf16 = net->opt.precision == DN_PRECISION_BF16;
     if (wants_onednn(net, l)) {
         dn_status st = conv_onednn_forward(&p->onednn, &d, bf16, in, l->output, batch);
@@ -220,6 +230,19 @@ static dn_status conv_forward_fast(dn_layer *l, dn_network *net, const conv_view
         return DN_E_NOTFOUND;
     p->engine = DN_ENGINE_FUSED;
     return DN_OK;
+}
+
+static double conv_private_bytes(const dn_layer *l, const dn_network *net, size_t workspace_floats)
+{
+    const conv_priv *p = l->priv;
+    const conv_fast_desc d = fast_desc(l, net);
+    double floats = (double)conv_fast_cache_floats(&d, workspace_floats) + 2.0 * l->filters;
+    if (net->training_buffers) {
+        const double n = (double)net->batch * l->outputs;
+        floats += activation_needs_input(p->activation) ? n : 1;
+        if (p->batch_normalize) floats += 2 * n + 2.0 * l->filters;
+    }
+    return floats * sizeof(float);
 }
 
 static dn_status conv_forward(dn_layer *l, dn_network *net, const float *in, int batch)
@@ -324,6 +347,7 @@ static dn_status conv_update(dn_layer *l, dn_network *net, float lr_over_b, floa
 static dn_status make_convolutional(layer_build *b, dn_layer *l);
 
 const layer_ops conv_ops = {
+    .private_bytes = conv_private_bytes,
     .type = "conv",
     .make = make_convolutional,
     .reshape = conv_reshape,

@@ -27,7 +27,7 @@ static dn_status maxpool_reshape(dn_layer *l, dn_network *net)
     l->out_c = l->c;
     l->outputs = (size_t)l->out_w * l->out_h * l->out_c;
     l->bflops = 0;
-    if (l->out_w < 1 || l->out_h < 1) return DN_OK;
+    if (net->planning || l->out_w < 1 || l->out_h < 1) return DN_OK; /* shapes only, or reported by the caller */
     dn_status st = layer_alloc_io(l, net);
     if (st) return st;
     layer_release(net, p->argmax);
@@ -51,6 +51,12 @@ static dn_status maxpool_backward(dn_layer *l, dn_network *net, const float *in,
     return net->be->k->maxpool_backward(net->be, l->delta, p->argmax, batch, l->outputs, l->inputs, in_delta);
 }
 
+static double maxpool_private_bytes(const dn_layer *l, const dn_network *net, size_t workspace_floats)
+{
+    (void)workspace_floats;
+    return net->training_buffers ? (double)net->batch * l->outputs * sizeof(int) : 0; /* argmax */
+}
+
 static dn_status make_maxpool(layer_build *b, dn_layer *l)
 {
     const cfg_file *f = b->cfg;
@@ -71,6 +77,7 @@ static dn_status make_maxpool(layer_build *b, dn_layer *l)
 
 const layer_ops maxpool_ops = {
     .info = maxpool_info,
+    .private_bytes = maxpool_private_bytes,
     .type = "max",
     .make = make_maxpool,
     .reshape = maxpool_reshape,

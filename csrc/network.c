@@ -39,6 +39,7 @@ dn_status layer_alloc_int(dn_network *net, int **buf, size_t count)
 
 dn_status layer_alloc_io(dn_layer *l, dn_network *net)
 {
+    if (net->planning) return DN_OK; /* shapes only: the memory budget is checked before anything is allocated */
     dn_status st = layer_alloc(net, &l->output, (size_t)net->batch * l->outputs);
     if (st) return st;
     if (net->training_buffers) return layer_alloc(net, &l->delta, (size_t)net->batch * l->outputs);
@@ -53,11 +54,12 @@ static dn_status parse_net_section(const cfg_file *f, cfg_section *s, dn_net_inf
 {
     dn_status st;
     memset(o, 0, sizeof *o);
-    if ((st = cfg_get_int(f, s, "batch", 1, 0, &o->cfg_batch))) return st;
-    if ((st = cfg_get_int(f, s, "subdivisions", 1, 0, &o->subdivisions))) return st;
-    if ((st = cfg_get_int(f, s, "width", 0, 1, &o->width))) return st;
-    if ((st = cfg_get_int(f, s, "height", 0, 1, &o->height))) return st;
-    if ((st = cfg_get_int(f, s, "channels", 0, 1, &o->channels))) return st;
+    /* The batch limits are dn_network_set_batch's: a training chunk is batch/subdivisions images. */
+    if ((st = cfg_get_int_range(f, s, "batch", 1, 0, 1, DN_MAX_BATCH, &o->cfg_batch))) return st;
+    if ((st = cfg_get_int_range(f, s, "subdivisions", 1, 0, 1, DN_MAX_BATCH, &o->subdivisions))) return st;
+    if ((st = cfg_get_int_range(f, s, "width", 0, 1, 1, DN_MAX_SIDE, &o->width))) return st;
+    if ((st = cfg_get_int_range(f, s, "height", 0, 1, 1, DN_MAX_SIDE, &o->height))) return st;
+    if ((st = cfg_get_int_range(f, s, "channels", 0, 1, 1, DN_MAX_CHANNELS, &o->channels))) return st;
     if ((st = cfg_get_float(f, s, "learning_rate", .001f, 0, &o->learning_rate))) return st;
     if ((st = cfg_get_float(f, s, "momentum", .9f, 0, &o->momentum))) return st;
     if ((st = cfg_get_float(f, s, "decay", .0001f, 0, &o->decay))) return st;
@@ -91,12 +93,6 @@ static dn_status parse_net_section(const cfg_file *f, cfg_section *s, dn_net_inf
                                                 "random", "letter_box", "mosaic", "adam", "B1", "B2", "eps",
                                                 "inputs", "center", "clip", "max_chart_loss", "mixup"};
     for (size_t i = 0; i < sizeof known_ignored / sizeof *known_ignored; i++) cfg_find(s, known_ignored[i]);
-    if (o->cfg_batch < 1 || o->subdivisions < 1)
-        return dn_fail(DN_E_CFG, "%s:%d: [net] batch and subdivisions must be >= 1", f->path, s->line);
-    if (o->width < 1 || o->height < 1 || o->channels < 1 || o->width > 16384 || o->height > 16384 ||
-        o->channels > 4096)
-        return dn_fail(DN_E_CFG, "%s:%d: [net] width/height/channels out of range (%d x %d x %d)", f->path, s->line,
-                       o->width, o->height, o->channels);
     return DN_OK;
 }
 
@@ -122,10 +118,25 @@ DN_EXPORT void dn_network_free(dn_network *net)
     free(net);
 }
 
-/* Recompute every shape from the network input down and reallocate the batch-sized buffers. */
-dn_status dn_network_reshape(dn_network *net)
+/* Past these a layer's int index arithmetic (a plane's y * w + x, a route's channel sum, an upsample's
+ * w * stride one layer on) could overflow; the memory budget refuses far smaller networks anyway. */
+#define MAX_LAYER_SIDE 65536
+#define MAX_LAYER_PLANE (1 << 30)
+#define MAX_LAYER_CHANNELS (1 << 20)
+
+static int output_too_large(const dn_layer *l)
 {
+    return l->out_w > MAX_LAYER_SIDE || l->out_h > MAX_LAYER_SIDE || l->out_c > MAX_LAYER_CHANNELS ||
+           (size_t)l->out_w * l->out_h > MAX_LAYER_PLANE;
+}
+
+/* Recompute every shape from the network input down; with allocate, also (re)allocate the batch-sized buffers
+ * (without, the layers compute shapes only: net->planning). */
+static dn_status reshape_layers(dn_network *net, int allocate)
+{
+    dn_status st = DN_OK;
     size_t workspace = 0;
+    net->planning = !allocate;
     for (int i = 0; i < net->n; i++) {
         dn_layer *l = &net->layers[i];
         if (i == 0) {
@@ -134,40 +145,50 @@ dn_status dn_network_reshape(dn_network *net)
             l->w = net->layers[i - 1].out_w; l->h = net->layers[i - 1].out_h; l->c = net->layers[i - 1].out_c;
         }
         l->inputs = (size_t)l->w * l->h * l->c;
-        dn_status st = l->ops->reshape(l, net);
-        if (st) return st;
-        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1)
-            return dn_fail(DN_E_CFG, "%s: layer %d (%s) has an empty output (%d x %d x %d) for a %d x %d input",
-                           net->cfg_path, i, l->ops->type, l->out_w, l->out_h, l->out_c, net->w, net->h);
+        if ((st = l->ops->reshape(l, net))) goto done;
+        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1 || output_too_large(l)) {
+            st = dn_fail(DN_E_CFG, "%s: layer %d (%s) has an %s output (%d x %d x %d) for a %d x %d input",
+                         net->cfg_path, i, l->ops->type, output_too_large(l) ? "oversized" : "empty", l->out_w,
+                         l->out_h, l->out_c, net->w, net->h);
+            goto done;
+        }
         if (l->workspace_floats > workspace) workspace = l->workspace_floats;
     }
-    if (workspace > net->workspace_floats) {
-        dn_status st = layer_alloc(net, &net->workspace, workspace);
+    if (allocate && workspace > net->workspace_floats) {
+        st = layer_alloc(net, &net->workspace, workspace);
         net->workspace_floats = st ? 0 : workspace; /* the old one is gone either way */
-        if (st) return st;
+        if (st) goto done;
     }
-    if (!net->be->host_memory) {
+    if (allocate && !net->be->host_memory) {
         /* The caller's input (host memory) is copied here before a forward. */
         const size_t in = (size_t)net->batch * net->w * net->h * net->c;
-        dn_status st = layer_alloc(net, &net->input, in);
+        st = layer_alloc(net, &net->input, in);
         if (!st && net->training_buffers) st = layer_alloc(net, &net->input_delta, in);
-        if (st) return st;
+        if (st) goto done;
     }
     net->info.batch = net->batch;
     net->info.width = net->w;
     net->info.height = net->h;
-    return DN_OK;
+done:
+    net->planning = 0;
+    return st;
+}
+
+/* Shapes first, then the memory budget, and only then the allocations. */
+dn_status dn_network_reshape(dn_network *net)
+{
+    dn_status st = reshape_layers(net, 0);
+    if (!st) st = dn_memory_check(net, DN_E_ARG);
+    if (!st) st = reshape_layers(net, 1);
+    return st;
 }
 
 dn_status dn_network_alloc_training(dn_network *net)
 {
     if (net->training_buffers) return DN_OK;
-    if (!net->updates) {
-        dn_status st = layer_alloc(net, &net->updates, net->n_params);
-        if (st) return st;
-    }
-    net->training_buffers = 1;
+    net->training_buffers = 1; /* the budget counts the training buffers, the update block among them */
     dn_status st = dn_network_reshape(net);
+    if (!st && !net->updates) st = layer_alloc(net, &net->updates, net->n_params);
     if (st) net->training_buffers = 0;
     return st;
 }
@@ -256,6 +277,7 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     if (options) opt = *options;
     dn_status st = check_options(&opt);
     if (st) return st;
+    if (batch > DN_MAX_BATCH) return dn_fail(DN_E_ARG, "batch %d out of range (1..%d)", batch, DN_MAX_BATCH);
     cfg_file cfg;
     if ((st = cfg_read(cfg_path, &cfg))) return st;
     dn_network *net = dn_calloc(1, sizeof *net);
@@ -283,6 +305,7 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     if (!net->layers) { st = dn_fail(DN_E_NOMEM, "out of memory"); goto fail; }
 
     size_t offset = 0;
+    net->planning = 1; /* shapes only until the memory budget has been checked */
     for (int i = 0; i < net->n; i++) {
         cfg_section *s = &cfg.sections[i + 1];
         dn_layer *l = &net->layers[i];
@@ -313,14 +336,16 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
         cfg_warn_unused(&cfg, s);
         /* Compute this layer's shape now so the next layer (and route/shortcut checks) see it. */
         if ((st = l->ops->reshape(l, net))) goto fail;
-        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1) {
-            st = dn_fail(DN_E_CFG, "%s:%d: [%s] layer %d has an empty output (%d x %d x %d)", cfg_path, s->line,
-                         name, i, l->out_w, l->out_h, l->out_c);
+        if (l->out_w < 1 || l->out_h < 1 || l->out_c < 1 || output_too_large(l)) {
+            st = dn_fail(DN_E_CFG, "%s:%d: [%s] layer %d has an %s output (%d x %d x %d)", cfg_path, s->line, name,
+                         i, output_too_large(l) ? "oversized" : "empty", l->out_w, l->out_h, l->out_c);
             goto fail;
         }
     }
+    net->planning = 0;
     net->n_params = offset;
     net->info.n_params = offset;
+    if ((st = dn_memory_check(net, DN_E_CFG))) goto fail;
     if ((st = layer_alloc(net, &net->params, offset))) goto fail;
     for (int i = 0; i < net->n; i++) {
         if (!net->layers[i].ops->cost) continue; /* the loss layers: [yolo] */
@@ -343,33 +368,39 @@ fail:
     return st;
 }
 
+/* Reshape for a new batch or input size; on failure go back to the old ones, so the network stays usable, and
+ * report the first error. */
+static dn_status reshape_or_restore(dn_network *net, int old_w, int old_h, int old_batch)
+{
+    dn_status st = dn_network_reshape(net);
+    if (!st) return DN_OK;
+    char saved[1024];
+    snprintf(saved, sizeof saved, "%s", dn_last_error());
+    net->w = old_w;
+    net->h = old_h;
+    net->batch = old_batch;
+    dn_network_reshape(net);
+    return dn_fail(st, "%s", saved);
+}
+
 DN_EXPORT dn_status dn_network_set_batch(dn_network *net, int batch)
 {
-    if (!net || batch < 1 || batch > 65536) return dn_fail(DN_E_ARG, "batch must be in 1..65536");
+    if (!net || batch < 1 || batch > DN_MAX_BATCH) return dn_fail(DN_E_ARG, "batch must be in 1..%d", DN_MAX_BATCH);
     if (batch == net->batch) return DN_OK;
+    const int old = net->batch;
     net->batch = batch;
-    return dn_network_reshape(net);
+    return reshape_or_restore(net, net->w, net->h, old);
 }
 
 DN_EXPORT dn_status dn_network_resize(dn_network *net, int width, int height)
 {
     if (!net) return dn_fail(DN_E_ARG, "network is NULL");
-    if (width < 1 || height < 1 || width > 16384 || height > 16384)
+    if (width < 1 || height < 1 || width > DN_MAX_SIDE || height > DN_MAX_SIDE)
         return dn_fail(DN_E_ARG, "input size %d x %d out of range", width, height);
-    int old_w = net->w, old_h = net->h;
+    const int old_w = net->w, old_h = net->h;
     net->w = width;
     net->h = height;
-    dn_status st = dn_network_reshape(net);
-    if (st) {
-        /* Leave the network usable at its old size. */
-        net->w = old_w;
-        net->h = old_h;
-        char saved[1024];
-        snprintf(saved, sizeof saved, "%s", dn_last_error());
-        dn_network_reshape(net);
-        return dn_fail(st, "%s", saved);
-    }
-    return DN_OK;
+    return reshape_or_restore(net, old_w, old_h, net->batch);
 }
 
 static dn_status check_io(dn_network *net, const float *input, int n)

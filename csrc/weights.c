@@ -39,6 +39,13 @@ static dn_status params_on_host(dn_network *net, const float **host, float **cop
     return st;
 }
 
+/* The formats Darknet has written: 0.1.x (32-bit seen), 0.2.x (64-bit seen); a major or minor above 1000 is
+ * its flag for transposed fully-connected matrices (and a 32-bit seen). */
+static int known_version(int major, int minor)
+{
+    return major > 1000 || minor > 1000 || (major == 0 && minor <= 2);
+}
+
 DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, int *layers_loaded)
 {
     if (!net || !path) return dn_fail(DN_E_ARG, "NULL argument");
@@ -87,23 +94,36 @@ DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, i
     /* Only fully-connected layers are stored transposed in such files, and this engine has none. */
 
     /* Decide how many layers the file holds before touching the network, so a bad file changes nothing. */
-    size_t remaining = (size_t)size - header;
+    const size_t remaining = (size_t)size - header;
     size_t floats = 0;
-    int n_loaded = 0, last_with_params = -1;
+    int n_loaded = 0, filled = 0, with_params = 0, cut_layer = -1;
     for (int i = 0; i < net->n; i++) {
         const dn_layer *l = &net->layers[i];
         if (!l->n_params) continue;
-        if (remaining == floats * sizeof(float)) break;
-        const size_t need = (floats + l->n_params) * sizeof(float);
-        if (remaining < need) {
-            st = dn_fail(DN_E_WEIGHTS, "%s: truncated: the file ends inside layer %d (%s, %zu parameters): %zu bytes "
-                         "of it present, %zu needed", path, i, l->ops->type, l->n_params,
-                         remaining - floats * sizeof(float), l->n_params * sizeof(float));
-            goto done;
+        with_params++;
+        if (cut_layer >= 0 || remaining == floats * sizeof(float)) continue;
+        if (remaining < (floats + l->n_params) * sizeof(float)) {
+            cut_layer = i;
+            continue;
         }
         floats += l->n_params;
-        last_with_params = i;
+        filled++;
         n_loaded = i + 1;
+    }
+    const int fits = cut_layer < 0 && remaining == floats * sizeof(float);
+    if (!known_version(major, minor) && (!fits || floats == 0)) {
+        st = dn_fail(DN_E_WEIGHTS, "%s: bad header: version %d.%d.%d is beyond any weights format that exists (Darknet "
+                     "writes 0.1.x and 0.2.x; a major or minor above 1000 marks transposed layers), and the %zu bytes "
+                     "after it do not fit the cfg (%s, %zu bytes of parameters): not a Darknet weights file?", path,
+                     major, minor, version[2], remaining, net->cfg_path, net->n_params * sizeof(float));
+        goto done;
+    }
+    if (cut_layer >= 0) {
+        const dn_layer *l = &net->layers[cut_layer];
+        st = dn_fail(DN_E_WEIGHTS, "%s: truncated: the file ends inside layer %d (%s, %zu parameters): %zu bytes "
+                     "of it present, %zu needed", path, cut_layer, l->ops->type, l->n_params,
+                     remaining - floats * sizeof(float), l->n_params * sizeof(float));
+        goto done;
     }
     if (remaining > floats * sizeof(float)) {
         st = dn_fail(DN_E_WEIGHTS, "%s: the file is longer than the network: %zu bytes of parameters, the cfg "
@@ -111,7 +131,14 @@ DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, i
                      net->n_params * sizeof(float));
         goto done;
     }
-    (void)last_with_params;
+    if (floats == 0 && net->n_params > 0) {
+        st = dn_fail(DN_E_WEIGHTS, "%s: the file holds no parameters (%ld bytes: a header only), so it fills no layer "
+                     "of %s", path, size, net->cfg_path);
+        goto done;
+    }
+    if (!known_version(major, minor))
+        dn_log(DN_LOG_WARNING, "%s: version %d.%d.%d is beyond any weights format that exists; loaded as Darknet "
+               "would, since its size fits the cfg", path, major, minor, version[2]);
     net->params_version++;
     if (floats && (st = read_params(net, fp, floats, path))) goto done;
     net->info.seen = seen;
@@ -119,9 +146,9 @@ DN_EXPORT dn_status dn_network_load_weights(dn_network *net, const char *path, i
     net->info.minor = minor;
     net->info.revision = version[2];
     if (layers_loaded) *layers_loaded = n_loaded;
-    if (n_loaded < net->n && floats < net->n_params)
-        dn_log(DN_LOG_INFO, "%s: partial weights: loaded layers 0..%d, the rest keep their initial values", path,
-               n_loaded - 1);
+    if (filled < with_params)
+        dn_log(DN_LOG_INFO, "%s: partial weights: filled %d of the %d layers with parameters (layers 0..%d); the "
+               "rest keep their initial values", path, filled, with_params, n_loaded - 1);
 done:
     fclose(fp);
     return st;

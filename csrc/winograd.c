@@ -334,11 +334,13 @@ INLINE void input_row(const float *im, int h, int w, int pad, int m, int tiles_x
         const int interior = iy0 >= 0 && iy0 + A <= h && ix0 >= 0 && ix0 + (LANES - 1) * m + A <= w;
         for (int i = 0; i < A; i++) {
             const int iy = iy0 + i;
-            const float *row = src + (size_t)iy * w;
+            const int row_inside = iy >= 0 && iy < h;
+            /* Only form the row pointer for a row that exists: src + (size_t)-1 * w would wrap (UB). */
+            const float *row = row_inside ? src + (size_t)iy * w : src;
             if (interior) {
                 for (int j = 0; j < A; j++)
                     for (int l = 0; l < LANES; l++) dd[i * A + j][l] = row[ix0 + l * m + j];
-            } else if (iy < 0 || iy >= h) {
+            } else if (!row_inside) {
                 for (int j = 0; j < A; j++) memset(dd[i * A + j], 0, sizeof(lanes));
             } else {
                 for (int j = 0; j < A; j++)
@@ -516,6 +518,35 @@ static int winograd_tile(const conv_fast_desc *d)
     return d->out_h * d->out_w >= 24 * 24 ? 4 : 2;
 }
 
+/* Floats of a Winograd layer with tile m: transformed weights U, and the scratch V (inputs) then M (products). */
+static void winograd_floats(const conv_fast_desc *d, int m, size_t *nu, size_t *nv, size_t *nm)
+{
+    const size_t A = (size_t)m + 2;
+    const size_t T = (size_t)((d->out_w + m - 1) / m) * ((d->out_h + m - 1) / m);
+    *nu = A * A * d->filters * d->c;
+    *nv = A * A * d->c * T;
+    *nm = A * A * d->filters * T;
+}
+
+/* Floats of the im2col matrix of one image (0 for a 1x1 stride-1 layer, which reads its input directly). */
+static size_t col_floats(const conv_fast_desc *d)
+{
+    const int plain = d->size == 1 && d->stride == 1 && d->pad == 0;
+    return plain ? 0 : (size_t)(d->c / d->groups) * d->size * d->size * d->out_h * d->out_w;
+}
+
+size_t conv_fast_cache_floats(const conv_fast_desc *d, size_t workspace_floats)
+{
+    if (d->algo == DN_CONV_PLAIN) return 0;
+    const int m = winograd_tile(d);
+    size_t kept = 0, nv = 0, nm = 0, need = col_floats(d);
+    if (m) {
+        winograd_floats(d, m, &kept, &nv, &nm);
+        need = nv + nm;
+    }
+    return kept + (need > workspace_floats ? need : 0);
+}
+
 static float *scratch(conv_fast_cache *cache, float *ws, size_t ws_floats, size_t need)
 {
     if (need <= ws_floats) return ws;
@@ -540,13 +571,11 @@ int conv_fast_forward(conv_fast_cache **cachep, const conv_fast_desc *d, float *
     int m = winograd_tile(d);
     float *V = NULL, *Mb = NULL;
     if (m) {
-        const int A = m + 2;
-        const size_t T = (size_t)((d->out_w + m - 1) / m) * ((d->out_h + m - 1) / m);
-        const size_t nv = (size_t)A * A * d->c * T, nm = (size_t)A * A * d->filters * T;
-        const size_t nw = (size_t)d->filters * d->c * 9;
+        size_t nu, nv, nm;
+        winograd_floats(d, m, &nu, &nv, &nm);
         if (!cache->U || cache->m != m || cache->filters != d->filters || cache->c != d->c ||
             cache->weights != d->weights || cache->version != d->weights_version) {
-            float *U = realloc(cache->U, sizeof(float) * (size_t)A * A * nw / 9);
+            float *U = realloc(cache->U, sizeof(float) * nu);
             if (U) {
                 cache->U = U;
                 transform_weights(d->weights, d->filters, d->c, m, U);
@@ -567,8 +596,7 @@ int conv_fast_forward(conv_fast_cache **cachep, const conv_fast_desc *d, float *
     }
     float *col = NULL;
     if (!m) {
-        const int plain = d->size == 1 && d->stride == 1 && d->pad == 0;
-        const size_t need = plain ? 0 : (size_t)(d->c / d->groups) * d->size * d->size * d->out_h * d->out_w;
+        const size_t need = col_floats(d);
         col = need ? scratch(cache, workspace, workspace_floats, need) : workspace;
         if (need && !col) return 1;
     }

@@ -99,6 +99,19 @@ def test_missing_required_net_key(tmp_path, net_key):
     assert ":1:" in message and f"'{net_key}'" in message
 
 
+@pytest.mark.parametrize("key, value", [
+    ("batch", "2000000000"), ("batch", "0"), ("subdivisions", "0"), ("subdivisions", "70000"), ("width", "0"),
+    ("width", "16385"), ("height", "0"), ("height", "-64"), ("channels", "0"), ("channels", "5000")])
+def test_net_key_out_of_range_names_its_own_line(tmp_path, key, value):
+    """Rejected at load (batch=2000000000 used to load and fail only when training started), at the line of
+    the key itself rather than the [net] line."""
+    original = {"batch": "4", "subdivisions": "2", "width": "64", "height": "64", "channels": "3"}[key]
+    lineno = line_of(TINY_CFG, f"{key}={original}")
+    assert lineno > 1
+    message = load_error(write(tmp_path, replace_line(TINY_CFG, lineno, f"{key}={value}")))
+    assert f":{lineno}:" in message and f"'{key}'" in message and value in message and "out of range" in message
+
+
 @pytest.mark.parametrize("ref", ["-20", "99", "9", "-1,50"])
 def test_route_to_missing_layer(tmp_path, ref):
     lineno = line_of(TINY_CFG, "layers=-3")  # the route at layer 9

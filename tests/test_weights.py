@@ -1,6 +1,7 @@
 """.weights files (SPEC §1.4): round trips, partial files, the `seen` header field, and broken files."""
 from __future__ import annotations
 
+import logging
 import struct
 
 import numpy as np
@@ -107,7 +108,50 @@ def test_partial_file_loads_first_layers_rest_keep_init(tiny_cfg, tmp_path):
             np.testing.assert_array_equal(got[n:], init[n:])
 
 
-def test_partial_real_weights(reference_dir, tmp_path):
+def test_partial_file_logs_how_many_layers_it_filled(tiny_cfg, tmp_path, caplog):
+    path = tmp_path / "conv.3.weights"
+    write(path, header(), random_params(sum(TINY_SIZES[:3]), 3))
+    with caplog.at_level(logging.INFO, logger="pydarknet"), Network(tiny_cfg, path):
+        pass
+    messages = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert any(f"filled 3 of the {len(TINY_SIZES)} layers with parameters" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("seen_bits", [64, 32])
+def test_header_only_file_fills_no_layer_and_is_an_error(tiny_cfg, tmp_path, seen_bits):
+    """A 20-byte file (16 with a 32-bit seen) used to load as 'layers 0..-1' and leave random weights."""
+    path = tmp_path / "empty.weights"
+    path.write_bytes(header(0, 2 if seen_bits == 64 else 1, 0, seen=5, seen_bits=seen_bits))
+    assert path.stat().st_size == (20 if seen_bits == 64 else 16)
+    with pytest.raises(WeightsError) as info:
+        Network(tiny_cfg, path)
+    message = str(info.value)
+    assert str(path) in message and "fills no layer" in message
+
+
+@pytest.mark.parametrize("version", [(7, 3, 0), (1, 0, 0), (0, 9, 0)])
+def test_version_beyond_any_format_says_so(tiny_cfg, tmp_path, version):
+    """Such a header whose rest does not fit the cfg is named as the likely cause (the message used to say
+    only 'the file is longer than the network')."""
+    path = tmp_path / "future.weights"
+    write(path, header(*version), random_params(100, 9))
+    with pytest.raises(WeightsError) as info:
+        Network(tiny_cfg, path)
+    message = str(info.value)
+    assert str(path) in message and "version %d.%d.%d is beyond any weights format" % version in message
+
+
+def test_version_beyond_any_format_loads_when_it_fits(tiny_cfg, tmp_path, caplog):
+    """Darknet reads any version; a file whose size fits the cfg exactly still loads, with a warning."""
+    path = tmp_path / "future.weights"
+    params = random_params(TINY_TOTAL, 10)
+    write(path, header(7, 3, 0), params)
+    with caplog.at_level(logging.WARNING, logger="pydarknet"), Network(tiny_cfg, path) as net:
+        np.testing.assert_array_equal(net.params(), params)
+    assert any("beyond any weights format" in r.getMessage() for r in caplog.records)
+
+
+def test_partial_real_weights(reference_dir, tmp_path, caplog):
     """yolov3-tiny.conv.15-style: the real file cut after layer 14 (its first nine convolutions)."""
     original = reference_dir / "yolov3-tiny.weights"
     if not original.is_file():
@@ -120,8 +164,11 @@ def test_partial_real_weights(reference_dir, tmp_path):
     partial = tmp_path / "yolov3-tiny.conv.15"
     partial.write_bytes(original.read_bytes()[:20 + 4 * n])
     cfg = reference_dir / "yolov3-tiny.cfg"
-    with Network(cfg) as fresh, Network(cfg, original) as full, Network(cfg, partial) as net:
+    with caplog.at_level(logging.INFO, logger="pydarknet"), Network(cfg) as fresh, \
+            Network(cfg, original) as full, Network(cfg, partial) as net:
         assert net.layers_loaded == 15  # the ninth conv is layer 14
+        # yolov3-tiny has 13 convolutions, the only layers with parameters
+        assert any(f"{partial}: partial weights: filled 9 of the 13 layers" in r.getMessage() for r in caplog.records)
         np.testing.assert_array_equal(net.params()[:n], full.params()[:n])
         np.testing.assert_array_equal(net.params()[n:], fresh.params()[n:])
 
