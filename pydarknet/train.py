@@ -25,8 +25,8 @@ import numpy as np
 from .data import Augment, DataLoader, read_list
 from . import _callable_module
 from .datafile import read_data_file, read_names
-from .errors import CudaError, DarknetArithmeticError, DarknetError, DarknetValueError
-from .network import Network, set_threads
+from .errors import DarknetArithmeticError, DarknetError, DarknetValueError
+from .network import Network, gpu_ids, set_threads
 from .runfiles import (BAD_LIST, FINAL_ID, LOG_FILE, MAP_FILE, METRICS_FILE, append_map_rows, log_csv_iteration,
                        log_csv_line, metrics_iteration, metrics_line, parse_map_line, read_map_rows,
                        strict_json_value)
@@ -166,27 +166,6 @@ class _Progress:
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def gpu_ids(gpus, option: str = "-gpus") -> list[int]:
-    """The GPU ids asked for (`gpus`: None, "0,1", 0 or [0, 1]), checked against this build and machine: a
-    CudaError when there is no CUDA support compiled in or no device (the CPU is never used silently)."""
-    if gpus is None or gpus is False or gpus == "":
-        return []
-    from ._ffi import build_info, cuda_device_count  # noqa: PLC0415
-    from .distributed import parse_gpus  # noqa: PLC0415
-
-    ids = parse_gpus([gpus] if isinstance(gpus, int) else gpus)
-    shown = ",".join(map(str, ids))
-    if not build_info().get("cuda"):
-        raise CudaError(f"{option} {shown}: this pydarknet is a CPU build (no CUDA support compiled in); "
-                        f"run on the CPU by leaving out {option}, or use a build made with `make GPU=1`")
-    count = cuda_device_count()
-    missing = [i for i in ids if i >= count]
-    if missing:
-        raise CudaError(f"{option} {shown}: no CUDA device {','.join(map(str, missing))} "
-                        f"({count} device{'s' if count != 1 else ''} visible)")
-    return ids
 
 
 class _NullStream:
@@ -650,8 +629,9 @@ class Trainer:
         if reason:
             self.save(self.backup_path)
             result.stopped_by_signal = reason
-            log.warning("stopped at iteration %d (%s); resume with %s", result.iterations, result.stopped_by_signal,
-                        self.backup_path)
+            if self.is_writer:  # the one who saved says so
+                log.warning("stopped at iteration %d (%s); resume with %s", result.iterations,
+                            result.stopped_by_signal, self.backup_path)
         else:
             final = self.run_dir / f"{self.base}_final.weights"
             self.save(final)
