@@ -607,7 +607,7 @@ class Trainer:
         from .detect import Detector  # noqa: PLC0415
         from .eval import map_txt_row  # noqa: PLC0415
 
-        with Detector(self.cfg, weights_path) as detector:
+        with Detector(self.cfg, weights_path, device=self.net.device) as detector:  # where training runs
             res = _evaluate(detector, self.valid_paths, self.num_classes, self.map_names, self.map_rules)
         for metric in ("iou", "giou"):
             row = map_txt_row(res, metric, iteration)
