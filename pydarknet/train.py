@@ -405,7 +405,8 @@ class Trainer:
         backup = _resolve(options["backup"], self.data_path) if "backup" in options else Path("backup")
         self.prefix = options.get("prefix", "")
         self.run_dir = backup / self.prefix if self.prefix else backup
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         return train_paths
 
     def _open_network(self) -> None:
@@ -643,9 +644,10 @@ class Trainer:
                 self.evaluate(final, FINAL_ID)
         if self.is_writer:
             _refresh_chart(self.run_dir)
-        if self.world_size > 1:  # the others wait for rank 0's last files (and its final mAP evaluation)
-            final_map = result.final_weights is not None and self.map_eval and self.valid_paths
-            self.replica.barrier(self.map_timeout() if final_map else None)
+        if self.world_size > 1:  # the others wait for rank 0's last files and mAP evaluations
+            final_map = bool(result.final_weights is not None and self.map_eval and self.valid_paths)
+            evaluating = final_map or self.next_check_in_timeout is not None  # the last checkpoint's too
+            self.replica.barrier(2 * self.map_timeout() if evaluating else None)
         return result
 
     def shutdown(self) -> None:

@@ -223,3 +223,15 @@ def test_several_gpus_in_process_is_refused(run, monkeypatch):
     monkeypatch.setattr(train_module, "gpu_ids", lambda gpus, option="-gpus": [0, 1])
     with pytest.raises(DarknetError, match="one process per GPU"):
         train_module.train(data, cfg, gpus="0,1", max_batches=1, workers=0)
+
+
+def test_two_ranks_map_and_tensorboard_written_once_by_rank_0(run, tmp_path):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed (pip install 'pydarknet[tensorboard]')")
+    data, cfg, run_dir = run
+    proc = _mpi_train(2, data, cfg, "--max-batches", 4, "--map-every", 2, "--map", "--tensorboard", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(",")[:2] for line in (run_dir / "map.txt").read_text().splitlines()]
+    assert rows == [["iou", "2"], ["giou", "2"], ["iou", "4"], ["giou", "4"], ["iou", "final"], ["giou", "final"]]
+    events = list((run_dir / "tensorboard").iterdir())
+    assert len(events) == 1 and events[0].name.startswith("events.out.tfevents")
+    assert proc.stderr.count("mAP@.50 ") == 3   # rank 0 alone evaluates
