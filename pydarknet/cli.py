@@ -46,14 +46,22 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None, precision="f32") -> None:
+def _gpu_device(gpu, option: str) -> str | None:
+    """-i K / --gpu K: "cuda:K" (a CudaError on a build or machine without that GPU); None: the CPU."""
+    from .network import gpu_ids  # noqa: PLC0415
+
+    return None if gpu is None else f"cuda:{gpu_ids(gpu, option)[0]}"
+
+
+def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=None, precision="f32", gpu=None,
+               gpu_option: str = "--gpu") -> None:
     import cv2  # noqa: PLC0415
 
     from .detect import Detector  # noqa: PLC0415
     from .draw import draw_detections  # noqa: PLC0415
     from .image import read_image  # noqa: PLC0415
 
-    with Detector(cfg, weights, names=names, precision=precision) as detector:
+    with Detector(cfg, weights, names=names, precision=precision, device=_gpu_device(gpu, gpu_option)) as detector:
         for path in images:
             image = read_image(path)
             start = time.perf_counter()
@@ -79,9 +87,10 @@ def run_detect(cfg, weights, images, names=None, thresh=0.25, nms=0.45, out_dir=
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Save annotated images here.")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="bf16: bfloat16 convolutions (CPUs with AMX or AVX512_BF16).")
-def detect(cfg, weights, images, names, thresh, nms, out_dir, precision):
+@click.option("--gpu", "-i", "gpu", type=click.IntRange(min=0), default=None, help="Run on this CUDA device.")
+def detect(cfg, weights, images, names, thresh, nms, out_dir, precision, gpu):
     """Detect objects in IMAGES and print them as Darknet does."""
-    run_detect(cfg, weights, images, names, thresh, nms, out_dir, precision)
+    run_detect(cfg, weights, images, names, thresh, nms, out_dir, precision, gpu=gpu)
 
 
 @main.command()
@@ -199,14 +208,14 @@ def detector(action, args):
     from .datafile import read_data_file  # noqa: PLC0415
 
     if action == "train":
-        pos, opt = _darknet_args(list(args), {"clear": False, "gpus": True, "map": False, "i": True,
-                                              "dont_show": False})
+        pos, opt = _darknet_args(list(args), {"clear": False, "gpus": True, "nogpu": False, "map": False,
+                                              "i": True, "dont_show": False, "dist-url": True})
         if len(pos) not in (2, 3):
             raise click.UsageError("detector train DATA CFG [WEIGHTS] [-clear] [-gpus LIST]")
-        from .train import train  # noqa: PLC0415
-
-        train(pos[0], pos[1], pos[2] if len(pos) > 2 else None, clear=bool(opt.get("clear")),
-              gpus=opt.get("gpus"), map_eval=bool(opt.get("map")))
+        gpus = opt.get("gpus") if "gpus" in opt else opt.get("i")
+        _train(pos[0], pos[1], pos[2] if len(pos) > 2 else None, gpus=gpus, nogpu=bool(opt.get("nogpu")),
+               option="-gpus" if "gpus" in opt else "-i", dist_url=opt.get("dist-url"),
+               clear=bool(opt.get("clear")), map_eval=bool(opt.get("map")))
     elif action == "valid":
         pos, opt = _darknet_args(list(args), {"prefix": True, "i": True, "gpus": True})
         if len(pos) != 3:
@@ -225,7 +234,7 @@ def detector(action, args):
         if not images:
             images = [click.prompt("Enter Image Path")]
         run_detect(pos[1], pos[2], images, names=names, thresh=float(opt.get("thresh", 0.25)),
-                   nms=float(opt.get("nms", 0.45)), out_dir=opt.get("out"))
+                   nms=float(opt.get("nms", 0.45)), out_dir=opt.get("out"), gpu=opt.get("i"), gpu_option="-i")
     elif action == "demo":
         pos, opt = _darknet_args(list(args), {"thresh": True, "hier": True, "nms": True, "c": True, "i": True,
                                               "out_filename": True, "dont_show": False})
@@ -256,7 +265,13 @@ def detector(action, args):
 @click.argument("weights", required=False, type=click.Path(dir_okay=False))
 @click.option("--clear", is_flag=True, help="Start over: reset the iteration count (seen) of WEIGHTS to 0, and "
               "without WEIGHTS do not resume from the run's backup (later checkpoints are kept in replaced-<time>/).")
-@click.option("--gpus", help="GPU ids, e.g. 0,1 (needs the CUDA build).")
+@click.option("--gpus", help="GPU ids, e.g. 0,1 (needs the CUDA build): one GPU trains in this process, several "
+              "as one process per GPU.")
+@click.option("--nogpu", is_flag=True, help="Train on the CPU (whatever the launcher's PYDARKNET_DEVICE says).")
+@click.option("--dist-url", envvar="PYDARKNET_DIST_URL",
+              help="Rendezvous of a data-parallel run started without MPI: tcp://HOST:PORT or file:///shared/path.")
+@click.option("--tensorboard", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="Also write TensorBoard event files, to DIR (default: <run folder>/tensorboard).")
 @click.option("--map", "map_eval", is_flag=True, help="Evaluate mAP on the valid list at every checkpoint.")
 @click.option("--map-every", type=int, default=None, help="Evaluate mAP every N iterations instead.")
 @click.option("--max-batches", type=int, default=None, help="Override max_batches of the cfg.")
@@ -265,20 +280,41 @@ def detector(action, args):
 @click.option("--log-url", help="Send metrics to a board at this URL (http://HOST:PORT).")
 @click.option("--log-token", envvar="PYDARKNET_BOARD_TOKEN", help="The board's ingestion token.")
 @click.option("--seed", type=int, default=None, help="Random seed for data sampling and augmentation.")
-def train_command(data, cfg, weights, clear, gpus, map_eval, map_every, max_batches, threads, workers, log_url,
-                  log_token, seed):
+def train_command(data, cfg, weights, clear, gpus, nogpu, dist_url, tensorboard, map_eval, map_every, max_batches,
+                  threads, workers, log_url, log_token, seed):
     """Train a network. With no arguments: the built-in default (synthetic data set, GIoU loss, then mAP)."""
     # (not `from . import train`: the package exports the function train under that name)
-    from .train import train, train_default  # noqa: PLC0415
+    from .train import train_default  # noqa: PLC0415
 
     if data is None:
         train_default(threads=threads, workers=workers)
         return
     if cfg is None:
         raise click.UsageError("train DATA CFG [WEIGHTS]")
-    train(data, cfg, weights, clear=clear, gpus=gpus, map_eval=map_eval, map_every=map_every,
-                   max_batches=max_batches, threads=threads, workers=workers, log_url=log_url, log_token=log_token,
-                   seed=seed)
+    _train(data, cfg, weights, gpus=gpus, nogpu=nogpu, option="--gpus", dist_url=dist_url, clear=clear,
+           map_eval=map_eval, map_every=map_every, max_batches=max_batches, threads=threads, workers=workers,
+           log_url=log_url, log_token=log_token, seed=seed,
+           tensorboard=True if tensorboard == "" else tensorboard)
+
+
+def _train(data, cfg, weights, *, gpus, nogpu: bool, option: str, dist_url, **options) -> None:
+    """Both train syntaxes: the GPUs checked first; several GPUs on one machine start one process per GPU
+    (this same command line, each with its device, rank and rendezvous in the environment); then train."""
+    from . import distributed  # noqa: PLC0415
+    from .network import gpu_ids  # noqa: PLC0415
+    # (not `from . import train`: the package exports the function train under that name)
+    from .train import train  # noqa: PLC0415
+
+    if nogpu:
+        if gpus:
+            raise click.UsageError(f"{option} and -nogpu exclude each other")
+        train(data, cfg, weights, device="cpu", dist_url=dist_url, **options)
+        return
+    ids = gpu_ids(gpus, option)
+    if len(ids) > 1 and distributed.launch_info().size == 1:
+        sys.exit(distributed.launch_local(ids, [sys.executable, "-m", "pydarknet", *sys.argv[1:]],
+                                          dist_url=dist_url))
+    train(data, cfg, weights, gpus=ids or None, dist_url=dist_url, **options)
 
 
 def _register_optional_commands() -> None:

@@ -10,8 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ._ffi import IOU_LOSS_NAMES, REPRESENTATION_NAMES, check, ffi, lib, yolo_stats_dict
-from .errors import DarknetValueError
+from ._ffi import IOU_LOSS_NAMES, REPRESENTATION_NAMES, build_info, check, cuda_device_count, ffi, lib, yolo_stats_dict
+from .errors import CudaError, DarknetValueError
 from .runfiles import YOLO_STAT_FIELDS
 
 __all__ = ["Network", "LayerInfo", "YoloStats", "set_threads", "get_threads"]
@@ -130,6 +130,26 @@ def parse_device(device) -> int:
     if text.startswith("cuda:") and text[5:].isdigit():
         return int(text[5:])
     raise DarknetValueError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:K')")
+
+
+def gpu_ids(gpus, option: str = "-gpus") -> list[int]:
+    """The GPU ids asked for (`gpus`: None, "0,1", 0 or [0, 1]), checked against this build and machine: a
+    CudaError when there is no CUDA support compiled in or no device (the CPU is never used silently)."""
+    if gpus is None or gpus is False or gpus == "":
+        return []
+    from .distributed import parse_gpus  # noqa: PLC0415
+
+    ids = parse_gpus([gpus] if isinstance(gpus, int) else gpus)
+    shown = ",".join(map(str, ids))
+    if not build_info().get("cuda"):
+        raise CudaError(f"{option} {shown}: this pydarknet is a CPU build (no CUDA support compiled in); "
+                        f"run on the CPU by leaving out {option}, or use a build made with `make GPU=1`")
+    count = cuda_device_count()
+    missing = [i for i in ids if i >= count]
+    if missing:
+        raise CudaError(f"{option} {shown}: no CUDA device {','.join(map(str, missing))} "
+                        f"({count} device{'s' if count != 1 else ''} visible)")
+    return ids
 
 
 def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None,

@@ -25,8 +25,8 @@ import numpy as np
 from .data import Augment, DataLoader, read_list
 from . import _callable_module
 from .datafile import read_data_file, read_names
-from .errors import CudaError, DarknetArithmeticError, DarknetError
-from .network import Network, set_threads
+from .errors import DarknetArithmeticError, DarknetError, DarknetValueError
+from .network import Network, gpu_ids, set_threads
 from .runfiles import (BAD_LIST, FINAL_ID, LOG_FILE, MAP_FILE, METRICS_FILE, append_map_rows, log_csv_iteration,
                        log_csv_line, metrics_iteration, metrics_line, parse_map_line, read_map_rows,
                        strict_json_value)
@@ -168,11 +168,17 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _check_gpus(gpus) -> None:
-    if gpus in (None, "", False):
-        return
-    raise CudaError(f"-gpus {gpus}: this pydarknet is a CPU build (no CUDA support compiled in); "
-                    "train on the CPU by leaving out -gpus")
+class _NullStream:
+    """Where the progress of ranks other than 0 goes."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 def _resolve(path_text: str, data_file: Path) -> Path:
@@ -228,6 +234,28 @@ class _BoardLog:
         self.sender.close()
 
 
+class _TensorBoardSink:
+    """Every iteration's record and the mAP rows as TensorBoard event files (pydarknet.tensorboard_log)."""
+
+    def __init__(self, logdir: Path, yolo_layers: list[int]):
+        from .tensorboard_log import TensorBoardLogger  # noqa: PLC0415
+
+        self.logger = TensorBoardLogger(logdir, yolo_layers=yolo_layers)
+
+    def iteration(self, record: dict, max_batches: int) -> None:
+        self.logger.log_iteration(record["iteration"], record)
+
+    def map_row(self, row: str) -> None:
+        metric, ident, values = parse_map_line(row)   # mean, then .50, .55, ..., .95
+        points = {f"{metric}_50_95": values[0]}
+        if len(values) == 11:
+            points.update({f"{metric}_50": values[1], f"{metric}_75": values[6]})
+        self.logger.log_map(ident, points)
+
+    def close(self) -> None:
+        self.logger.close()
+
+
 def _average_stats(stats_per_chunk: list[list[dict]]) -> list[dict]:
     """Average each [yolo] layer's statistics over the chunks of an iteration (counts are summed)."""
     out = []
@@ -265,21 +293,31 @@ class Trainer:
     :meth:`checkpoint`, :meth:`finish` and :meth:`shutdown` (always, from a ``finally``: logs flushed and closed,
     the metrics sender stopped, the loader's workers and the network freed). :meth:`run` strings them together.
 
-    Data-parallel training plugs in at three places: :meth:`shard` (each replica loads its own share of the
-    images), :meth:`reduce_updates` (all-reduce the update buffers before the SGD step) and :attr:`is_writer`
-    (rank 0 alone writes files). Another metrics destination (TensorBoard, ...) is one more object in
-    :attr:`sinks` with ``iteration(record, max_batches)``, ``map_row(row)`` and ``close()``.
+    Data-parallel training (issue 10): the process is one replica of :func:`pydarknet.distributed.init` (a
+    plain single-process run when the launcher started one). An iteration's ``batch`` images are those of all
+    ranks together: rank r makes its ``subdivisions / ranks`` share of the iteration's chunks, the ranks check
+    in (stop flag, averaged metrics), all-reduce the update block and take the same SGD step. Rank 0 alone
+    (:attr:`is_writer`) writes checkpoints and logs, with the averaged metrics. Another metrics destination is
+    one more object in :attr:`sinks` with ``iteration(record, max_batches)``, ``map_row(row)`` and ``close()``.
     """
 
     rank = 0
     world_size = 1
+    replica = None
 
     def __init__(self, data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.PathLike | None = None,
                  *, clear: bool = False, gpus=None, map_eval: bool = False, map_every: int | None = None,
                  max_batches: int | None = None, threads: int | None = None, workers: int | None = None,
                  log_url: str | None = None, log_token: str | None = None, seed: int | None = None,
-                 time_limit: float | None = None, progress_stream=None, chart_every: int = 200):
-        _check_gpus(gpus)
+                 time_limit: float | None = None, progress_stream=None, chart_every: int = 200,
+                 device=None, dist_url: str | None = None, tensorboard: str | os.PathLike | bool | None = None):
+        self.gpu_ids = gpu_ids(gpus)
+        if device is not None and self.gpu_ids:
+            raise DarknetValueError("give either gpus or device, not both")
+        self.device, self.dist_url, self.tensorboard = device, dist_url, tensorboard
+        self.seed = seed
+        self.agreed_stop = False          # the ranks agreed to stop (a signal or the time limit on any rank)
+        self.next_check_in_timeout = None  # longer while rank 0 evaluates mAP
         self.data_path, self.cfg = Path(data), cfg
         self.weights = Path(weights) if weights is not None else None
         self.clear, self.map_eval, self.map_every = clear, map_eval, map_every
@@ -297,41 +335,62 @@ class Trainer:
         self.count = 0
         self.valid_paths = self.map_names = self.map_rules = None
 
-    # ---- hooks for data-parallel training ------------------------------------------------------------------
     @property
     def is_writer(self) -> bool:
         """Whether this process writes the run's files (checkpoints, logs): rank 0 of the replicas."""
         return self.rank == 0
 
-    def shard(self, paths: list[str]) -> list[str]:
-        """The images this replica draws from (all of them with one replica)."""
-        return paths
-
-    def reduce_updates(self) -> None:
-        """Called after the chunks' backward passes, before the SGD step: where replicas all-reduce the update
-        buffers. Nothing to do with one replica."""
-
     # ---- set-up --------------------------------------------------------------------------------------------
+    def join(self) -> None:
+        """Become a replica (a run of one when the launcher started one process): its device and rank."""
+        from . import distributed  # noqa: PLC0415
+
+        info = distributed.launch_info()
+        if len(self.gpu_ids) > 1 and info.size == 1:
+            raise DarknetValueError(f"gpus {','.join(map(str, self.gpu_ids))}: several GPUs train as one process "
+                                    "per GPU: run `python -m pydarknet train ... --gpus LIST` (it starts them), "
+                                    "or start the processes with mpirun/srun")
+        device = self.device
+        if device is None and self.gpu_ids and not os.environ.get("PYDARKNET_DEVICE"):
+            device = f"cuda:{self.gpu_ids[info.local_rank % len(self.gpu_ids)]}"
+        self.replica = rep = distributed.init(device=device, dist_url=self.dist_url)
+        self.rank, self.world_size = rep.rank, rep.size
+        if rep.size > 1:
+            # Every rank draws the same chunks' contents and multi-scale sizes: one seed, rank 0's.
+            mine = self.seed if self.seed is not None else _random.SystemRandom().randrange(2**31)
+            self.seed = rep.gather(mine if rep.is_writer else None, "the sharing of the seed")[0]
+            self.rng = _random.Random(self.seed)
+
     def setup(self) -> None:
         """Everything before the first iteration; what it opens, shutdown() closes."""
+        if self.replica is None:
+            self.join()
         train_paths = self._read_data()
         self._open_network()
         if self.is_writer:
             _finish_temporaries(self.run_dir, self.net.n_params)
         self.resume()
+        self.replica.broadcast_params(self.net)
         self._open_loader(train_paths)
         if self.is_writer:
             self.sinks.append(_RunFolderLog(self.run_dir))
             if self.log_url:
                 self.sinks.append(_BoardLog(self.log_url, self.log_token, self.prefix or self.base))
-        self.progress = _Progress(self.opts["max_batches"], self.progress_stream)
+            if self.tensorboard:
+                from .tensorboard_log import DEFAULT_SUBDIR  # noqa: PLC0415
+
+                logdir = self.run_dir / DEFAULT_SUBDIR if self.tensorboard is True else Path(self.tensorboard)
+                self.sinks.append(_TensorBoardSink(logdir, [layer.index for layer in self.net.yolo_layers]))
+        self.progress = _Progress(self.opts["max_batches"],
+                                  self.progress_stream if self.is_writer else _NullStream())
         self.result = TrainResult(iterations=self.current_iteration, final_weights=None, run_dir=self.run_dir,
                                   avg_loss=-1.0)
         if self.map_eval or self.map_every:
             self._prepare_map()
-        log.info("training %s: %d images, %d per iteration (%d x %d), up to iteration %d, %s", self.base,
+        log.info("training %s: %d images, %d per iteration (%d x %d%s), up to iteration %d, %s", self.base,
                  len(train_paths), self.images_per_iteration, self.subdivisions, self.chunk,
-                 self.opts["max_batches"], self.run_dir)
+                 f" over {self.world_size} ranks" if self.world_size > 1 else "", self.opts["max_batches"],
+                 self.run_dir)
 
     def _read_data(self) -> list[str]:
         """The .data file: the train list (its image paths are returned), classes, the run folder."""
@@ -346,17 +405,22 @@ class Trainer:
         backup = _resolve(options["backup"], self.data_path) if "backup" in options else Path("backup")
         self.prefix = options.get("prefix", "")
         self.run_dir = backup / self.prefix if self.prefix else backup
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         return train_paths
 
     def _open_network(self) -> None:
         if self.threads is not None:
             set_threads(self.threads)
-        self.net = net = Network(self.cfg, batch=1)
+        self.net = net = Network(self.cfg, batch=1, device=self.replica.device)
         self.opts = opts = net.options
         self.chunk = max(1, opts["batch"] // opts["subdivisions"])
         self.subdivisions = opts["subdivisions"]
-        self.images_per_iteration = self.chunk * self.subdivisions
+        self.images_per_iteration = self.chunk * self.subdivisions  # of all ranks together
+        if self.subdivisions % self.world_size:
+            raise DarknetError(f"{self.cfg}: subdivisions={self.subdivisions} must be a multiple of the number of "
+                               f"ranks ({self.world_size}): each rank makes an equal share of an iteration's chunks")
+        self.local_chunks = self.subdivisions // self.world_size
         net.set_batch(self.chunk)
         if self.max_batches_override is not None:
             opts["max_batches"] = self.max_batches_override
@@ -372,11 +436,18 @@ class Trainer:
         net = self.net
         self.sizes = multiscale_sizes(net.width) if net.yolo_layers[-1].random else []
         aug = Augment.from_net_options(self.opts, jitter=_yolo_jitter(net))
-        self.loader = DataLoader(self.shard(train_paths), num_classes=self.num_classes, batch=self.chunk,
+        batch_numbers = None  # one process: the k-th chunk since the start of this process
+        if self.world_size > 1:
+            # A chunk's content is a function of its global number: the ranks make disjoint shares of every
+            # iteration, and a run resumed with another number of ranks continues the same sequence.
+            rep, first, share, chunks = self.replica, self.current_iteration, self.local_chunks, self.subdivisions
+            batch_numbers = lambda k: rep.chunk_numbers(first + k // share, chunks)[k % share]  # noqa: E731
+        self.loader = DataLoader(train_paths, num_classes=self.num_classes, batch=self.chunk,
                                  net_w=net.width, net_h=net.height, aug=aug, max_boxes=net.max_boxes,
                                  workers=2 if self.workers is None else self.workers,
-                                 seed=self.rng.randrange(2**31), bad_list=self.run_dir / BAD_LIST,
-                                 source=self.train_list)
+                                 seed=self.rng.randrange(2**31),
+                                 bad_list=self.run_dir / BAD_LIST if self.is_writer else None,
+                                 source=self.train_list, batch_numbers=batch_numbers)
 
     def _prepare_map(self) -> None:
         """--map / --map-every: the valid list, class names and evaluation rules, decided once per run."""
@@ -422,6 +493,12 @@ class Trainer:
     def should_stop(self) -> bool:
         if self.current_iteration >= self.opts["max_batches"]:
             return True
+        if self.world_size > 1:
+            return self.agreed_stop  # decided together at the last check-in
+        return self.stop_requested()
+
+    def stop_requested(self) -> bool:
+        """This process was asked to stop: a signal, or the time limit has passed."""
         if self.stop is not None and self.stop.signal_name:
             return True
         return bool(self.time_limit and time.perf_counter() - self.started > self.time_limit)
@@ -448,29 +525,39 @@ class Trainer:
         data_seconds = 0.0
         loss_sum = 0.0
         chunk_stats = []
-        for _ in range(self.subdivisions):
+        rep, last = self.replica, self.local_chunks - 1
+        for k in range(self.local_chunks):
             d0 = time.perf_counter()
             x, truth = self.loader.next_batch()
             data_seconds += time.perf_counter() - d0
             try:
-                loss_sum += net.train_chunk(x, truth)
+                loss_sum += rep.train_chunk(net, x, truth, last=k == last)
             except DarknetArithmeticError as exc:
                 kept = (f"the last good checkpoint is {self.backup_path}" if self.backup_path.exists()
                         else "no checkpoint had been written yet")
                 raise TrainingDiverged(f"training diverged at iteration {iteration}: {exc}; {kept} "
                                        f"(lower learning_rate or raise burn_in)") from exc
             chunk_stats.append([s.as_dict() for s in net.yolo_stats()])
-        self.reduce_updates()
-        # Darknet's get_current_rate at update time: the chunks have already advanced `seen`, so the step that
-        # completes iteration it uses the rate of it (steps[k] <= it).
-        lr = learning_rate(opts, net.seen // ipi, self.rng)
-        net.update(lr, opts["momentum"], opts["decay"], ipi)
-        loss = loss_sum / ipi
+        loss = loss_sum / (self.chunk * self.local_chunks)
+        layers = _average_stats(chunk_stats)
+        if self.world_size > 1:
+            stop, mean = rep.check_in(self.stop_requested(), {"loss": loss, "layers": layers},
+                                      self.next_check_in_timeout)
+            self.next_check_in_timeout = None
+            self.agreed_stop = self.agreed_stop or stop
+            loss, layers = mean["loss"], mean["layers"]
+            for stats in layers:  # boxes are counted over all ranks
+                if "count" in stats:
+                    stats["count"] = int(round(stats["count"] * self.world_size))
+        # Darknet's get_current_rate at update time: the step that completes iteration it uses the rate of
+        # it + 1 (steps[k] <= it + 1), as net.seen // batch after the chunks of one process.
+        lr = learning_rate(opts, iteration + 1, self.rng)
+        rep.update(net, lr, opts["momentum"], opts["decay"], ipi)
         self.avg_loss = loss if self.avg_loss < 0 else self.avg_loss * 0.9 + loss * 0.1
         seconds = time.perf_counter() - t0
         return {"iteration": self.current_iteration, "loss": loss, "avg_loss": self.avg_loss, "lr": lr,
                 "images": net.seen, "seconds": seconds, "data_seconds": data_seconds, "time": time.time(),
-                "width": net.width, "layers": _average_stats(chunk_stats)}
+                "width": net.width, "layers": layers}
 
     def emit(self, record: dict) -> None:
         """The one place an iteration's metrics leave the trainer: every sink, then the progress line."""
@@ -484,8 +571,22 @@ class Trainer:
         if self.is_writer:
             self.net.save(path)
 
+    def map_due(self, iteration: int) -> bool:
+        """Whether rank 0 evaluates mAP after `iteration` (every rank knows, to wait for it)."""
+        if not self.valid_paths:
+            return False
+        if self.map_every:
+            return iteration % self.map_every == 0
+        return bool(self.map_eval and checkpoint_due(iteration))
+
+    def map_timeout(self) -> float:
+        """How long the other ranks wait for rank 0's mAP evaluation: the usual bound plus 5 s an image."""
+        return self.replica.timeout + 5.0 * len(self.valid_paths or ())
+
     def checkpoint(self, iteration: int) -> None:
         """The checkpoints due after `iteration` (SPEC §3), mAP evaluations and the chart."""
+        if self.map_due(iteration):
+            self.next_check_in_timeout = self.map_timeout()
         if iteration % 100 == 0:
             self.save(self.backup_path)
         if checkpoint_due(iteration):
@@ -507,7 +608,7 @@ class Trainer:
         from .detect import Detector  # noqa: PLC0415
         from .eval import map_txt_row  # noqa: PLC0415
 
-        with Detector(self.cfg, weights_path) as detector:
+        with Detector(self.cfg, weights_path, device=self.net.device) as detector:  # where training runs
             res = _evaluate(detector, self.valid_paths, self.num_classes, self.map_names, self.map_rules)
         for metric in ("iou", "giou"):
             row = map_txt_row(res, metric, iteration)
@@ -523,11 +624,15 @@ class Trainer:
         result.iterations = self.current_iteration
         result.avg_loss = self.avg_loss
         self.progress.close()
-        if (self.stop and self.stop.signal_name) or (self.time_limit and result.iterations < self.opts["max_batches"]):
+        early = result.iterations < self.opts["max_batches"]
+        reason = ((self.stop and self.stop.signal_name) or (self.time_limit and early and "time limit")
+                  or (self.agreed_stop and early and "another rank's stop request"))
+        if reason:
             self.save(self.backup_path)
-            result.stopped_by_signal = (self.stop and self.stop.signal_name) or "time limit"
-            log.warning("stopped at iteration %d (%s); resume with %s", result.iterations, result.stopped_by_signal,
-                        self.backup_path)
+            result.stopped_by_signal = reason
+            if self.is_writer:  # the one who saved says so
+                log.warning("stopped at iteration %d (%s); resume with %s", result.iterations,
+                            result.stopped_by_signal, self.backup_path)
         else:
             final = self.run_dir / f"{self.base}_final.weights"
             self.save(final)
@@ -539,6 +644,10 @@ class Trainer:
                 self.evaluate(final, FINAL_ID)
         if self.is_writer:
             _refresh_chart(self.run_dir)
+        if self.world_size > 1:  # the others wait for rank 0's last files and mAP evaluations
+            final_map = bool(result.final_weights is not None and self.map_eval and self.valid_paths)
+            evaluating = final_map or self.next_check_in_timeout is not None  # the last checkpoint's too
+            self.replica.barrier(2 * self.map_timeout() if evaluating else None)
         return result
 
     def shutdown(self) -> None:
@@ -556,6 +665,8 @@ class Trainer:
             self.loader.close()
         if self.net is not None:
             self.net.close()
+        if self.replica is not None:
+            self.replica.close()
 
     def run(self) -> TrainResult:
         try:
@@ -575,18 +686,24 @@ def train(data: str | os.PathLike, cfg: str | os.PathLike, weights: str | os.Pat
           clear: bool = False, gpus=None, map_eval: bool = False, map_every: int | None = None,
           max_batches: int | None = None, threads: int | None = None, workers: int | None = None,
           log_url: str | None = None, log_token: str | None = None, seed: int | None = None,
-          time_limit: float | None = None, progress_stream=None, chart_every: int = 200) -> TrainResult:
+          time_limit: float | None = None, progress_stream=None, chart_every: int = 200, device=None,
+          dist_url: str | None = None, tensorboard: str | os.PathLike | bool | None = None) -> TrainResult:
     """Train `cfg` on the `train` list of `data`, optionally starting from `weights` (resumes at the
     iteration stored in its `seen` unless `clear`). Without `weights` a run resumes from its folder's
     ``<base>.backup`` when there is one (``clear`` starts over; checkpoints that starting over would overwrite
     are kept aside). Returns where the results went.
 
     `time_limit` (seconds) stops early like a signal would (saving a backup); `max_batches` overrides the cfg.
+    `gpus` ([0] or "0"): train on cuda:0 (a CudaError on a build or machine without it); several GPUs train
+    as one process per GPU (the CLI's ``--gpus 0,1`` starts them). `device` ("cpu", "cuda:K") instead of
+    `gpus`. Started by mpirun/srun/the CLI's launcher, the process is one rank of a data-parallel run
+    (`dist_url`: the rendezvous when there is no MPI, else PYDARKNET_DIST_URL). `tensorboard`: a folder (True:
+    ``<run folder>/tensorboard``) for TensorBoard event files of every iteration and the mAP rows.
     """
     return Trainer(data, cfg, weights, clear=clear, gpus=gpus, map_eval=map_eval, map_every=map_every,
                    max_batches=max_batches, threads=threads, workers=workers, log_url=log_url,
                    log_token=log_token, seed=seed, time_limit=time_limit, progress_stream=progress_stream,
-                   chart_every=chart_every).run()
+                   chart_every=chart_every, device=device, dist_url=dist_url, tensorboard=tensorboard).run()
 
 
 # ---- the run folder at start: interrupted writes, checkpoints that would be overwritten ---------------------

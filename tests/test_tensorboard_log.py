@@ -96,3 +96,62 @@ def test_missing_writer_library_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     with pytest.raises(ImportError, match=r"pydarknet\[tensorboard\]"):
         TensorBoardLogger(tmp_path)
+
+
+# ---- the Trainer's sink: `train --tensorboard [DIR]`, pydarknet.train(..., tensorboard=DIR) -----------------
+def _jsonl(path):
+    import json  # noqa: PLC0415
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _check_run_series(logdir, run_dir, iterations):
+    from pydarknet.runfiles import parse_map_line  # noqa: PLC0415
+
+    scalars = read_scalars(logdir)
+    records = _jsonl(run_dir / "metrics.jsonl")
+    assert [step for step, _ in scalars["train/loss"]] == list(range(1, iterations + 1))
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [r["loss"] for r in records], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in scalars["train/learning_rate"]], [r["lr"] for r in records],
+                               rtol=1e-6)
+    assert {"yolo8/iou", "yolo14/iou"} <= set(scalars)
+    # Every map.txt row of the run (metric, iteration, mean, .50, ..., .95) as map/<metric>_50, _75, _50_95.
+    rows = [parse_map_line(line) for line in (run_dir / "map.txt").read_text().splitlines()]
+    assert rows
+    for metric, ident, values in rows:
+        step = iterations if ident == "final" else ident  # the final weights' point: the last iteration
+        for tag, value in ((f"map/{metric}_50_95", values[0]), (f"map/{metric}_50", values[1]),
+                           (f"map/{metric}_75", values[6])):
+            if not np.isnan(value):
+                assert (step, pytest.approx(value, rel=1e-6)) in scalars[tag], tag
+
+
+def test_train_cli_tensorboard_default_folder(tmp_path):
+    import subprocess  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from conftest import ROOT, TINY_CFG, make_dataset  # noqa: PLC0415
+
+    data = make_dataset(tmp_path / "ds")
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_CFG)
+    proc = subprocess.run([sys.executable, "-m", "pydarknet", "train", str(data), str(cfg), "--max-batches", "4",
+                           "--map-every", "2", "--workers", "0", "--tensorboard"], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "ds" / "backup" / "run"
+    _check_run_series(run_dir / "tensorboard", run_dir, 4)
+
+
+def test_train_api_tensorboard_folder(tmp_path):
+    import pydarknet  # noqa: PLC0415
+    from conftest import TINY_CFG, make_dataset  # noqa: PLC0415
+
+    data = make_dataset(tmp_path / "ds")
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_CFG)
+    logdir = tmp_path / "tb"
+    result = pydarknet.train(data, cfg, max_batches=2, map_eval=True, map_every=2, workers=0, tensorboard=logdir)
+    assert result.iterations == 2
+    _check_run_series(logdir, result.run_dir, 2)
+    assert not (result.run_dir / "tensorboard").exists()

@@ -428,7 +428,7 @@ def test_command_lines(dataset, tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert modern.returncode == 0, modern.stderr
     darknet = subprocess.run([sys.executable, "-m", "pydarknet", "detector", "valid", *common,
-                              "-prefix", str(tmp_path / "b"), "-i", "0"],
+                              "-prefix", str(tmp_path / "b")],
                              capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert darknet.returncode == 0, darknet.stderr
     for name in NAMES:

@@ -5,7 +5,6 @@ The engine is imported only when :func:`open_detector` makes a detector.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -158,14 +157,12 @@ def names_for(detector, names: Sequence[str], where) -> list[str]:
 
 def open_detector(cfg, weights, names, batch: int, gpu: int | None, precision: str = "f32"):
     from ..detect import Detector  # imported here: loading the engine is not needed to read options
-    kwargs = {"names": names, "batch": batch}
+    from ..network import gpu_ids  # noqa: PLC0415
+
+    device = f"cuda:{gpu_ids(gpu, '-i')[0]}" if gpu is not None else None  # a CudaError without that GPU
+    kwargs = {"names": names, "batch": batch, "device": device}
     if precision != "f32":
         kwargs["precision"] = precision
-    if gpu is not None:
-        if "gpu" in inspect.signature(Detector).parameters:
-            kwargs["gpu"] = gpu
-        else:
-            log.debug("GPU %d requested, but this Detector has no GPU choice; running on its default device", gpu)
     return Detector(cfg, weights, **kwargs)
 
 
