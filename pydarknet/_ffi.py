@@ -243,7 +243,7 @@ def check(status: int) -> None:
 
 
 
-# ---- thin wrappers: the modules above this one (network, distributed, loss, image) call these, never cffi ------------------
+# ---- thin wrappers: the modules above this one (network, distributed, loss, image) call these, never cffi ----
 
 def _enum_names(type_name: str, prefix: str) -> dict[int, str]:
     """A C enum of the header as {value: lower-case name without the prefix}: DN_LOSS_GIOU -> 'giou'."""
