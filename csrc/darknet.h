@@ -319,6 +319,10 @@ dn_status dn_network_train_chunk_reduce(dn_network *net, dn_comm *comm, const fl
 dn_status dn_yolo_loss(const dn_yolo_config *cfg, const float *x, int n, int h, int w, const float *truth,
                        float *output, float *delta, float *cost, dn_yolo_stats *stats);
 
+/* The size (*new_w x *new_h, each >= 1) of a w x h image inside Darknet's net_w x net_h letterbox: the side
+ * with the smaller scale fills the network (scales compared in float, as Darknet does), the other is truncated.
+ * dn_letterbox_bgr uses it; map boxes back with the same sizes. */
+dn_status dn_letterbox_size(int w, int h, int net_w, int net_h, int *new_w, int *new_h);
 /* Darknet's letterbox: an 8-bit BGR(A) image (row stride in bytes) -> float RGB CHW net_w x net_h in 0..1,
  * resized keeping the aspect ratio with Darknet's bilinear arithmetic and padded with 0.5. */
 dn_status dn_letterbox_bgr(const unsigned char *bgr, int w, int h, int channels, size_t stride, int net_w,

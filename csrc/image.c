@@ -46,6 +46,24 @@ DN_EXPORT dn_status dn_resize_chw(const float *in, int c, int h, int w, float *o
     return DN_OK;
 }
 
+DN_EXPORT dn_status dn_letterbox_size(int w, int h, int net_w, int net_h, int *new_w, int *new_h)
+{
+    if (!new_w || !new_h || w < 1 || h < 1 || net_w < 1 || net_h < 1)
+        return dn_fail(DN_E_ARG, "letterbox size: bad arguments (%d x %d -> %d x %d)", w, h, net_w, net_h);
+    /* Darknet compares the two scales in float: at near-equal ratios that picks the side an exact comparison
+     * would not, and the boxes are mapped back with the same choice. */
+    if ((float)net_w / w < (float)net_h / h) {
+        *new_w = net_w;
+        *new_h = (int)((long long)h * net_w / w);
+    } else {
+        *new_h = net_h;
+        *new_w = (int)((long long)w * net_h / h);
+    }
+    if (*new_w < 1) *new_w = 1;
+    if (*new_h < 1) *new_h = 1;
+    return DN_OK;
+}
+
 DN_EXPORT dn_status dn_letterbox_bgr(const unsigned char *bgr, int w, int h, int channels, size_t stride, int net_w,
                                      int net_h, float *out)
 {
@@ -54,15 +72,8 @@ DN_EXPORT dn_status dn_letterbox_bgr(const unsigned char *bgr, int w, int h, int
         return dn_fail(DN_E_ARG, "letterbox: bad arguments (%d x %d x %d, stride %zu -> %d x %d)", w, h, channels,
                        stride, net_w, net_h);
     int new_w, new_h;
-    if ((float)net_w / w < (float)net_h / h) {
-        new_w = net_w;
-        new_h = (int)((long)h * net_w / w);
-    } else {
-        new_h = net_h;
-        new_w = (int)((long)w * net_h / h);
-    }
-    if (new_w < 1) new_w = 1;
-    if (new_h < 1) new_h = 1;
+    dn_status size_status = dn_letterbox_size(w, h, net_w, net_h, &new_w, &new_h);
+    if (size_status != DN_OK) return size_status;
     float *rgb = dn_calloc((size_t)3 * w * h, sizeof(float));
     float *resized = dn_calloc((size_t)3 * new_w * new_h, sizeof(float));
     if (!rgb || !resized) {

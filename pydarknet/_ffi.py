@@ -10,6 +10,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from cffi import FFI
 
@@ -242,7 +243,7 @@ def check(status: int) -> None:
 
 
 
-# ---- thin wrappers: the modules above this one (network, loss, image) call these, never cffi ------------------
+# ---- thin wrappers: the modules above this one (network, distributed, loss, image) call these, never cffi ----
 
 def _enum_names(type_name: str, prefix: str) -> dict[int, str]:
     """A C enum of the header as {value: lower-case name without the prefix}: DN_LOSS_GIOU -> 'giou'."""
@@ -304,3 +305,254 @@ def resize_chw(image, out) -> None:
     c, h, w = image.shape
     _, out_h, out_w = out.shape
     check(lib.dn_resize_chw(_floats(image), c, h, w, _floats(out), out_h, out_w))
+
+
+def letterbox_size(width: int, height: int, net_w: int, net_h: int) -> tuple[int, int]:
+    """dn_letterbox_size: (new_w, new_h) of a width x height image inside the net_w x net_h letterbox."""
+    new_w, new_h = ffi.new("int *"), ffi.new("int *")
+    check(lib.dn_letterbox_size(int(width), int(height), int(net_w), int(net_h), new_w, new_h))
+    return new_w[0], new_h[0]
+
+
+# ---- the process's settings and what the library was built with -------------------------------------------
+
+def set_threads(n: int) -> None:
+    lib.dn_set_threads(int(n))
+
+
+def get_threads() -> int:
+    return int(lib.dn_get_threads())
+
+
+def bf16_supported() -> tuple[bool, str]:
+    """dn_bf16_supported: (whether bf16 convolutions run here, oneDNN's name of this CPU's instruction set)."""
+    isa = ffi.new("const char **")
+    ok = bool(lib.dn_bf16_supported(isa))
+    return ok, ffi.string(isa[0]).decode()
+
+
+def onednn_version() -> str:
+    return ffi.string(lib.dn_onednn_version()).decode()
+
+
+def activation_name(code: int) -> str:
+    return ffi.string(lib.dn_activation_name(code)).decode()
+
+
+#: The dn_conv_engine codes, read from darknet.h (value -> name: DN_ENGINE_ONEDNN_BF16 -> 'onednn-bf16').
+CONV_ENGINE_NAMES = {code: name.replace("_", "-") for code, name in _enum_names("dn_conv_engine", "DN_ENGINE_").items()}
+
+
+# ---- one network: `handle` is what network_load returns (a dn_network * freed when collected or by
+# network_free). The callers (pydarknet.network) serialise the calls on one handle. ---------------------------
+
+def _struct_values(cdata) -> SimpleNamespace:
+    """A dn_*_info struct as plain Python values: char arrays as str, other arrays as lists."""
+    values = {}
+    for name, field in ffi.typeof(cdata).item.fields:
+        value = getattr(cdata, name)
+        if field.type.kind == "array":
+            value = ffi.string(value).decode() if field.type.item.cname == "char" else list(value)
+        values[name] = value
+    return SimpleNamespace(**values)
+
+
+def network_load(cfg_path: bytes, batch: int, options: dict):
+    """dn_network_load with dn_options_init's defaults changed by `options` (dn_options field -> value)."""
+    c_options = ffi.new("dn_options *")
+    lib.dn_options_init(c_options)
+    for name, value in options.items():
+        setattr(c_options, name, value)
+    out = ffi.new("dn_network **")
+    check(lib.dn_network_load(cfg_path, int(batch), c_options, out))
+    return ffi.gc(out[0], lib.dn_network_free)
+
+
+def network_free(handle) -> None:
+    """Free the network now (its garbage-collection hook then does nothing)."""
+    ffi.release(handle)
+
+
+def network_info(handle) -> SimpleNamespace:
+    """dn_network_info's fields (dn_net_info) by name; steps/scales hold all 32 slots, n_steps of them used."""
+    info = ffi.new("dn_net_info *")
+    check(lib.dn_network_info(handle, info))
+    return _struct_values(info)
+
+
+def network_layer_info(handle, index: int) -> SimpleNamespace:
+    """dn_network_layer_info's fields (dn_layer_info) by name, `sources` as a list of all 4 slots."""
+    info = ffi.new("dn_layer_info *")
+    check(lib.dn_network_layer_info(handle, int(index), info))
+    return _struct_values(info)
+
+
+def network_load_weights(handle, path: bytes) -> int:
+    """dn_network_load_weights; returns the layers the file filled."""
+    loaded = ffi.new("int *")
+    check(lib.dn_network_load_weights(handle, path, loaded))
+    return int(loaded[0])
+
+
+def network_save_weights(handle, path: bytes) -> None:
+    check(lib.dn_network_save_weights(handle, path))
+
+
+def network_init_params(handle, seed: int) -> None:
+    check(lib.dn_network_init_params(handle, int(seed)))
+
+
+def network_set_seen(handle, seen: int) -> None:
+    check(lib.dn_network_set_seen(handle, int(seen)))
+
+
+def network_set_batch(handle, batch: int) -> None:
+    check(lib.dn_network_set_batch(handle, int(batch)))
+
+
+def network_resize(handle, width: int, height: int) -> None:
+    check(lib.dn_network_resize(handle, int(width), int(height)))
+
+
+def network_get_params(handle, out, offset: int = 0) -> None:
+    """Copy out.size parameters from `offset` (in .weights order) into the float32 contiguous array out."""
+    check(lib.dn_network_get_params(handle, int(offset), out.size, _floats(out)))
+
+
+def network_set_params(handle, values, offset: int = 0) -> None:
+    check(lib.dn_network_set_params(handle, int(offset), values.size, _floats(values)))
+
+
+def network_get_updates(handle, out, offset: int = 0) -> None:
+    check(lib.dn_network_get_updates(handle, int(offset), out.size, _floats(out)))
+
+
+def network_zero_updates(handle) -> None:
+    check(lib.dn_network_zero_updates(handle))
+
+
+def network_layer_output(handle, index: int, out) -> None:
+    check(lib.dn_network_layer_output(handle, int(index), _floats(out), out.size))
+
+
+def network_layer_delta(handle, index: int, out) -> None:
+    check(lib.dn_network_layer_delta(handle, int(index), _floats(out), out.size))
+
+
+def network_forward(handle, x) -> None:
+    """Inference forward of the float32 NCHW contiguous batch x."""
+    check(lib.dn_network_forward(handle, _floats(x), x.shape[0]))
+
+
+def network_forward_mode(handle, x, train: bool) -> None:
+    check(lib.dn_network_forward_mode(handle, _floats(x), x.shape[0], int(train)))
+
+
+def network_loss(handle, x, truth) -> float:
+    cost = ffi.new("float *")
+    check(lib.dn_network_loss(handle, _floats(x), _floats(truth), x.shape[0], cost))
+    return float(cost[0])
+
+
+def network_train_chunk(handle, x, truth) -> float:
+    cost = ffi.new("float *")
+    check(lib.dn_network_train_chunk(handle, _floats(x), _floats(truth), x.shape[0], cost))
+    return float(cost[0])
+
+
+def network_update(handle, learning_rate: float, momentum: float, decay: float, batch_images: int) -> None:
+    check(lib.dn_network_update(handle, float(learning_rate), float(momentum), float(decay), int(batch_images)))
+
+
+def network_backward_probe(handle, x, last_delta, input_delta) -> None:
+    check(lib.dn_network_backward_probe(handle, _floats(x), x.shape[0], _floats(last_delta), _floats(input_delta)))
+
+
+def network_yolo_stats(handle, yolo_index: int) -> dict:
+    """The statistics of the network's `yolo_index`-th [yolo] layer, keyed by runfiles.YOLO_STAT_FIELDS."""
+    stats = ffi.new("dn_yolo_stats *")
+    check(lib.dn_network_yolo_stats(handle, int(yolo_index), stats))
+    return yolo_stats_dict(stats)
+
+
+def network_yolo_anchors(handle, index: int, total: int, n: int) -> tuple[list[float], list[int]]:
+    """(the 2*total anchor numbers, the n mask entries) of the [yolo] layer with absolute index `index`."""
+    anchors = ffi.new("float[]", 2 * total)
+    mask = ffi.new("int[]", n)
+    check(lib.dn_network_yolo_anchors(handle, int(index), anchors, mask))
+    return list(anchors), list(mask)
+
+
+# ---- data-parallel training: `comm` is what comm_init_mpi / comm_init_nccl return (a dn_comm *) -------------
+
+NCCL_UNIQUE_ID_BYTES = lib.DN_NCCL_UNIQUE_ID_BYTES
+ALLREDUCE_BUCKET_FLOATS = lib.DN_ALLREDUCE_BUCKET_FLOATS
+
+
+def comm_mpi_built() -> bool:
+    return bool(lib.dn_comm_mpi_built())
+
+
+def comm_nccl_built() -> bool:
+    return bool(lib.dn_comm_nccl_built())
+
+
+def comm_init_mpi():
+    out = ffi.new("dn_comm **")
+    check(lib.dn_comm_init_mpi(out))
+    return out[0]
+
+
+def comm_nccl_unique_id() -> bytes:
+    nccl_id = ffi.new("unsigned char[]", NCCL_UNIQUE_ID_BYTES)
+    check(lib.dn_comm_nccl_unique_id(nccl_id))
+    return bytes(ffi.buffer(nccl_id))
+
+
+def comm_init_nccl(size: int, rank: int, nccl_id: bytes, device: int):
+    if len(nccl_id) != NCCL_UNIQUE_ID_BYTES:
+        raise DistributedError(f"NCCL's unique id must be {NCCL_UNIQUE_ID_BYTES} bytes, got {len(nccl_id)}")
+    out = ffi.new("dn_comm **")
+    check(lib.dn_comm_init_nccl(int(size), int(rank), nccl_id, int(device), out))
+    return out[0]
+
+
+def comm_transport(comm) -> str:
+    return ffi.string(lib.dn_comm_transport(comm)).decode()
+
+
+def comm_broadcast_bytes(comm, data: bytes, root: int) -> bytes:
+    """dn_comm_broadcast of a byte string: every rank passes one of the same length and gets root's."""
+    buf = ffi.new("unsigned char[]", data)
+    check(lib.dn_comm_broadcast(comm, buf, len(data), int(root), ffi.NULL))
+    return bytes(ffi.buffer(buf))
+
+
+def comm_allreduce_sum(comm, values) -> None:
+    """In place, the float32 contiguous array `values` = its sum over the ranks."""
+    check(lib.dn_comm_allreduce_sum(comm, _floats(values), values.size, ffi.NULL))
+
+
+def comm_free(comm) -> None:
+    lib.dn_comm_free(comm)
+
+
+def network_broadcast_params(handle, comm, root: int) -> None:
+    check(lib.dn_network_broadcast_params(handle, comm, int(root)))
+
+
+def network_allreduce_updates(handle, comm) -> None:
+    check(lib.dn_network_allreduce_updates(handle, comm))
+
+
+def network_train_chunk_reduce(handle, comm, x, truth, bucket_floats: int) -> float:
+    cost = ffi.new("float *")
+    check(lib.dn_network_train_chunk_reduce(handle, comm, _floats(x), _floats(truth), x.shape[0], cost,
+                                            int(bucket_floats)))
+    return float(cost[0])
+
+
+def network_update_replicated(handle, comm, learning_rate: float, momentum: float, decay: float,
+                              batch_images: int) -> None:
+    check(lib.dn_network_update_replicated(handle, comm, float(learning_rate), float(momentum), float(decay),
+                                           int(batch_images)))

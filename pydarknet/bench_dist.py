@@ -109,11 +109,11 @@ def scaling_model(cfg: Path | None = None, size: int = 608, gpus: Sequence[int] 
                   per_gpu_batches: Sequence[int] = (4, 8, 16), constants: dict | None = None) -> dict:
     """Scaling efficiency of yolov3 (or `cfg`) by the model in the module doc, for every GPU speed, NIC
     count, per-GPU batch and GPU count, with and without overlapping the all-reduce with the backward pass."""
-    from ._ffi import lib  # noqa: PLC0415
+    from . import _ffi  # noqa: PLC0415
 
     c = dict(MODEL_CONSTANTS, **(constants or {}))
     if c["bucket_mb"] is None:
-        c["bucket_mb"] = 4 * lib.DN_ALLREDUCE_BUCKET_FLOATS / 1e6
+        c["bucket_mb"] = 4 * _ffi.ALLREDUCE_BUCKET_FLOATS / 1e6
     cfg = Path(cfg) if cfg is not None else ROOT / "cfg" / "yolov3.cfg"
     if not cfg.is_file():
         from .train import default_cfg_path  # noqa: PLC0415
@@ -161,7 +161,7 @@ def _model_lines(model: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 def _worker(cfg: str, size: int, batch: int, chunk: int, iterations: int) -> dict:
     from . import distributed  # noqa: PLC0415
-    from ._ffi import check, ffi, lib  # noqa: PLC0415
+    from . import _ffi  # noqa: PLC0415
     from .network import Network  # noqa: PLC0415
 
     rep = distributed.init()
@@ -198,7 +198,7 @@ def _worker(cfg: str, size: int, batch: int, chunk: int, iterations: int) -> dic
             for _ in range(3):
                 rep.barrier()
                 t0 = time.perf_counter()
-                check(lib.dn_comm_allreduce_sum(rep.comm, ffi.from_buffer("float[]", buf), buf.size, ffi.NULL))
+                _ffi.comm_allreduce_sum(rep.comm, buf)
                 allreduce.append(time.perf_counter() - t0)
         n_params = net.n_params
         net.close()
@@ -231,7 +231,7 @@ def _run_worker(prefix: list[str], threads: int, cfg: Path, size: int, iteration
 
 def run_dist_bench(iterations: int = 3, stream: IO[str] | None = None, json_path=None) -> dict:
     """Measure (when mpirun and an MPI build are there) and model; print a table; return the figures."""
-    from ._ffi import lib  # noqa: PLC0415
+    from . import _ffi  # noqa: PLC0415
     from .train import default_cfg_path  # noqa: PLC0415
 
     out = stream if stream is not None else sys.stdout
@@ -241,7 +241,7 @@ def run_dist_bench(iterations: int = 3, stream: IO[str] | None = None, json_path
 
     report: dict = {"measured": [], "model": None}
     prefix = _mpirun_prefix()
-    if prefix is None or not lib.dn_comm_mpi_built():
+    if prefix is None or not _ffi.comm_mpi_built():
         say("data-parallel measurement skipped: " + ("mpirun not found" if prefix is None
                                                      else "libdarknet.so was built without MPI"))
     else:

@@ -525,9 +525,9 @@ class Replica:
             return "single"
         if self._comm is None:
             return "none"
-        from ._ffi import ffi, lib  # noqa: PLC0415
+        from . import _ffi  # noqa: PLC0415
 
-        return ffi.string(lib.dn_comm_transport(self._comm)).decode()
+        return _ffi.comm_transport(self._comm)
 
     @property
     def comm(self):
@@ -587,11 +587,11 @@ class Replica:
         """Every rank takes root's parameters (batch-norm rolling statistics included) and its `seen`."""
         if self.size == 1:
             return
-        from ._ffi import check, lib  # noqa: PLC0415
+        from . import _ffi  # noqa: PLC0415
 
         comm = self._need_comm("broadcast_params")
-        with self._watchdog.guard("the broadcast of the parameters"):
-            check(lib.dn_network_broadcast_params(net._handle(), comm, int(root)))
+        with self._watchdog.guard("the broadcast of the parameters"), net._lock:
+            _ffi.network_broadcast_params(net._handle(), comm, root)
         seen = self._control.exchange(net.seen, "the broadcast of the iteration count")[root]
         net.seen = int(seen)
 
@@ -600,11 +600,11 @@ class Replica:
         whole batch rank 0 alone may carry momentum in its buffers: use :meth:`update`, which keeps that rule."""
         if self.size == 1:
             return
-        from ._ffi import check, lib  # noqa: PLC0415
+        from . import _ffi  # noqa: PLC0415
 
         comm = self._need_comm("allreduce_updates")
-        with self._watchdog.guard("the all-reduce of the update block"):
-            check(lib.dn_network_allreduce_updates(net._handle(), comm))
+        with self._watchdog.guard("the all-reduce of the update block"), net._lock:
+            _ffi.network_allreduce_updates(net._handle(), comm)
 
     def train_chunk(self, net, images: np.ndarray, truths: np.ndarray, last: bool = False) -> float:
         """Network.train_chunk; for the iteration's last chunk (`last`), the all-reduce of the update block
@@ -612,18 +612,14 @@ class Replica:
         (MPI; other transports reduce the whole block in update). Same result either way."""
         if self.size == 1 or not last:
             return net.train_chunk(images, truths)
-        from ._ffi import check, ffi, lib  # noqa: PLC0415
+        from . import _ffi  # noqa: PLC0415
 
         comm = self._need_comm("train_chunk")
         # Network's own input checks and conversions (this module is part of the package).
         with net._lock:
             x = net._input(images)
             t = net._truth(truths, x.shape[0])
-            cost = ffi.new("float *")
-            check(lib.dn_network_train_chunk_reduce(net._handle(), comm, ffi.from_buffer("float[]", x),
-                                                    ffi.from_buffer("float[]", t), x.shape[0], cost,
-                                                    int(self.bucket_floats)))
-            return float(cost[0])
+            return _ffi.network_train_chunk_reduce(net._handle(), comm, x, t, self.bucket_floats)
 
     def update(self, net, learning_rate: float, momentum: float, decay: float, batch_images: int) -> None:
         """The SGD step after an iteration's chunks: all-reduce of the update block, the step of
@@ -634,12 +630,11 @@ class Replica:
             return
         if batch_images % self.size:
             raise DarknetValueError(f"batch_images {batch_images} is not a multiple of the {self.size} ranks")
-        from ._ffi import check, lib  # noqa: PLC0415
+        from . import _ffi  # noqa: PLC0415
 
         comm = self._need_comm("update")
-        with self._watchdog.guard("the all-reduce of the update block"):
-            check(lib.dn_network_update_replicated(net._handle(), comm, float(learning_rate), float(momentum),
-                                                   float(decay), int(batch_images)))
+        with self._watchdog.guard("the all-reduce of the update block"), net._lock:
+            _ffi.network_update_replicated(net._handle(), comm, learning_rate, momentum, decay, batch_images)
         net.seen = net.seen + batch_images - batch_images // self.size
 
     def gather(self, value: Any, what: str = "a gather", timeout: float | None = None) -> list:
@@ -680,9 +675,9 @@ class Replica:
             comm = getattr(self, name)
             setattr(self, name, None)
             if comm is not None and not self._broken:
-                from ._ffi import lib  # noqa: PLC0415
+                from . import _ffi  # noqa: PLC0415
 
-                lib.dn_comm_free(comm)
+                _ffi.comm_free(comm)
         if self._control is not None:
             self._control.close()
 
@@ -749,7 +744,7 @@ def init(device=None, dist_url: str | None = None, timeout: float | None = None,
     dev = info.local_rank if device == "cuda" else parse_device(device)
     if info.size == 1:
         return Replica(info, timeout, device=dev)
-    from ._ffi import check, ffi, lib  # noqa: PLC0415
+    from . import _ffi  # noqa: PLC0415
 
     if transport not in ("auto", "none"):
         raise DarknetValueError(f"transport must be 'auto' or 'none', got {transport!r}")
@@ -759,38 +754,37 @@ def init(device=None, dist_url: str | None = None, timeout: float | None = None,
         raise DistributedError(f"rank {info.rank} of {info.size} ({info.launcher}): training on the CPU across "
                                f"processes uses MPI; start the ranks with mpirun (or srun with an MPI that "
                                f"supports it), or train on CUDA devices (NCCL)")
-    if want == "mpi" and not lib.dn_comm_mpi_built():
+    if want == "mpi" and not _ffi.comm_mpi_built():
         raise DistributedError("this libdarknet.so was built without MPI (install libopenmpi-dev or "
                                "libmpich-dev and rebuild with `make MPI=1`)")
-    if want == "nccl" and not lib.dn_comm_nccl_built():
+    if want == "nccl" and not _ffi.comm_nccl_built():
         raise DistributedError("this libdarknet.so was built without NCCL (rebuild with `make GPU=1 NCCL=1`)")
 
     control = _Control(info.rank, info.size, timeout)
     mpi_comm = None
     try:
-        nccl_id = ffi.new("unsigned char[]", lib.DN_NCCL_UNIQUE_ID_BYTES)
+        id_bytes = _ffi.NCCL_UNIQUE_ID_BYTES
+        nccl_id = bytes(id_bytes)
         if info.rank == 0 and want == "nccl":
-            check(lib.dn_comm_nccl_unique_id(nccl_id))
-        use_mpi = info.mpi and lib.dn_comm_mpi_built() and (want == "mpi" or not dist_url)
+            nccl_id = _ffi.comm_nccl_unique_id()
+        use_mpi = info.mpi and _ffi.comm_mpi_built() and (want == "mpi" or not dist_url)
         if use_mpi:
-            # Rank 0's control address (and NCCL's id) travel over MPI.
-            out = ffi.new("dn_comm **")
-            check(lib.dn_comm_init_mpi(out))
-            mpi_comm = out[0]
-            blob = ffi.new("unsigned char[]", 512)
+            # Rank 0's control address (and NCCL's id) travel over MPI in one 512-byte blob: the address
+            # zero-padded, then the id.
+            mpi_comm = _ffi.comm_init_mpi()
+            blob = bytes(512)
             if info.rank == 0:
                 port = control.listen()
                 address = json.dumps([_this_host(), port]).encode()
-                if len(address) > 512 - lib.DN_NCCL_UNIQUE_ID_BYTES:
+                if len(address) > 512 - id_bytes:
                     raise DistributedError(f"host name {_this_host()!r} too long")
-                ffi.memmove(blob, address, len(address))
-                ffi.memmove(blob + 512 - lib.DN_NCCL_UNIQUE_ID_BYTES, nccl_id, lib.DN_NCCL_UNIQUE_ID_BYTES)
-            check(lib.dn_comm_broadcast(mpi_comm, blob, 512, 0, ffi.NULL))
-            ffi.memmove(nccl_id, blob + 512 - lib.DN_NCCL_UNIQUE_ID_BYTES, lib.DN_NCCL_UNIQUE_ID_BYTES)
+                blob = address.ljust(512 - id_bytes, b"\0") + nccl_id
+            blob = _ffi.comm_broadcast_bytes(mpi_comm, blob, 0)
+            nccl_id = blob[512 - id_bytes:]
             if info.rank == 0:
                 control.accept_all({})
             else:
-                raw = bytes(ffi.buffer(blob, 512 - lib.DN_NCCL_UNIQUE_ID_BYTES)).rstrip(b"\0")
+                raw = blob[:512 - id_bytes].rstrip(b"\0")
                 host, port = json.loads(raw)
                 control.connect(host, port)
         else:
@@ -802,7 +796,7 @@ def init(device=None, dist_url: str | None = None, timeout: float | None = None,
                 port = control.listen(where[1] if kind == "tcp" else 0)
                 if kind == "file":
                     _address_file_write(where, _this_host(), port, info.size)
-                control.accept_all({"nccl_id": bytes(ffi.buffer(nccl_id)).hex()})
+                control.accept_all({"nccl_id": nccl_id.hex()})
                 if kind == "file":
                     with contextlib.suppress(OSError):
                         where.unlink()  # a later run must not find this address
@@ -810,15 +804,13 @@ def init(device=None, dist_url: str | None = None, timeout: float | None = None,
                 host, port = (where if kind == "tcp"
                               else _address_file_read(where, info.size, time.monotonic() + timeout))
                 welcome = control.connect(host, port)
-                ffi.memmove(nccl_id, bytes.fromhex(welcome.get("nccl_id", "")), lib.DN_NCCL_UNIQUE_ID_BYTES)
+                nccl_id = bytes.fromhex(welcome.get("nccl_id", ""))
         replica = Replica(info, timeout, control, None, dev)
         if want == "mpi":
             replica._comm, mpi_comm = mpi_comm, None
         elif want == "nccl":
-            out = ffi.new("dn_comm **")
             with replica._watchdog.guard(f"NCCL's setup on cuda:{dev}"):
-                check(lib.dn_comm_init_nccl(info.size, info.rank, nccl_id, dev, out))
-            replica._comm = out[0]
+                replica._comm = _ffi.comm_init_nccl(info.size, info.rank, nccl_id, dev)
         if mpi_comm is not None:
             replica._bootstrap_comm = mpi_comm  # keeps MPI up (finalised with the replica)
             mpi_comm = None
@@ -828,7 +820,7 @@ def init(device=None, dist_url: str | None = None, timeout: float | None = None,
     except BaseException:
         control.close()
         if mpi_comm is not None:
-            lib.dn_comm_free(mpi_comm)
+            _ffi.comm_free(mpi_comm)
         raise
 
 

@@ -44,10 +44,9 @@ def as_bgr(image) -> np.ndarray:
 
 
 def letterbox_sizes(width: int, height: int, net_w: int, net_h: int) -> tuple[int, int]:
-    """(new_w, new_h) of the image inside the letterbox, with Darknet's integer arithmetic."""
-    if net_w / width < net_h / height:
-        return net_w, max(1, height * net_w // width)
-    return max(1, width * net_h // height), net_h
+    """(new_w, new_h) of a width x height image inside the net_w x net_h letterbox: the C core's
+    dn_letterbox_size, the arithmetic letterbox() itself uses (Darknet's). Sizes below 1 raise ValueError."""
+    return _ffi.letterbox_size(width, height, net_w, net_h)
 
 
 def letterbox(image: np.ndarray, net_w: int, net_h: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -6,11 +6,11 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ._ffi import IOU_LOSS_NAMES, REPRESENTATION_NAMES, build_info, check, cuda_device_count, ffi, lib, yolo_stats_dict
+from . import _ffi
+from ._ffi import CONV_ENGINE_NAMES, IOU_LOSS_NAMES, REPRESENTATION_NAMES, build_info, cuda_device_count
 from .errors import CudaError, DarknetValueError
 from .runfiles import YOLO_STAT_FIELDS
 
@@ -20,11 +20,11 @@ __all__ = ["Network", "LayerInfo", "YoloStats", "set_threads", "get_threads"]
 def set_threads(n: int) -> None:
     """Threads the C core uses (BLAS and element-wise loops); 0 = every core. Process-wide: every network
     loaded with threads=0 runs with it, whichever thread drives it."""
-    lib.dn_set_threads(int(n))
+    _ffi.set_threads(n)
 
 
 def get_threads() -> int:
-    return int(lib.dn_get_threads())
+    return _ffi.get_threads()
 
 
 @dataclass(frozen=True)
@@ -98,20 +98,18 @@ def _fspath(path) -> bytes:
 
 CONV_ALGOS = {"auto": 0, "gemm": 1, "winograd2": 2, "winograd4": 3, "plain": 4, "onednn": 5, "fused": 6}
 PRECISIONS = {"f32": 0, "float32": 0, "bf16": 1, "bfloat16": 1}
-# dn_conv_engine codes -> the names Network.conv_engines reports
-CONV_ENGINES = {0: "none", 1: "plain", 2: "fused", 3: "onednn", 4: "onednn-bf16", 5: "device"}
+# dn_conv_engine codes -> the names Network.conv_engines reports ("none", "plain", "fused", "onednn", ...)
+CONV_ENGINES = CONV_ENGINE_NAMES
 
 
 def bf16_supported() -> tuple[bool, str]:
     """Whether ``precision="bf16"`` can run here, and oneDNN's name for this CPU's instruction set."""
-    isa = ffi.new("const char **")
-    ok = bool(lib.dn_bf16_supported(isa))
-    return ok, ffi.string(isa[0]).decode()
+    return _ffi.bf16_supported()
 
 
 def onednn_version() -> str:
     """oneDNN's version when the library was built with it, else ``""``."""
-    return ffi.string(lib.dn_onednn_version()).decode()
+    return _ffi.onednn_version()
 
 
 def parse_device(device) -> int:
@@ -154,21 +152,20 @@ def gpu_ids(gpus, option: str = "-gpus") -> list[int]:
 
 def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_limit: int | None = None,
                  precision: str = "f32"):
-    """The C load options (dn_options) for these Python arguments."""
-    options = ffi.new("dn_options *")
-    lib.dn_options_init(options)
-    options.device = parse_device(device)
+    """The C load options for these Python arguments: {dn_options field: value}, the library's default for
+    those left out."""
+    options = {"device": parse_device(device)}
     if conv_algo not in CONV_ALGOS:
         raise DarknetValueError(f"unknown conv_algo {conv_algo!r} (one of {', '.join(CONV_ALGOS)})")
-    options.conv_algo = CONV_ALGOS[conv_algo]
-    options.threads = int(threads)
+    options["conv_algo"] = CONV_ALGOS[conv_algo]
+    options["threads"] = int(threads)
     if precision not in PRECISIONS:
         raise DarknetValueError(f"unknown precision {precision!r} (f32 or bf16)")
-    options.precision = PRECISIONS[precision]
+    options["precision"] = PRECISIONS[precision]
     if memory_limit is not None:
         if int(memory_limit) < 1:
             raise DarknetValueError(f"memory_limit must be a positive number of bytes, got {memory_limit}")
-        options.memory_limit = int(memory_limit)
+        options["memory_limit"] = int(memory_limit)
     return options
 
 
@@ -197,14 +194,12 @@ class Network:
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: weights file not found")
         options = load_options(device, conv_algo, threads, memory_limit, precision)
-        self.precision = "bf16" if options.precision == 1 else "f32"
-        self.device = "cpu" if options.device < 0 else f"cuda:{options.device}"
+        self.precision = "bf16" if options["precision"] == 1 else "f32"
+        self.device = "cpu" if options["device"] < 0 else f"cuda:{options['device']}"
         # One call at a time per network: the C object keeps per-call buffers, and close() must not free it
         # while a call from another thread still uses it. Every method that reaches C memory holds this lock.
         self._lock = threading.RLock()
-        out = ffi.new("dn_network **")
-        check(lib.dn_network_load(_fspath(cfg), int(batch), options, out))
-        self._ptr = ffi.gc(out[0], lib.dn_network_free)
+        self._ptr = _ffi.network_load(_fspath(cfg), int(batch), options)
         self.layers_loaded = 0
         if weights is not None:
             self.load_weights(weights)
@@ -220,7 +215,7 @@ class Network:
         with lock:
             ptr, self._ptr = getattr(self, "_ptr", None), None
             if ptr is not None:
-                ffi.release(ptr)
+                _ffi.network_free(ptr)
 
     def __enter__(self) -> "Network":
         return self
@@ -241,20 +236,17 @@ class Network:
     # ---- description ----------------------------------------------------------------------------------
     @_locked
     def _info(self):
-        info = ffi.new("dn_net_info *")
-        check(lib.dn_network_info(self._handle(), info))
-        return info
+        return _ffi.network_info(self._handle())
 
     @_locked
     def _refresh_layers(self) -> None:
         info = self._info()
         layers = []
-        c_info = ffi.new("dn_layer_info *")
         for i in range(info.n_layers):
-            check(lib.dn_network_layer_info(self._handle(), i, c_info))
-            t = ffi.string(c_info.type).decode()
+            c_info = _ffi.network_layer_info(self._handle(), i)
+            t = c_info.type
             extra = {}
-            activation = ffi.string(lib.dn_activation_name(c_info.activation)).decode()
+            activation = _ffi.activation_name(c_info.activation)
             if t == "conv":
                 extra = dict(batch_normalize=bool(c_info.batch_normalize), activation=activation,
                              padding=c_info.padding)
@@ -311,7 +303,7 @@ class Network:
         return {"batch": i.cfg_batch, "subdivisions": i.subdivisions, "width": i.width, "height": i.height,
                 "channels": i.channels, "learning_rate": i.learning_rate, "momentum": i.momentum,
                 "decay": i.decay, "burn_in": i.burn_in, "power": i.power, "max_batches": i.max_batches,
-                "policy": ffi.string(i.policy).decode(), "steps": [i.steps[k] for k in range(i.n_steps)],
+                "policy": i.policy, "steps": [i.steps[k] for k in range(i.n_steps)],
                 "scales": [i.scales[k] for k in range(i.n_steps)], "step": i.step, "scale": i.scale, "gamma": i.gamma,
                 "angle": i.angle, "saturation": i.saturation, "exposure": i.exposure, "hue": i.hue,
                 "flip": bool(i.flip)}
@@ -323,7 +315,7 @@ class Network:
     @seen.setter
     @_locked
     def seen(self, value: int) -> None:
-        check(lib.dn_network_set_seen(self._handle(), int(value)))
+        _ffi.network_set_seen(self._handle(), value)
 
     @property
     def version(self) -> tuple[int, int, int]:
@@ -342,15 +334,15 @@ class Network:
     def bflops(self) -> float:
         return float(sum(l.bflops for l in self._layers))
 
+    @_locked
     def conv_engines(self) -> dict[str, int]:
         """How many convolutional layers each engine ran in the last forward: keys ``onednn``, ``onednn-bf16``,
         ``fused`` (Winograd/GEMM), ``plain``, ``device``, ``none`` (not run yet)."""
         counts: dict[str, int] = {}
-        c_info = ffi.new("dn_layer_info *")
         for layer in self._layers:
             if layer.type == "conv":
-                check(lib.dn_network_layer_info(self._handle(), layer.index, c_info))
-                name = CONV_ENGINES.get(c_info.engine, "none")
+                engine = _ffi.network_layer_info(self._handle(), layer.index).engine
+                name = CONV_ENGINES.get(engine, "none")
                 counts[name] = counts.get(name, 0) + 1
         return counts
 
@@ -388,26 +380,25 @@ class Network:
     # ---- weights --------------------------------------------------------------------------------------
     def load_weights(self, path: str | os.PathLike) -> int:
         """Load a .weights file; returns the number of layers it covered (a partial file covers fewer)."""
-        loaded = ffi.new("int *")
         with self._lock:
-            check(lib.dn_network_load_weights(self._handle(), _fspath(path), loaded))
-        self.layers_loaded = loaded[0]
-        return loaded[0]
+            loaded = _ffi.network_load_weights(self._handle(), _fspath(path))
+        self.layers_loaded = loaded
+        return loaded
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a .weights file (header 0.2.0, 64-bit seen) atomically: a temp file renamed into place."""
         with self._lock:
-            check(lib.dn_network_save_weights(self._handle(), _fspath(path)))
+            _ffi.network_save_weights(self._handle(), _fspath(path))
 
     def init_params(self, seed: int = 0x5EED) -> None:
         with self._lock:
-            check(lib.dn_network_init_params(self._handle(), int(seed)))
+            _ffi.network_init_params(self._handle(), seed)
 
     def params(self) -> np.ndarray:
         """A copy of every parameter, in .weights order."""
         out = np.empty(self.n_params, np.float32)
         with self._lock:
-            check(lib.dn_network_get_params(self._handle(), 0, out.size, ffi.from_buffer("float[]", out)))
+            _ffi.network_get_params(self._handle(), out)
         return out
 
     def set_params(self, values: np.ndarray) -> None:
@@ -415,7 +406,7 @@ class Network:
         if values.size != self.n_params:
             raise ValueError(f"expected {self.n_params} parameters, got {values.size}")
         with self._lock:
-            check(lib.dn_network_set_params(self._handle(), 0, values.size, ffi.from_buffer("float[]", values)))
+            _ffi.network_set_params(self._handle(), values)
 
     # ---- shapes ---------------------------------------------------------------------------------------
     def _total_stride(self) -> int:
@@ -435,12 +426,12 @@ class Network:
             raise DarknetValueError(f"cannot resize to {int(width)} x {int(height)}: width and height must each be "
                                     f"a multiple of {stride}, the network's total stride")
         with self._lock:
-            check(lib.dn_network_resize(self._handle(), int(width), int(height)))
+            _ffi.network_resize(self._handle(), width, height)
         self._refresh_layers()
 
     def set_batch(self, batch: int) -> None:
         with self._lock:
-            check(lib.dn_network_set_batch(self._handle(), int(batch)))
+            _ffi.network_set_batch(self._handle(), batch)
 
     def export_onnx(self, path: str | os.PathLike, *, batch: int = 1, dynamic_batch: bool = False,
                     opset: int | None = None, decode: bool = False) -> Path:
@@ -474,7 +465,7 @@ class Network:
         n = self.batch if n is None else n
         w, h, c = layer.output_shape
         out = np.empty((n, c, h, w), np.float32)
-        check(lib.dn_network_layer_output(self._handle(), index, ffi.from_buffer("float[]", out), out.size))
+        _ffi.network_layer_output(self._handle(), index, out)
         return out
 
     @_locked
@@ -482,7 +473,7 @@ class Network:
         layer = self._layers[index]
         w, h, c = layer.output_shape
         out = np.empty((n, c, h, w), np.float32)
-        check(lib.dn_network_layer_delta(self._handle(), index, ffi.from_buffer("float[]", out), out.size))
+        _ffi.network_layer_delta(self._handle(), index, out)
         return out
 
     def forward(self, x: np.ndarray) -> list[np.ndarray]:
@@ -491,7 +482,7 @@ class Network:
             x = self._input(x)
             if not np.isfinite(x).all():
                 raise ValueError("input contains NaN or infinity")
-            check(lib.dn_network_forward(self._handle(), ffi.from_buffer("float[]", x), x.shape[0]))
+            _ffi.network_forward(self._handle(), x)
             return [self.layer_output(i, x.shape[0]) for i in self._yolo_indices]
 
     def _truth(self, truths: np.ndarray, n: int) -> np.ndarray:
@@ -514,9 +505,7 @@ class Network:
         with self._lock:
             x = self._input(images)
             t = self._truth(truths, x.shape[0])
-            cost = ffi.new("float *")
-            check(lib.dn_network_loss(self._handle(), ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", t),
-                                      x.shape[0], cost))
+            _ffi.network_loss(self._handle(), x, t)
             return [{"layer": idx, "cost": s.cost, "delta": self._layer_delta(idx, x.shape[0]), "stats": s.as_dict()}
                     for idx, s in zip(self._yolo_indices, self.yolo_stats())]
 
@@ -525,23 +514,19 @@ class Network:
         with self._lock:
             x = self._input(images)
             t = self._truth(truths, x.shape[0])
-            cost = ffi.new("float *")
-            check(lib.dn_network_train_chunk(self._handle(), ffi.from_buffer("float[]", x),
-                                             ffi.from_buffer("float[]", t), x.shape[0], cost))
-            return float(cost[0])
+            return _ffi.network_train_chunk(self._handle(), x, t)
 
     def update(self, learning_rate: float, momentum: float, decay: float, batch_images: int) -> None:
         """One SGD step for `batch_images` accumulated images (SPEC §3)."""
         with self._lock:
-            check(lib.dn_network_update(self._handle(), float(learning_rate), float(momentum), float(decay),
-                                        int(batch_images)))
+            _ffi.network_update(self._handle(), learning_rate, momentum, decay, batch_images)
 
     def forward_last(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """Forward and return the LAST layer's output; train=True uses batch-norm batch statistics (without
         touching the rolling averages) and computes no loss. For gradient checks and research."""
         with self._lock:
             x = self._input(x)
-            check(lib.dn_network_forward_mode(self._handle(), ffi.from_buffer("float[]", x), x.shape[0], int(train)))
+            _ffi.network_forward_mode(self._handle(), x, train)
             return self.layer_output(len(self._layers) - 1, x.shape[0])
 
     def backward_probe(self, x: np.ndarray, last_delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -556,21 +541,18 @@ class Network:
             if d.size != x.shape[0] * c * h * w:
                 raise ValueError(f"last_delta must hold {x.shape[0] * c * h * w} values, got {d.size}")
             input_delta = np.zeros_like(x)
-            check(lib.dn_network_zero_updates(self._handle()))
-            check(lib.dn_network_backward_probe(self._handle(), ffi.from_buffer("float[]", x), x.shape[0],
-                                                ffi.from_buffer("float[]", d), ffi.from_buffer("float[]", input_delta)))
+            _ffi.network_zero_updates(self._handle())
+            _ffi.network_backward_probe(self._handle(), x, d, input_delta)
             updates = np.empty(self.n_params, np.float32)
-            check(lib.dn_network_get_updates(self._handle(), 0, updates.size, ffi.from_buffer("float[]", updates)))
-            check(lib.dn_network_zero_updates(self._handle()))
+            _ffi.network_get_updates(self._handle(), updates)
+            _ffi.network_zero_updates(self._handle())
             return input_delta, updates
 
     @_locked
     def yolo_stats(self) -> list[YoloStats]:
         out = []
-        s = ffi.new("dn_yolo_stats *")
         for k in range(len(self._yolo_indices)):
-            check(lib.dn_network_yolo_stats(self._handle(), k, s))
-            stats = yolo_stats_dict(s)
+            stats = _ffi.network_yolo_stats(self._handle(), k)
             stats["cls"] = stats.pop("class")
             out.append(YoloStats(**stats))
         return out
@@ -579,7 +561,5 @@ class Network:
     def yolo_anchors(self, index: int) -> tuple[np.ndarray, list[int]]:
         """(anchors (total, 2) in network pixels, mask) of the [yolo] layer with absolute index `index`."""
         layer = self._layers[index]
-        anchors = ffi.new("float[]", 2 * layer.total_anchors)
-        mask = ffi.new("int[]", layer.n_anchors)
-        check(lib.dn_network_yolo_anchors(self._handle(), index, anchors, mask))
-        return (np.array(list(anchors), np.float32).reshape(-1, 2), list(mask))
+        anchors, mask = _ffi.network_yolo_anchors(self._handle(), index, layer.total_anchors, layer.n_anchors)
+        return np.array(anchors, np.float32).reshape(-1, 2), mask

@@ -23,10 +23,23 @@ def _imported_names(path: Path) -> set[str]:
     return names
 
 
-def test_loss_and_image_do_not_touch_cffi():
-    for name in ("loss.py", "image.py"):
-        imported = _imported_names(PACKAGE / name)
-        assert not any(n.endswith((".ffi", ".lib")) or n == "cffi" for n in imported), (name, imported)
+def _cffi_uses(path: Path) -> list[str]:
+    """What a module takes of cffi: the cffi package, _ffi's ffi/lib/check, or `_ffi.ffi` / `_ffi.lib`."""
+    uses = [n for n in _imported_names(path)
+            if n == "cffi" or n.startswith("cffi.") or n.endswith(("_ffi.ffi", "_ffi.lib", "_ffi.check"))]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "_ffi"
+                and node.attr in ("ffi", "lib", "check")):
+            uses.append(f"_ffi.{node.attr} (line {node.lineno})")
+    return uses
+
+
+def test_only_ffi_module_touches_cffi():
+    """network.py, distributed.py, loss.py, image.py and every other module call _ffi's typed wrappers."""
+    modules = [p for p in PACKAGE.rglob("*.py") if p.name != "_ffi.py"]
+    assert PACKAGE / "network.py" in modules and PACKAGE / "distributed.py" in modules
+    offenders = {str(p.relative_to(PACKAGE)): uses for p in modules if (uses := _cffi_uses(p))}
+    assert offenders == {}
 
 
 def test_enums_come_from_the_header():
@@ -34,6 +47,9 @@ def test_enums_come_from_the_header():
     assert _ffi.IOU_LOSS_NAMES == {0: "mse", 1: "iou", 2: "giou"}
     assert _ffi.REPRESENTATION_NAMES == {0: "exp", 1: "lin"}
     assert loss.IOU_LOSSES == {"mse": 0, "iou": 1, "giou": 2}
+    # the names Network.conv_engines() reports, from dn_conv_engine
+    assert pydarknet.network.CONV_ENGINES == {0: "none", 1: "plain", 2: "fused", 3: "onednn", 4: "onednn-bf16",
+                                              5: "device"}
     if header is not None:
         assert "DN_LOSS_GIOU = 2" in header and "DN_REPR_LIN = 1" in header
 
