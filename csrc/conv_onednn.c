@@ -91,21 +91,14 @@ const char *conv_onednn_version(void)
     return text;
 }
 
-static dn_status onednn_error(const char *what, dnnl_status_t s)
+dn_status onednn_error(const char *what, dnnl_status_t s)
 {
     if (s == dnnl_out_of_memory) return dn_fail(DN_E_NOMEM, "oneDNN: out of memory in %s", what);
     if (s == dnnl_unimplemented) return dn_fail(DN_E_NOTFOUND, "oneDNN: no implementation for %s", what);
     return dn_fail(DN_E_ARG, "oneDNN: %s failed (dnnl_status %d)", what, (int)s);
 }
 
-#define TRY(call)                                                                                              \
-    do {                                                                                                       \
-        dnnl_status_t s_ = (call);                                                                             \
-        if (s_ != dnnl_success) {                                                                              \
-            st = onednn_error(#call, s_);                                                                      \
-            goto fail;                                                                                         \
-        }                                                                                                      \
-    } while (0)
+#define TRY ONEDNN_TRY
 
 static void destroy_primitives(conv_onednn *s)
 {
@@ -132,7 +125,7 @@ void conv_onednn_free(conv_onednn *s)
     free(s);
 }
 
-static dnnl_alg_kind_t eltwise_of(dn_activation a, float *alpha)
+dnnl_alg_kind_t onednn_eltwise_of(dn_activation a, float *alpha)
 {
     *alpha = 0.f;
     switch (a) {
@@ -192,7 +185,7 @@ static dn_status build(conv_onednn *s, const conv_fast_desc *d, int bf16, int ba
 
     TRY(dnnl_primitive_attr_create(&attr));
     float alpha;
-    const dnnl_alg_kind_t act = eltwise_of((dn_activation)d->activation, &alpha);
+    const dnnl_alg_kind_t act = onednn_eltwise_of((dn_activation)d->activation, &alpha);
     if (act != dnnl_alg_kind_undef) {
         TRY(dnnl_post_ops_create(&post));
         TRY(dnnl_post_ops_append_eltwise(post, act, alpha, 0.f));
@@ -234,8 +227,10 @@ fail:
     return st;
 }
 
-/* weights * mul per filter (float32, plain oihw) reordered into the primitive's weights; add into the bias. */
-static dn_status load_weights(conv_onednn *s, const conv_fast_desc *d)
+/* weights * mul per filter (float32, plain oihw) reordered into `weights` (a primitive's layout); add copied
+ * into `bias` (float32, x). */
+dn_status onednn_load_conv_weights(dnnl_engine_t engine, dnnl_stream_t stream, const conv_fast_desc *d,
+                                   dnnl_memory_t weights, dnnl_memory_t bias)
 {
     dn_status st = DN_OK;
     const size_t per_filter = (size_t)(d->c / d->groups) * d->size * d->size;
@@ -245,7 +240,7 @@ static dn_status load_weights(conv_onednn *s, const conv_fast_desc *d)
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t reorder = NULL;
     const_dnnl_memory_desc_t wei_md;
-    void *bias = NULL;
+    void *bias_data = NULL;
     if (!folded) return dn_fail(DN_E_NOMEM, "out of memory folding the weights of a convolution for oneDNN");
     for (int f = 0; f < d->filters; f++)
         for (size_t i = 0; i < per_filter; i++)
@@ -255,18 +250,15 @@ static dn_status load_weights(conv_onednn *s, const conv_fast_desc *d)
     const dnnl_dims_t dims = {d->filters, d->c, d->size, d->size};
     if (g > 1) TRY(dnnl_memory_desc_create_with_tag(&plain_md, 5, dims_grouped, dnnl_f32, dnnl_goihw));
     else TRY(dnnl_memory_desc_create_with_tag(&plain_md, 4, dims, dnnl_f32, dnnl_oihw));
-    TRY(dnnl_memory_create(&plain, plain_md, s->engine, folded));
-    TRY(dnnl_memory_get_memory_desc(s->weights, &wei_md));
-    TRY(dnnl_reorder_primitive_desc_create(&pd, plain_md, s->engine, wei_md, s->engine, NULL));
+    TRY(dnnl_memory_create(&plain, plain_md, engine, folded));
+    TRY(dnnl_memory_get_memory_desc(weights, &wei_md));
+    TRY(dnnl_reorder_primitive_desc_create(&pd, plain_md, engine, wei_md, engine, NULL));
     TRY(dnnl_primitive_create(&reorder, pd));
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, s->weights}};
-    TRY(dnnl_primitive_execute(reorder, s->stream, 2, args));
-    TRY(dnnl_stream_wait(s->stream));
-    TRY(dnnl_memory_get_data_handle(s->bias, &bias));
-    memcpy(bias, d->add, sizeof(float) * d->filters);
-    s->weights_from = d->weights;
-    s->version = d->weights_version;
-    s->weights_ready = 1;
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, weights}};
+    TRY(dnnl_primitive_execute(reorder, stream, 2, args));
+    TRY(dnnl_stream_wait(stream));
+    TRY(dnnl_memory_get_data_handle(bias, &bias_data));
+    memcpy(bias_data, d->add, sizeof(float) * d->filters);
 fail:
     dnnl_primitive_destroy(reorder);
     dnnl_primitive_desc_destroy(pd);
@@ -274,6 +266,16 @@ fail:
     dnnl_memory_desc_destroy(plain_md);
     free(folded);
     return st;
+}
+
+static dn_status load_weights(conv_onednn *s, const conv_fast_desc *d)
+{
+    dn_status st = onednn_load_conv_weights(s->engine, s->stream, d, s->weights, s->bias);
+    if (st) return st;
+    s->weights_from = d->weights;
+    s->version = d->weights_version;
+    s->weights_ready = 1;
+    return DN_OK;
 }
 
 static int same_shape(const conv_onednn *s, const conv_fast_desc *d, int bf16, int batch)

@@ -33,4 +33,26 @@ dn_status conv_onednn_forward(conv_onednn **state, const conv_fast_desc *d, int 
                               int batch);
 void conv_onednn_free(conv_onednn *state);
 
+#ifdef DN_ONEDNN
+/* Shared with net_onednn.c. */
+#include <oneapi/dnnl/dnnl.h>
+
+/* A dn_status (message set) for a failed oneDNN call: DN_E_NOTFOUND when oneDNN has no implementation. */
+dn_status onednn_error(const char *what, dnnl_status_t s);
+/* In a function with `dn_status st` and a `fail:` label: a failed call sets st and jumps there. */
+#define ONEDNN_TRY(call)                                                                                       \
+    do {                                                                                                       \
+        dnnl_status_t s_ = (call);                                                                             \
+        if (s_ != dnnl_success) {                                                                              \
+            st = onednn_error(#call, s_);                                                                      \
+            goto fail;                                                                                         \
+        }                                                                                                      \
+    } while (0)
+/* The eltwise post-op of an activation (alpha its parameter); dnnl_alg_kind_undef for linear. */
+dnnl_alg_kind_t onednn_eltwise_of(dn_activation a, float *alpha);
+/* d's weights times d->mul per filter into `weights` (any of a primitive's layouts), d->add into `bias`. */
+dn_status onednn_load_conv_weights(dnnl_engine_t engine, dnnl_stream_t stream, const conv_fast_desc *d,
+                                   dnnl_memory_t weights, dnnl_memory_t bias);
+#endif
+
 #endif

@@ -82,6 +82,7 @@ int dn_threads_enter(int threads);
 
 /* ---- layers and networks (network.c, layers.c, layer_*.c) ---- */
 typedef struct dn_layer dn_layer;
+struct layer_node; /* layer_node.h */
 
 /* Build-time context handed to every kind's make. */
 typedef struct layer_build {
@@ -114,6 +115,9 @@ typedef struct layer_ops {
     /* optional, for the memory budget: bytes the layer holds beyond its output and delta (caches, scratch) */
     double (*private_bytes)(const dn_layer *l, const dn_network *net, size_t workspace_floats);
     void (*free_private)(dn_layer *l, dn_network *net);
+    /* optional: the layer as a node for a whole-network engine (layer_node.h); the input shape is set. NULL: the
+     * engine runs `forward` on the previous layer's output. */
+    dn_status (*node)(dn_layer *l, dn_network *net, struct layer_node *out);
 } layer_ops;
 
 /* The registry (layers.c): the kind of a cfg section name (aliases included), NULL when unknown. */
@@ -159,6 +163,8 @@ struct dn_network {
     int planning;                /* 1 while reshape computes shapes only: layers allocate nothing */
     const float *truth;          /* truths of the current training forward (host memory) */
     int max_boxes;               /* truth boxes per image the caller passes */
+    struct net_onednn *onednn;   /* inference as one oneDNN network (net_onednn.c); NULL until the first */
+    int onednn_declined;         /* that declined this network's layers (until the shapes change) */
 };
 
 /* (Re)allocate a zeroed batch-sized buffer through the network's backend; keeps nothing. */

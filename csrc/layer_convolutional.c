@@ -11,6 +11,7 @@
 #include "conv_onednn.h"
 #include "elementwise.h"
 #include "internal.h"
+#include "layer_node.h"
 
 typedef struct conv_priv {
     int pad;
@@ -199,24 +200,34 @@ static conv_fast_desc fast_desc(const dn_layer *l, const dn_network *net)
     return d;
 }
 
+/* fast_desc with the weights and the bias and batch norm folded into mul and add (p->fold, host memory).
+ * Nonzero when out of memory. */
+static int folded_desc(dn_layer *l, const dn_network *net, const conv_views *v, conv_fast_desc *d)
+{
+    conv_priv *p = l->priv;
+    const int f = l->filters;
+    if (!p->fold && !(p->fold = malloc(sizeof(float) * 2 * (size_t)f))) return 1;
+    float *mul = p->fold, *add = p->fold + f;
+    for (int c = 0; c < f; c++)
+        dn_bn_fold(p->batch_normalize, v->biases[c], p->batch_normalize ? v->scales[c] : 0.f,
+                   p->batch_normalize ? v->rolling_mean[c] : 0.f, p->batch_normalize ? v->rolling_variance[c] : 0.f,
+                   &mul[c], &add[c]);
+    *d = fast_desc(l, net);
+    d->weights = v->weights;
+    d->mul = mul;
+    d->add = add;
+    return 0;
+}
+
 /* Inference on the CPU: oneDNN (conv_onednn.c) or the hand-written fused path (winograd.c), both doing
  * convolution, folded batch norm and activation in one pass. DN_OK when done, DN_E_NOTFOUND when neither
  * took the layer (DN_CONV_PLAIN, or out of memory in winograd.c): the caller runs the plain path. */
 static dn_status conv_forward_fast(dn_layer *l, dn_network *net, const conv_views *v, const float *in, int batch)
 {
     conv_priv *p = l->priv;
-    const int f = l->filters;
     if (net->opt.conv_algo == DN_CONV_PLAIN) return DN_E_NOTFOUND;
-    if (!p->fold && !(p->fold = malloc(sizeof(float) * 2 * (size_t)f))) return DN_E_NOTFOUND;
-    float *mul = p->fold, *add = p->fold + f;
-    for (int c = 0; c < f; c++)
-        dn_bn_fold(p->batch_normalize, v->biases[c], p->batch_normalize ? v->scales[c] : 0.f,
-                   p->batch_normalize ? v->rolling_mean[c] : 0.f, p->batch_normalize ? v->rolling_variance[c] : 0.f,
-                   &mul[c], &add[c]);
-    conv_fast_desc d = fast_desc(l, net);
-    d.weights = v->weights;
-    d.mul = mul;
-    d.add = add;
+    conv_fast_desc d;
+    if (folded_desc(l, net, v, &d)) return DN_E_NOTFOUND;
     const int bf16 = net->opt.precision == DN_PRECISION_BF16;
     if (wants_onednn(net, l)) {
         dn_status st = conv_onednn_forward(&p->onednn, &d, bf16, in, l->output, batch);
@@ -344,6 +355,20 @@ static dn_status conv_update(dn_layer *l, dn_network *net, float lr_over_b, floa
     return st;
 }
 
+/* Host-memory backends only (the folded copy is made on the host). */
+static dn_status conv_node(dn_layer *l, dn_network *net, layer_node *out)
+{
+    conv_priv *p = l->priv;
+    const conv_views v = views(l, net);
+    if (!net->be->host_memory) return dn_fail(DN_E_ARG, "layer %d: conv node on a device backend", l->index);
+    if (folded_desc(l, net, &v, &out->conv)) return dn_fail(DN_E_NOMEM, "out of memory");
+    out->kind = NODE_CONV;
+    out->n_inputs = 1;
+    out->inputs[0] = l->index - 1;
+    out->engine = &p->engine;
+    return DN_OK;
+}
+
 static dn_status make_convolutional(layer_build *b, dn_layer *l);
 
 const layer_ops conv_ops = {
@@ -357,6 +382,7 @@ const layer_ops conv_ops = {
     .init_params = conv_init_params,
     .info = conv_info,
     .free_private = conv_free,
+    .node = conv_node,
 };
 
 static dn_status make_convolutional(layer_build *b, dn_layer *l)

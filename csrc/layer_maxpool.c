@@ -1,5 +1,6 @@
 /* [maxpool]: output (in + padding - size)/stride + 1; the window starts at -padding/2; padded cells are -inf. */
 #include "internal.h"
+#include "layer_node.h"
 
 typedef struct maxpool_priv {
     int padding;
@@ -75,6 +76,17 @@ static dn_status make_maxpool(layer_build *b, dn_layer *l)
     return DN_OK;
 }
 
+static dn_status maxpool_node(dn_layer *l, dn_network *net, layer_node *out)
+{
+    out->kind = NODE_MAXPOOL;
+    out->n_inputs = 1;
+    out->inputs[0] = l->index - 1;
+    out->size = l->size;
+    out->stride = l->stride;
+    out->pad_top_left = ((const maxpool_priv *)l->priv)->padding / 2;
+    return DN_OK;
+}
+
 const layer_ops maxpool_ops = {
     .info = maxpool_info,
     .private_bytes = maxpool_private_bytes,
@@ -84,4 +96,5 @@ const layer_ops maxpool_ops = {
     .forward = maxpool_forward,
     .backward = maxpool_backward,
     .free_private = maxpool_free,
+    .node = maxpool_node,
 };

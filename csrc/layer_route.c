@@ -1,5 +1,6 @@
 /* [route]: channel-wise concatenation of earlier layers' outputs, in the order given. */
 #include "internal.h"
+#include "layer_node.h"
 
 #define ROUTE_MAX 4
 
@@ -73,6 +74,15 @@ static dn_status route_backward(dn_layer *l, dn_network *net, const float *in, f
 
 static dn_status make_route(layer_build *b, dn_layer *l);
 
+static dn_status route_node(dn_layer *l, dn_network *net, layer_node *out)
+{
+    const route_priv *p = l->priv;
+    out->kind = NODE_CONCAT;
+    out->n_inputs = p->n;
+    for (int i = 0; i < p->n; i++) out->inputs[i] = p->sources[i];
+    return DN_OK;
+}
+
 const layer_ops route_ops = {
     .type = "route",
     .make = make_route,
@@ -81,6 +91,7 @@ const layer_ops route_ops = {
     .backward = route_backward,
     .info = route_info,
     .free_private = route_free,
+    .node = route_node,
 };
 
 dn_status resolve_layer_ref(const cfg_file *f, const cfg_section *s, const char *key, int index, int ref, int *out)

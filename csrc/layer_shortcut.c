@@ -1,5 +1,6 @@
 /* [shortcut]: output = activation(input + output of layer `from`); the two must have the same shape. */
 #include "internal.h"
+#include "layer_node.h"
 
 typedef struct shortcut_priv {
     int from;
@@ -52,6 +53,17 @@ static dn_status shortcut_backward(dn_layer *l, dn_network *net, const float *in
 
 static dn_status make_shortcut(layer_build *b, dn_layer *l);
 
+static dn_status shortcut_node(dn_layer *l, dn_network *net, layer_node *out)
+{
+    const shortcut_priv *p = l->priv;
+    out->kind = NODE_ADD;
+    out->n_inputs = 2;
+    out->inputs[0] = l->index - 1;
+    out->inputs[1] = p->from;
+    out->activation = p->activation;
+    return DN_OK;
+}
+
 const layer_ops shortcut_ops = {
     .info = shortcut_info,
     .type = "shortcut",
@@ -60,6 +72,7 @@ const layer_ops shortcut_ops = {
     .forward = shortcut_forward,
     .backward = shortcut_backward,
     .free_private = shortcut_free,
+    .node = shortcut_node,
 };
 
 static dn_status make_shortcut(layer_build *b, dn_layer *l)

@@ -1,5 +1,6 @@
 /* [upsample]: nearest neighbour by an integer stride, times `scale`. */
 #include "internal.h"
+#include "layer_node.h"
 
 typedef struct upsample_priv { float scale; } upsample_priv;
 
@@ -50,6 +51,16 @@ static dn_status make_upsample(layer_build *b, dn_layer *l)
     return DN_OK;
 }
 
+static dn_status upsample_node(dn_layer *l, dn_network *net, layer_node *out)
+{
+    out->kind = NODE_UPSAMPLE;
+    out->n_inputs = 1;
+    out->inputs[0] = l->index - 1;
+    out->stride = l->stride;
+    out->scale = ((const upsample_priv *)l->priv)->scale;
+    return DN_OK;
+}
+
 const layer_ops upsample_ops = {
     .info = upsample_info,
     .type = "upsample",
@@ -58,4 +69,5 @@ const layer_ops upsample_ops = {
     .forward = upsample_forward,
     .backward = upsample_backward,
     .free_private = upsample_free,
+    .node = upsample_node,
 };

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "conv_onednn.h"
+#include "net_onednn.h"
 #include "internal.h"
 
 void layer_release(dn_network *net, void *buf)
@@ -111,6 +112,7 @@ DN_EXPORT void dn_network_free(dn_network *net)
         layer_release(net, net->workspace);
         layer_release(net, net->input);
         layer_release(net, net->input_delta);
+        net_onednn_free(net->onednn);
         dn_backend_destroy(net->be);
     }
     free(net->layers);
@@ -177,6 +179,9 @@ done:
 /* Shapes first, then the memory budget, and only then the allocations. */
 dn_status dn_network_reshape(dn_network *net)
 {
+    net_onednn_free(net->onednn); /* its primitives and layouts are for the old shapes */
+    net->onednn = NULL;
+    net->onednn_declined = 0;
     dn_status st = reshape_layers(net, 0);
     if (!st) st = dn_memory_check(net, DN_E_ARG);
     if (!st) st = reshape_layers(net, 1);
@@ -429,6 +434,12 @@ static dn_status stage_input(dn_network *net, const float *input, int n, const f
 static dn_status forward_layers(dn_network *net, const float *in, int n)
 {
     dn_status st = DN_OK;
+    if (!net->train && net_onednn_wanted(net)) {
+        st = net_onednn_forward(net, in, n);
+        if (st != DN_E_NOTFOUND) return st;
+        st = DN_OK;
+    }
+    net_onednn_outputs_plain(net);
     for (int i = 0; i < net->n && !st; i++) {
         dn_layer *l = &net->layers[i];
         if (net->train && l->delta) st = net->be->memset0(net->be, l->delta, sizeof(float) * (size_t)n * l->outputs);
@@ -504,7 +515,8 @@ DN_EXPORT dn_status dn_network_layer_output(dn_network *net, int index, float *o
     if (!net) return dn_fail(DN_E_ARG, "network is NULL");
     if (index < 0 || index >= net->n) return dn_fail(DN_E_ARG, "layer index %d out of range 0..%d", index, net->n - 1);
     const dn_layer *l = &net->layers[index];
-    return copy_out(net, l->output, (size_t)net->batch * l->outputs, count, out, "output", index);
+    dn_status st = net_onednn_export(net, index);
+    return st ? st : copy_out(net, l->output, (size_t)net->batch * l->outputs, count, out, "output", index);
 }
 
 DN_EXPORT dn_status dn_network_layer_delta(dn_network *net, int index, float *out, size_t count)
