@@ -44,11 +44,12 @@ typedef enum dn_representation { DN_REPR_EXP = 0, DN_REPR_LIN = 1 } dn_represent
 
 typedef struct dn_network dn_network;
 
-/* How a network's convolutions run at inference. AUTO: oneDNN for kernels larger than 1x1 and DN_CONV_FUSED for
- * 1x1 ones (the faster engine on most shapes of yolov3, see layer_convolutional.c; precision BF16: oneDNN for
- * all); without oneDNN, DN_CONV_FUSED: Winograd
- * for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM elsewhere. Bias, batch
- * norm and activation are fused in both engines. */
+/* How a network's convolutions run at inference. AUTO and ONEDNN, with oneDNN on the CPU: the whole network as
+ * one oneDNN network (net_onednn.h; every layer a primitive, outputs kept in oneDNN's channels-last layout), and
+ * where it declines a network, layer by layer: oneDNN for kernels larger than 1x1 and DN_CONV_FUSED for 1x1
+ * ones under AUTO (see layer_convolutional.c), oneDNN for all under ONEDNN. Without oneDNN, AUTO is
+ * DN_CONV_FUSED: Winograd for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM
+ * elsewhere. Bias, batch norm and activation are fused in every engine. */
 typedef enum dn_conv_algo {
     DN_CONV_AUTO = 0,
     DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */
@@ -61,10 +62,11 @@ typedef enum dn_conv_algo {
                                  im2col + GEMM elsewhere (AUTO's choice when the library has no oneDNN) */
 } dn_conv_algo;
 
-/* Arithmetic of the CPU inference path. BF16: convolutions with at least 16 input channels per group multiply
- * in bfloat16 (inputs and weights rounded to 8 significant bits) and accumulate in float32, through oneDNN
- * (narrower ones, like a first layer on RGB, run float32 there: faster); needs a CPU with AMX or AVX512_BF16.
- * Training always runs in float32. */
+/* Arithmetic of the CPU inference path. BF16, through oneDNN: as one oneDNN network, every layer multiplies in
+ * bfloat16 (inputs, weights and the outputs kept between layers rounded to 8 significant bits) and accumulates
+ * in float32; the [yolo] layers' inputs and the last output are float32. Layer by layer (a network that path
+ * declines), convolutions with at least 16 input channels per group run so and narrower ones float32. Needs a
+ * CPU with AMX or AVX512_BF16. Training always runs in float32. */
 typedef enum dn_precision { DN_PRECISION_F32 = 0, DN_PRECISION_BF16 = 1 } dn_precision;
 
 /* The engine a [convolutional] layer's last forward ran on (dn_layer_info.engine). */
@@ -224,6 +226,9 @@ dn_status dn_network_init_params(dn_network *net, uint64_t seed);
 
 /* Inference forward of n images (n <= batch): input float[n * channels * height * width]. */
 dn_status dn_network_forward(dn_network *net, const float *input, int n);
+/* 1 when the last inference forward ran the network as one oneDNN network (net_onednn.h: layers' outputs kept in
+ * oneDNN's layouts, read back on demand), 0 when it ran layer by layer or there was none yet. */
+int dn_network_ran_whole_onednn(const dn_network *net);
 /* Copies the first `count` floats of a layer's output after the last forward into out: images one after the
  * other, outputs = out_c*out_h*out_w floats each; count <= batch * outputs. */
 dn_status dn_network_layer_output(dn_network *net, int index, float *out, size_t count);

@@ -165,6 +165,7 @@ struct dn_network {
     int max_boxes;               /* truth boxes per image the caller passes */
     struct net_onednn *onednn;   /* inference as one oneDNN network (net_onednn.c); NULL until the first */
     int onednn_declined;         /* that declined this network's layers (until the shapes change) */
+    int ran_whole_onednn;        /* the last forward went through it */
 };
 
 /* (Re)allocate a zeroed batch-sized buffer through the network's backend; keeps nothing. */

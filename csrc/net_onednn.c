@@ -322,7 +322,7 @@ fail:
  * layer (3 -> 16 channels at 416x416, batch 4, two threads) the NCHW source left oneDNN writing its blocked
  * nChw16c and a reorder of the 16-channel output after it (5.3 + 4.3 ms in float32, 5.3 + 2.4 in bf16); from
  * the channels-last copy it wrote channels-last itself (5.3 ms, 6.2 in bf16), and the copy of 3 channels is
- * small. */
+ * small. In bf16 the copy is always made, so that every layer multiplies in bfloat16 as asked. */
 static dn_status first_conv(dn_network *net, net_onednn *p)
 {
     dn_status st = DN_OK;
@@ -335,7 +335,7 @@ static dn_status first_conv(dn_network *net, net_onednn *p)
     TRY(dnnl_reorder_primitive_desc_create(&pd, in_md, p->engine, md, p->engine, NULL));
     if ((st = finish_primitive(p, pd, &p->input_reorder))) goto fail;
     st = build_step(net, p, 0);
-    if (st == DN_OK && !p->steps[0].out_reorder) goto fail; /* done */
+    if (st == DN_OK && (!p->steps[0].out_reorder || p->bf16)) goto fail; /* done (bf16: bf16 whatever it writes) */
     if (st && st != DN_E_NOTFOUND) goto fail;
     free_step(&p->steps[0]);
     memset(&p->steps[0].prim, 0, sizeof(step) - offsetof(step, prim));

@@ -436,9 +436,11 @@ static dn_status forward_layers(dn_network *net, const float *in, int n)
     dn_status st = DN_OK;
     if (!net->train && net_onednn_wanted(net)) {
         st = net_onednn_forward(net, in, n);
+        net->ran_whole_onednn = st == DN_OK;
         if (st != DN_E_NOTFOUND) return st;
         st = DN_OK;
     }
+    net->ran_whole_onednn = 0;
     net_onednn_outputs_plain(net);
     for (int i = 0; i < net->n && !st; i++) {
         dn_layer *l = &net->layers[i];
@@ -509,6 +511,8 @@ static dn_status copy_out(dn_network *net, const float *src, size_t avail, size_
     if (count && !out) return dn_fail(DN_E_ARG, "out is NULL");
     return count ? net->be->to_host(net->be, out, src, sizeof(float) * count) : DN_OK;
 }
+
+DN_EXPORT int dn_network_ran_whole_onednn(const dn_network *net) { return net && net->ran_whole_onednn; }
 
 DN_EXPORT dn_status dn_network_layer_output(dn_network *net, int index, float *out, size_t count)
 {

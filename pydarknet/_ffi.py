@@ -402,6 +402,10 @@ def network_init_params(handle, seed: int) -> None:
     check(lib.dn_network_init_params(handle, int(seed)))
 
 
+def network_ran_whole_onednn(handle) -> bool:
+    return bool(lib.dn_network_ran_whole_onednn(handle))
+
+
 def network_set_seen(handle, seen: int) -> None:
     check(lib.dn_network_set_seen(handle, int(seen)))
 

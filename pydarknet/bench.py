@@ -293,7 +293,10 @@ def _bench_inference(model: _Model, repeat: int, warmup: int, threads: int, batc
                 runs[engine.name].append(timed(engine))
         for name, n in nets:
             counts = n.conv_engines()
-            next(e for e in engines if e.name == name).path = ", ".join(f"{k} x{v}" for k, v in counts.items())
+            path = ", ".join(f"{k} x{v}" for k, v in counts.items())
+            if n.inference_path() == "onednn-network":
+                path += " as one oneDNN network"
+            next(e for e in engines if e.name == name).path = path
         outputs = net.forward(x[:1]) if batch == 1 else None
         difference = (_output_difference(ocv, net, x[:1], outputs) if outputs is not None else
                       {"max_abs_diff": None, "max_abs_output": None, "note": "compared at batch 1 only"})

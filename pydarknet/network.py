@@ -174,9 +174,9 @@ class Network:
 
     ``Network(cfg, weights=None, batch=1, device=None, conv_algo="auto", threads=0, memory_limit=None,
     precision="f32")``: without weights the parameters get Darknet's initialisation. ``device`` is ``"cpu"``
-    (default), ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto`` (oneDNN for kernels larger than
-    1x1, ``fused`` for 1x1 ones and without oneDNN), ``onednn``, ``fused`` (the hand-written Winograd/GEMM paths), ``gemm``, ``winograd2``,
-    ``winograd4``, ``plain``; ``threads``
+    (default), ``"cuda"`` or ``"cuda:K"``; ``conv_algo`` one of ``auto`` (with oneDNN: the whole network as
+    one oneDNN network, see ``inference_path()``; without: ``fused``), ``onednn``, ``fused`` (the hand-written
+    Winograd/GEMM paths), ``gemm``, ``winograd2``, ``winograd4``, ``plain``; ``threads``
     this network's threads (0 = the process setting); ``memory_limit`` the bytes the network may claim (None =
     the library's default); ``precision`` ``"f32"`` or ``"bf16"`` (inference convolutions multiply in
     bfloat16 through oneDNN: CPUs with AMX or AVX512_BF16 only, else a ``DarknetValueError``; training stays
@@ -345,6 +345,13 @@ class Network:
                 name = CONV_ENGINES.get(engine, "none")
                 counts[name] = counts.get(name, 0) + 1
         return counts
+
+    @_locked
+    def inference_path(self) -> str:
+        """How the last inference forward ran: ``"onednn-network"`` (the whole network as one oneDNN graph of
+        primitives, layers' outputs kept in oneDNN's layouts and turned back into NCHW when read), or
+        ``"layers"`` (layer by layer; also before any forward)."""
+        return "onednn-network" if _ffi.network_ran_whole_onednn(self._handle()) else "layers"
 
     def summary(self) -> str:
         """Darknet's layer table: index, type, filters, size, input -> output, BFLOPs."""

@@ -52,10 +52,10 @@ def test_bf16_costs_at_most_half_a_point_of_coco_ap(reference_dir, tmp_path):
         with Detector(cfg, weights, names=reference_dir / "coco.names", precision=precision) as detector:
             result = valid(data, cfg, weights, tmp_path / precision, detector=detector, progress=False)
             engines = detector.network.conv_engines()
-        # AUTO in float32: oneDNN for the 3x3 layers, the hand-written path for the 1x1 ones; bf16: every layer on
-        # oneDNN, in bfloat16 but the first (3 input channels)
-        expected = {"onednn-bf16": 12, "onednn": 1} if precision == "bf16" else {"onednn": 9, "fused": 4}
-        assert engines == expected, engines
+            path = detector.network.inference_path()
+        # the whole network as one oneDNN network, every layer in the precision asked
+        assert engines == {"onednn-bf16" if precision == "bf16" else "onednn": 13}, engines
+        assert path == "onednn-network"
         stats[precision] = coco_stats(gt, result.outputs[0])
     f32, bf16 = stats["f32"], stats["bf16"]
     print(f"COCO AP f32 {f32[0]:.4f} bf16 {bf16[0]:.4f}; AP50 f32 {f32[1]:.4f} bf16 {bf16[1]:.4f}")
