@@ -26,6 +26,10 @@ void net_onednn_free(net_onednn *plan) {}
 typedef struct step {
     layer_node node;
     int own_forward;             /* runs the layer's forward (no node, or its input must be NCHW) */
+    /* a convolution whose only reader is the [shortcut] after it: that add (and its activation) runs as the
+     * convolution's post-ops, which write the shortcut's output; the convolution's own is made only when read */
+    int fuse_add;
+    int done_by_previous;        /* this shortcut: its output is written by the convolution before it */
     dnnl_primitive_t prim;
     dnnl_exec_arg_t args[MAX_ARGS];
     int n_args;
@@ -48,6 +52,7 @@ struct net_onednn {
     dnnl_memory_t *out;          /* per layer: md over the layer's output buffer */
     unsigned char *plain;        /* per layer: md is NCHW float32 */
     unsigned char *stale;        /* per layer: its buffer holds md's layout, not NCHW (after a forward here) */
+    unsigned char *unwritten;    /* per layer: a fused convolution's output, not made by the last forward */
     dnnl_memory_t input;         /* the network's input, NCHW float32 */
     /* the first convolution's input in channels-last, when it runs faster from there (see first_conv) */
     dnnl_memory_t input_cl;
@@ -91,6 +96,7 @@ void net_onednn_free(net_onednn *p)
     free(p->out);
     free(p->plain);
     free(p->stale);
+    free(p->unwritten);
     free(p);
 }
 
@@ -141,20 +147,24 @@ static int is_reference(const_dnnl_primitive_desc_t pd)
     return impl && strncmp(impl, "ref", 3) == 0;
 }
 
-/* The attributes every primitive gets: a user scratchpad, and the activation as a post-op (linear: none),
- * times `scale` when it is not 1. */
-static dn_status make_attr(dnnl_primitive_attr_t *attr, dn_activation activation, float scale)
+/* The attributes every primitive gets: a user scratchpad, and as post-ops the activation (linear: none), times
+ * `scale` when it is not 1; with add_md, then + that tensor (the binary post-op's source) and act_after. */
+static dn_status make_attr(dnnl_primitive_attr_t *attr, dn_activation activation, float scale,
+                           const_dnnl_memory_desc_t add_md, dn_activation act_after)
 {
     dn_status st = DN_OK;
     dnnl_post_ops_t post = NULL;
-    float alpha;
+    float alpha, alpha_after;
     const dnnl_alg_kind_t act = onednn_eltwise_of(activation, &alpha);
+    const dnnl_alg_kind_t after = add_md ? onednn_eltwise_of(act_after, &alpha_after) : dnnl_alg_kind_undef;
     TRY(dnnl_primitive_attr_create(attr));
     TRY(dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user));
-    if (act != dnnl_alg_kind_undef || scale != 1.f) {
+    if (act != dnnl_alg_kind_undef || scale != 1.f || add_md) {
         TRY(dnnl_post_ops_create(&post));
         if (act != dnnl_alg_kind_undef) TRY(dnnl_post_ops_append_eltwise(post, act, alpha, 0.f));
         if (scale != 1.f) TRY(dnnl_post_ops_append_eltwise(post, dnnl_eltwise_linear, scale, 0.f));
+        if (add_md) TRY(dnnl_post_ops_append_binary(post, dnnl_binary_add, add_md));
+        if (after != dnnl_alg_kind_undef) TRY(dnnl_post_ops_append_eltwise(post, after, alpha_after, 0.f));
         TRY(dnnl_primitive_attr_set_post_ops(*attr, post));
     }
 fail:
@@ -252,8 +262,16 @@ static dn_status build_step(dn_network *net, net_onednn *p, int i)
     const float scale = nd->kind == NODE_UPSAMPLE ? nd->scale : 1.f;
     const dn_activation act = nd->kind == NODE_CONV ? nd->conv.activation
                               : nd->kind == NODE_ADD ? nd->activation : ACT_LINEAR;
-    if ((st = make_attr(&attr, act, scale))) goto fail;
-    if ((st = node_pd(p, i, p->md[i], attr, &pd))) goto fail;
+    const layer_node *add = s->fuse_add ? &p->steps[i + 1].node : NULL;
+    const int out_layer = add ? i + 1 : i;
+    if ((st = make_attr(&attr, act, scale, add ? input_md(p, add->inputs[1]) : NULL,
+                        add ? add->activation : ACT_LINEAR)))
+        goto fail;
+    if ((st = node_pd(p, i, p->md[out_layer], attr, &pd))) goto fail;
+    if (!pd && add) {
+        st = dn_fail(DN_E_NOTFOUND, "layer %d: no fused convolution and add", i);
+        goto fail;
+    }
     if (!pd) {
         /* conv: oneDNN's favourite layout; the others: the plan's channels-last; in the output's own type (an
          * NCHW float32 output is not rounded to bfloat16 on its way) */
@@ -275,7 +293,7 @@ static dn_status build_step(dn_network *net, net_onednn *p, int i)
         if ((st = finish_primitive(p, reorder_pd, &s->out_reorder))) goto fail;
     }
     if ((st = finish_primitive(p, pd, &s->prim))) goto fail;
-    dnnl_memory_t dst = s->direct ? s->direct : p->out[i];
+    dnnl_memory_t dst = s->direct ? s->direct : p->out[out_layer];
     int a = 0;
     switch (nd->kind) {
     case NODE_CONV:
@@ -287,6 +305,11 @@ static dn_status build_step(dn_network *net, net_onednn *p, int i)
         s->args[a++] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, s->weights};
         s->args[a++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, s->bias};
         s->args[a++] = (dnnl_exec_arg_t){DNNL_ARG_DST, dst};
+        if (add) {
+            const int k = nd->conv.activation == ACT_LINEAR ? 0 : 1; /* the binary's place among the post-ops */
+            s->args[a++] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_MULTIPLE_POST_OP(k) | DNNL_ARG_SRC_1,
+                                             input_mem(p, add->inputs[1])};
+        }
         break;
     case NODE_CONCAT:
         if (nd->n_inputs == 1) {
@@ -366,7 +389,8 @@ static dn_status build(dn_network *net, int n, net_onednn **out)
     p->out = calloc((size_t)L, sizeof *p->out);
     p->plain = calloc((size_t)L, 1);
     p->stale = calloc((size_t)L, 1);
-    if (!p->steps || !p->md || !p->out || !p->plain || !p->stale) {
+    p->unwritten = calloc((size_t)L, 1);
+    if (!p->steps || !p->md || !p->out || !p->plain || !p->stale || !p->unwritten) {
         st = dn_fail(DN_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -402,6 +426,19 @@ static dn_status build(dn_network *net, int n, net_onednn **out)
             }
     }
 
+    /* Fusions: a convolution read only by the [shortcut] right after it (as its first input) */
+    for (int i = 0; i + 1 < L; i++) {
+        step *s = &p->steps[i], *next = &p->steps[i + 1];
+        if (s->own_forward || s->node.kind != NODE_CONV || p->plain[i] || next->own_forward ||
+            next->node.kind != NODE_ADD || next->node.inputs[0] != i || next->node.inputs[1] == i)
+            continue;
+        int readers = 0;
+        for (int j = 0; j < L; j++)
+            for (int k = 0; k < p->steps[j].node.n_inputs && !p->steps[j].own_forward; k++)
+                readers += p->steps[j].node.inputs[k] == i;
+        if (readers == 1) s->fuse_add = next->done_by_previous = 1;
+    }
+
     dnnl_memory_desc_t in_md = NULL;
     if ((st = tensor_md(&in_md, n, net->c, net->h, net->w, 1, 0))) goto fail;
     dnnl_status_t made = dnnl_memory_create(&p->input, in_md, p->engine, DNNL_MEMORY_NONE);
@@ -413,8 +450,18 @@ static dn_status build(dn_network *net, int n, net_onednn **out)
         TRY(dnnl_memory_create(&p->out[i], p->md[i], p->engine, l->output));
     }
     if ((st = first_conv(net, p))) goto fail;
-    for (int i = 1; i < L; i++)
-        if (!p->steps[i].own_forward && (st = build_step(net, p, i))) goto fail;
+    for (int i = 1; i < L; i++) {
+        step *s = &p->steps[i];
+        if (s->own_forward || s->done_by_previous) continue;
+        st = build_step(net, p, i);
+        if (st == DN_E_NOTFOUND && s->fuse_add) { /* oneDNN could not fuse them: two primitives */
+            free_step(s);
+            memset(&s->prim, 0, sizeof(step) - offsetof(step, prim));
+            s->fuse_add = p->steps[i + 1].done_by_previous = 0;
+            st = build_step(net, p, i);
+        }
+        if (st) goto fail;
+    }
     if (p->scratchpad_bytes) {
         const dnnl_dims_t dims = {(dnnl_dim_t)p->scratchpad_bytes};
         dnnl_memory_desc_t md = NULL;
@@ -423,7 +470,7 @@ static dn_status build(dn_network *net, int n, net_onednn **out)
         dnnl_memory_desc_destroy(md);
         TRY(made);
         for (int i = 0; i < L; i++)
-            if (!p->steps[i].own_forward)
+            if (p->steps[i].prim)
                 p->steps[i].args[p->steps[i].n_args++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->scratchpad};
     }
     *out = p;
@@ -469,9 +516,14 @@ dn_status net_onednn_forward(dn_network *net, const float *in, int n)
         TRY(dnnl_primitive_execute(p->input_reorder, p->stream, 2, args));
     }
     memset(p->stale, 0, (size_t)p->n);
+    memset(p->unwritten, 0, (size_t)p->n);
     for (int i = 0; i < p->n; i++) {
         step *s = &p->steps[i];
         dn_layer *l = &net->layers[i];
+        if (s->done_by_previous) {
+            p->stale[i] = !p->plain[i];
+            continue;
+        }
         if (s->own_forward) {
             TRY(dnnl_stream_wait(p->stream));
             if ((st = l->ops->forward(l, net, i ? net->layers[i - 1].output : in, n))) return st;
@@ -488,6 +540,7 @@ dn_status net_onednn_forward(dn_network *net, const float *in, int n)
             *s->node.engine = md_type(input_md(p, s->node.inputs[0])) == dnnl_bf16 ? DN_ENGINE_ONEDNN_BF16
                                                                                     : DN_ENGINE_ONEDNN;
         p->stale[i] = !p->plain[i];
+        p->unwritten[i] = s->fuse_add;
     }
     TRY(dnnl_stream_wait(p->stream));
 fail:
@@ -498,6 +551,15 @@ dn_status net_onednn_export(dn_network *net, int index)
 {
     dn_status st = DN_OK;
     net_onednn *p = net->onednn;
+    if (p && p->unwritten[index]) {
+        /* made now, by the layer's own forward from its input (a convolution reads only its predecessor's
+         * output, which is still there: nothing has run since) */
+        dn_layer *l = &net->layers[index];
+        if ((st = net_onednn_export(net, index - 1))) return st;
+        if ((st = l->ops->forward(l, net, net->layers[index - 1].output, p->batch))) return st;
+        p->unwritten[index] = p->stale[index] = 0;
+        return DN_OK;
+    }
     if (!p || !p->stale[index]) return DN_OK;
     dn_layer *l = &net->layers[index];
     const size_t count = (size_t)p->batch * l->outputs;
@@ -527,7 +589,9 @@ fail:
 
 void net_onednn_outputs_plain(dn_network *net)
 {
-    if (net->onednn) memset(net->onednn->stale, 0, (size_t)net->onednn->n);
+    if (!net->onednn) return;
+    memset(net->onednn->stale, 0, (size_t)net->onednn->n);
+    memset(net->onednn->unwritten, 0, (size_t)net->onednn->n);
 }
 
 #endif

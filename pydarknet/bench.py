@@ -52,6 +52,9 @@ ISSUE_FIGURES = {
     "train_s_per_image_goal": 0.25,  # at most
 }
 
+# Prefix of the "what ran" column when pydarknet ran the whole network as one oneDNN network (net_onednn.c).
+ONEDNN_NETWORK = "one oneDNN network: "
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Models
@@ -295,7 +298,7 @@ def _bench_inference(model: _Model, repeat: int, warmup: int, threads: int, batc
             counts = n.conv_engines()
             path = ", ".join(f"{k} x{v}" for k, v in counts.items())
             if n.inference_path() == "onednn-network":
-                path += " as one oneDNN network"
+                path = f"{ONEDNN_NETWORK}{path}"
             next(e for e in engines if e.name == name).path = path
         outputs = net.forward(x[:1]) if batch == 1 else None
         difference = (_output_difference(ocv, net, x[:1], outputs) if outputs is not None else
