@@ -6,6 +6,7 @@ Both the modern form (``pydarknet train DATA CFG``) and Darknet's (``pydarknet d
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,13 +38,22 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--memory-limit", metavar="SIZE", default=None,
+              help="Bytes each network may claim, e.g. 48G (default 16G; also PYDARKNET_MEMORY_LIMIT).")
 @click.version_option(package_name="pydarknet")
-def main(verbose: bool) -> None:
+def main(verbose: bool, memory_limit: str | None) -> None:
     """pydarknet: Darknet-compatible YOLOv3 with the GIoU loss.
 
     Darknet's syntax works too: `pydarknet detector train|valid|test DATA CFG [WEIGHTS] [-flags]`.
     """
     _setup_logging(verbose)
+    if memory_limit is not None:
+        from .network import MEMORY_LIMIT_VARIABLE, parse_size
+        try:
+            parse_size(memory_limit, "--memory-limit")
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--memory-limit") from None
+        os.environ[MEMORY_LIMIT_VARIABLE] = memory_limit  # networks made in this process and the ones it starts
 
 
 def _gpu_device(gpu, option: str) -> str | None:

@@ -162,11 +162,32 @@ def load_options(device=None, conv_algo: str = "auto", threads: int = 0, memory_
     if precision not in PRECISIONS:
         raise DarknetValueError(f"unknown precision {precision!r} (f32 or bf16)")
     options["precision"] = PRECISIONS[precision]
+    if memory_limit is None and os.environ.get(MEMORY_LIMIT_VARIABLE):
+        memory_limit = parse_size(os.environ[MEMORY_LIMIT_VARIABLE], MEMORY_LIMIT_VARIABLE)
     if memory_limit is not None:
         if int(memory_limit) < 1:
             raise DarknetValueError(f"memory_limit must be a positive number of bytes, got {memory_limit}")
         options["memory_limit"] = int(memory_limit)
     return options
+
+
+#: The memory limit of every network made without an explicit ``memory_limit`` (``--memory-limit`` sets it, so
+#: that the processes a command starts, such as one per GPU, inherit it).
+MEMORY_LIMIT_VARIABLE = "PYDARKNET_MEMORY_LIMIT"
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Bytes from "17179869184", "512M", "16G" or "1.5T" (powers of 1024; a trailing "B"/"iB" is accepted)."""
+    value = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS and value[-1:] else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise DarknetValueError(f"{what}: {text!r} is not a size (bytes, or a number with K, M, G or T)") from None
+    if not number > 0 or number * _SIZE_UNITS[unit] >= 2 ** 64:
+        raise DarknetValueError(f"{what}: {text!r} must be above 0 and below 16 EiB")
+    return int(number * _SIZE_UNITS[unit])
 
 
 class Network:

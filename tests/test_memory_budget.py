@@ -137,3 +137,33 @@ def test_training_buffers_count_against_the_limit(tmp_path):
         net.forward(images)  # still fine for inference
     with Network(path, memory_limit=4 * need) as net:
         assert np.isfinite(net.train_chunk(images, truths))
+
+
+def test_sizes_for_the_memory_limit_option():
+    from pydarknet.network import parse_size
+    assert parse_size("17179869184") == 16 * GIB
+    assert parse_size("16G") == parse_size("16GiB") == parse_size("16gb") == 16 * GIB
+    assert parse_size("512M") == 512 << 20 and parse_size("1.5K") == 1536
+    for bad in ("", "G", "-1G", "0", "lots", "20E"):
+        with pytest.raises(ValueError, match="PYDARKNET_MEMORY_LIMIT"):
+            parse_size(bad, "PYDARKNET_MEMORY_LIMIT")
+
+
+def test_the_limit_is_raised_for_every_network_of_a_command(tmp_path, monkeypatch):
+    """--memory-limit (before the command) or PYDARKNET_MEMORY_LIMIT sets the limit of every network made without
+    one, train's and valid's included; an explicit memory_limit= still wins."""
+    from click.testing import CliRunner
+
+    from pydarknet.cli import main
+    path = write(tmp_path, WIDE_CFG)  # 2.25 GiB of parameters
+    monkeypatch.setenv("PYDARKNET_MEMORY_LIMIT", "2G")
+    with pytest.raises(CfgError, match="memory limit"):
+        Network(path)
+    monkeypatch.setenv("PYDARKNET_MEMORY_LIMIT", "1M")
+    with Network(write(tmp_path, TINY_CFG, "tiny.cfg"), memory_limit=GIB) as net:
+        assert net.n_params > 0
+    monkeypatch.delenv("PYDARKNET_MEMORY_LIMIT")
+    result = CliRunner().invoke(main, ["--memory-limit", "1K", "layers", str(write(tmp_path, TINY_CFG, "t.cfg"))])
+    assert result.exit_code != 0 and "memory limit" in result.output, result.output
+    result = CliRunner().invoke(main, ["--memory-limit", "lots", "layers", str(path)])
+    assert result.exit_code == 2 and "--memory-limit" in result.output and "'lots'" in result.output, result.output
