@@ -221,7 +221,12 @@ def test_detect_precision_bf16_finds_what_float32_finds(reference_dir):
     for precision in ("f32", "bf16"):
         result = CliRunner().invoke(main, args + ["--precision", precision])
         assert result.exit_code == 0, result.output
-        found[precision] = re.findall(r"^(\w+): (\d+)%", result.output, flags=re.M)
-    assert [name for name, _ in found["bf16"]] == [name for name, _ in found["f32"]] and found["f32"]
-    for (_, p32), (_, p16) in zip(found["f32"], found["bf16"]):
-        assert abs(int(p32) - int(p16)) <= 3
+        found[precision] = sorted(
+            (name, round(float(x) / 10), round(float(y) / 10), int(prob)) for name, prob, x, y in
+            re.findall(r"^(\w+): (\d+)%\s+\(x=([\d.]+) y=([\d.]+)", result.output, flags=re.M))
+    # the same objects at the same places (centres within ~10 px; the order by probability may differ when two
+    # are close), each probability within 5 points: bf16 rounds the inputs, weights and the outputs kept between
+    # layers to 8 significant bits
+    assert found["f32"] and [d[:3] for d in found["bf16"]] == [d[:3] for d in found["f32"]], found
+    for a, b in zip(found["f32"], found["bf16"]):
+        assert abs(a[3] - b[3]) <= 5, (a, b)
