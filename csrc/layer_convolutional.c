@@ -248,6 +248,9 @@ static double conv_private_bytes(const dn_layer *l, const dn_network *net, size_
     const conv_priv *p = l->priv;
     const conv_fast_desc d = fast_desc(l, net);
     double floats = (double)conv_fast_cache_floats(&d, workspace_floats) + 2.0 * l->filters;
+    /* oneDNN's copy of the folded weights in its own layout (bfloat16 takes half), layer by layer or as one
+     * network (net_onednn.c) */
+    if (conv_onednn_built() && net->be->host_memory) floats += (double)l->n_params;
     if (net->training_buffers) {
         const double n = (double)net->batch * l->outputs;
         floats += activation_needs_input(p->activation) ? n : 1;
