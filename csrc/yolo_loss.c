@@ -240,6 +240,8 @@ void yolo_activate(const dn_yolo_config *cfg, int batch, int h, int w, const flo
     const int lin = cfg->representation == DN_REPR_LIN;
     /* One (image, anchor, entry) plane at a time: the entry, hence the formula, is fixed along the loop. */
     const size_t planes = (size_t)batch * cfg->n * entries;
+    /* the network's threads: single-threaded this took about 2% of a yolov3-tiny inference */
+#pragma omp parallel for schedule(static) if (planes * hw >= 65536)
     for (size_t p = 0; p < planes; ++p) {
         const int entry = (int)(p % (size_t)entries);
         const float *src = in + p * hw;
