@@ -157,31 +157,51 @@ fail:
     return st;
 }
 
+/* d's weights as oneDNN sees them: (groups,) filters, channels, size, size; `any` leaves the layout to the
+ * primitive, else plain (g)oihw. */
+static dnnl_status_t weights_md(dnnl_memory_desc_t *md, const conv_fast_desc *d, dnnl_data_type_t type, int any)
+{
+    const int g = d->groups;
+    const dnnl_dims_t grouped = {g, d->filters / g, d->c / g, d->size, d->size};
+    const dnnl_dims_t plain = {d->filters, d->c, d->size, d->size};
+    if (g > 1) return dnnl_memory_desc_create_with_tag(md, 5, grouped, type, any ? dnnl_format_tag_any : dnnl_goihw);
+    return dnnl_memory_desc_create_with_tag(md, 4, plain, type, any ? dnnl_format_tag_any : dnnl_oihw);
+}
+
+dnnl_status_t onednn_conv_pd(dnnl_primitive_desc_t *pd, dnnl_engine_t engine, const conv_fast_desc *d,
+                             const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t dst, dnnl_data_type_t mul_type,
+                             const_dnnl_primitive_attr_t attr)
+{
+    const dnnl_dims_t bias_dims = {d->filters};
+    const dnnl_dims_t strides = {d->stride, d->stride}, dilates = {0, 0}, pad = {d->pad, d->pad};
+    dnnl_memory_desc_t wei_md = NULL, bias_md = NULL;
+    dnnl_status_t s = weights_md(&wei_md, d, mul_type, 1);
+    if (s == dnnl_success) s = dnnl_memory_desc_create_with_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_x);
+    if (s == dnnl_success)
+        s = dnnl_convolution_forward_primitive_desc_create(pd, engine, dnnl_forward_inference, dnnl_convolution_direct,
+                                                           src, wei_md, bias_md, dst, strides, dilates, pad, pad,
+                                                           attr);
+    dnnl_memory_desc_destroy(wei_md);
+    dnnl_memory_desc_destroy(bias_md);
+    return s;
+}
+
 /* The primitives for this shape. DN_E_NOTFOUND when oneDNN has no convolution for it. */
 static dn_status build(conv_onednn *s, const conv_fast_desc *d, int bf16, int batch)
 {
     dn_status st = DN_OK;
-    dnnl_memory_desc_t user_src_md = NULL, user_dst_md = NULL, src_md = NULL, wei_md = NULL, bias_md = NULL,
-                       dst_md = NULL;
+    dnnl_memory_desc_t user_src_md = NULL, user_dst_md = NULL, src_md = NULL, dst_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t post = NULL;
     dnnl_primitive_desc_t pd = NULL;
     const dnnl_data_type_t mul_type = conv_onednn_runs_bf16(d, bf16) ? dnnl_bf16 : dnnl_f32;
     const dnnl_dims_t src_dims = {batch, d->c, d->h, d->w};
     const dnnl_dims_t dst_dims = {batch, d->filters, d->out_h, d->out_w};
-    const dnnl_dims_t bias_dims = {d->filters};
-    const dnnl_dims_t strides = {d->stride, d->stride}, dilates = {0, 0}, pad = {d->pad, d->pad};
-    const int g = d->groups;
-    const dnnl_dims_t wei_dims_grouped = {g, d->filters / g, d->c / g, d->size, d->size};
-    const dnnl_dims_t wei_dims = {d->filters, d->c, d->size, d->size};
 
     TRY(dnnl_memory_desc_create_with_tag(&user_src_md, 4, src_dims, dnnl_f32, dnnl_nchw));
     TRY(dnnl_memory_desc_create_with_tag(&user_dst_md, 4, dst_dims, dnnl_f32, dnnl_nchw));
     TRY(dnnl_memory_desc_create_with_tag(&src_md, 4, src_dims, mul_type, dnnl_format_tag_any));
     TRY(dnnl_memory_desc_create_with_tag(&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any));
-    if (g > 1) TRY(dnnl_memory_desc_create_with_tag(&wei_md, 5, wei_dims_grouped, mul_type, dnnl_format_tag_any));
-    else TRY(dnnl_memory_desc_create_with_tag(&wei_md, 4, wei_dims, mul_type, dnnl_format_tag_any));
-    TRY(dnnl_memory_desc_create_with_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_x));
 
     TRY(dnnl_primitive_attr_create(&attr));
     float alpha;
@@ -191,9 +211,7 @@ static dn_status build(conv_onednn *s, const conv_fast_desc *d, int bf16, int ba
         TRY(dnnl_post_ops_append_eltwise(post, act, alpha, 0.f));
         TRY(dnnl_primitive_attr_set_post_ops(attr, post));
     }
-    TRY(dnnl_convolution_forward_primitive_desc_create(&pd, s->engine, dnnl_forward_inference,
-                                                       dnnl_convolution_direct, src_md, wei_md, bias_md, dst_md,
-                                                       strides, dilates, pad, pad, attr));
+    TRY(onednn_conv_pd(&pd, s->engine, d, src_md, dst_md, mul_type, attr));
     TRY(dnnl_primitive_create(&s->conv, pd));
     TRY(dnnl_memory_create(&s->user_src, user_src_md, s->engine, DNNL_MEMORY_NONE));
     TRY(dnnl_memory_create(&s->user_dst, user_dst_md, s->engine, DNNL_MEMORY_NONE));
@@ -205,9 +223,10 @@ static dn_status build(conv_onednn *s, const conv_fast_desc *d, int bf16, int ba
         goto fail;
     TRY(dnnl_memory_create(&s->weights, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), s->engine,
                            DNNL_MEMORY_ALLOCATE));
-    TRY(dnnl_memory_create(&s->bias, bias_md, s->engine, DNNL_MEMORY_ALLOCATE));
+    TRY(dnnl_memory_create(&s->bias, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1), s->engine,
+                           DNNL_MEMORY_ALLOCATE));
     s->batch = batch, s->c = d->c, s->h = d->h, s->w = d->w, s->filters = d->filters, s->size = d->size;
-    s->stride = d->stride, s->pad = d->pad, s->groups = g, s->out_h = d->out_h, s->out_w = d->out_w;
+    s->stride = d->stride, s->pad = d->pad, s->groups = d->groups, s->out_h = d->out_h, s->out_w = d->out_w;
     s->activation = d->activation, s->bf16 = bf16;
     s->ready = 1;
 fail:
@@ -217,8 +236,6 @@ fail:
     dnnl_memory_desc_destroy(user_src_md);
     dnnl_memory_desc_destroy(user_dst_md);
     dnnl_memory_desc_destroy(src_md);
-    dnnl_memory_desc_destroy(wei_md);
-    dnnl_memory_desc_destroy(bias_md);
     dnnl_memory_desc_destroy(dst_md);
     if (st) {
         destroy_primitives(s);
@@ -245,11 +262,7 @@ dn_status onednn_load_conv_weights(dnnl_engine_t engine, dnnl_stream_t stream, c
     for (int f = 0; f < d->filters; f++)
         for (size_t i = 0; i < per_filter; i++)
             folded[f * per_filter + i] = d->weights[f * per_filter + i] * d->mul[f];
-    const int g = d->groups;
-    const dnnl_dims_t dims_grouped = {g, d->filters / g, d->c / g, d->size, d->size};
-    const dnnl_dims_t dims = {d->filters, d->c, d->size, d->size};
-    if (g > 1) TRY(dnnl_memory_desc_create_with_tag(&plain_md, 5, dims_grouped, dnnl_f32, dnnl_goihw));
-    else TRY(dnnl_memory_desc_create_with_tag(&plain_md, 4, dims, dnnl_f32, dnnl_oihw));
+    TRY(weights_md(&plain_md, d, dnnl_f32, 0));
     TRY(dnnl_memory_create(&plain, plain_md, engine, folded));
     TRY(dnnl_memory_get_memory_desc(weights, &wei_md));
     TRY(dnnl_reorder_primitive_desc_create(&pd, plain_md, engine, wei_md, engine, NULL));

@@ -50,6 +50,11 @@ dn_status onednn_error(const char *what, dnnl_status_t s);
     } while (0)
 /* The eltwise post-op of an activation (alpha its parameter); dnnl_alg_kind_undef for linear. */
 dnnl_alg_kind_t onednn_eltwise_of(dn_activation a, float *alpha);
+/* The inference convolution of d from src to dst (any layouts), weights in mul_type and in the layout the
+ * primitive picks, float32 bias, attr's post-ops. */
+dnnl_status_t onednn_conv_pd(dnnl_primitive_desc_t *pd, dnnl_engine_t engine, const conv_fast_desc *d,
+                             const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t dst, dnnl_data_type_t mul_type,
+                             const_dnnl_primitive_attr_t attr);
 /* d's weights times d->mul per filter into `weights` (any of a primitive's layouts), d->add into `bias`. */
 dn_status onednn_load_conv_weights(dnnl_engine_t engine, dnnl_stream_t stream, const conv_fast_desc *d,
                                    dnnl_memory_t weights, dnnl_memory_t bias);

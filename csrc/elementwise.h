@@ -1,10 +1,11 @@
 /* Per-element arithmetic shared by the CPU loops (kernels_cpu.c, activations.c, yolo_loss.c) and their CUDA
  * twins (cuda/kernels.cu): one definition of each formula, compiled for the host by the C compiler and for
  * both host and device by nvcc, so the CPU tests cover the math and the GPU tests cover the indexing.
- * Only static inline functions of plain floats and ints: no state, no allocation, no includes but math.h. */
+ * Only static inline functions of plain floats and ints: no state, no allocation, no includes but math.h and float.h. */
 #ifndef DN_ELEMENTWISE_H
 #define DN_ELEMENTWISE_H
 
+#include <float.h>
 #include <math.h>
 
 #ifdef __CUDACC__
@@ -99,6 +100,28 @@ DN_HD float dn_yolo_activate_one(float v, int entry, int representation_lin)
 {
     if (entry == 2 || entry == 3) return (representation_lin && v <= 0) ? expf(v) : v;
     return dn_logistic(v);
+}
+
+/* Max pooling of one window whose top-left cell is (y0, x0) of a height x width plane: cells outside the plane are
+ * skipped, the first maximum in scan order wins (strict >); -FLT_MAX and *best_i = -1 when none is inside. */
+DN_HD float dn_maxpool_window(const float *plane, int height, int width, int y0, int x0, int size, int *best_i)
+{
+    float best = -FLT_MAX;
+    *best_i = -1;
+    for (int ky = 0; ky < size; ky++) {
+        const int iy = y0 + ky;
+        if (iy < 0 || iy >= height) continue;
+        for (int kx = 0; kx < size; kx++) {
+            const int ix = x0 + kx;
+            if (ix < 0 || ix >= width) continue;
+            const float v = plane[iy * width + ix];
+            if (v > best) {
+                best = v;
+                *best_i = iy * width + ix;
+            }
+        }
+    }
+    return best;
 }
 
 #endif

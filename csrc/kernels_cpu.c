@@ -320,16 +320,8 @@ static dn_status cpu_maxpool_forward(dn_backend *be, const float *in, int batch,
                             }
                         }
                     } else {
-                        for (int ky = 0; ky < size; ky++) {
-                            const int iy = offset + y * stride + ky;
-                            if (iy < 0 || iy >= height) continue;
-                            for (int kx = 0; kx < size; kx++) {
-                                const int ix = offset + x * stride + kx;
-                                if (ix < 0 || ix >= width) continue;
-                                const float v = src[iy * width + ix];
-                                if (v > best) { best = v; best_i = iy * width + ix; }
-                            }
-                        }
+                        best = dn_maxpool_window(src, height, width, offset + y * stride, offset + x * stride, size,
+                                                 &best_i);
                     }
                     const size_t o = b * outputs + ((size_t)c * out_h + y) * out_w + x;
                     out[o] = best;

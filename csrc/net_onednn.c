@@ -100,6 +100,13 @@ void net_onednn_free(net_onednn *p)
     free(p);
 }
 
+/* Back to a step with its node and fusion flags but no primitive, for another try at building it. */
+static void reset_step(step *s)
+{
+    free_step(s);
+    memset(&s->prim, 0, sizeof(step) - offsetof(step, prim));
+}
+
 static dn_status tensor_md(dnnl_memory_desc_t *md, int n, int c, int h, int w, int plain, int bf16)
 {
     const dnnl_dims_t dims = {n, c, h, w};
@@ -128,7 +135,7 @@ static dnnl_data_type_t md_type(const_dnnl_memory_desc_t md)
     return t;
 }
 
-/* Creates the primitive of pd, takes note of its scratchpad, and whether it is oneDNN's reference code. */
+/* Creates the primitive of pd and takes note of the scratchpad it needs (one buffer serves them all). */
 static dn_status finish_primitive(net_onednn *p, dnnl_primitive_desc_t pd, dnnl_primitive_t *prim)
 {
     dn_status st = DN_OK;
@@ -181,26 +188,9 @@ static dn_status node_pd(net_onednn *p, int i, const_dnnl_memory_desc_t dst, con
     dnnl_status_t s = dnnl_unimplemented;
     *pd = NULL;
     switch (nd->kind) {
-    case NODE_CONV: {
-        const conv_fast_desc *d = &nd->conv;
-        const dnnl_data_type_t mul = md_type(src);
-        const int g = d->groups;
-        const dnnl_dims_t wei_grouped = {g, d->filters / g, d->c / g, d->size, d->size};
-        const dnnl_dims_t wei = {d->filters, d->c, d->size, d->size};
-        const dnnl_dims_t bias_dims = {d->filters};
-        const dnnl_dims_t strides = {d->stride, d->stride}, dilates = {0, 0}, pad = {d->pad, d->pad};
-        dnnl_memory_desc_t wei_md = NULL, bias_md = NULL;
-        if (g > 1) s = dnnl_memory_desc_create_with_tag(&wei_md, 5, wei_grouped, mul, dnnl_format_tag_any);
-        else s = dnnl_memory_desc_create_with_tag(&wei_md, 4, wei, mul, dnnl_format_tag_any);
-        if (s == dnnl_success) s = dnnl_memory_desc_create_with_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_x);
-        if (s == dnnl_success)
-            s = dnnl_convolution_forward_primitive_desc_create(pd, p->engine, dnnl_forward_inference,
-                                                               dnnl_convolution_direct, src, wei_md, bias_md, dst,
-                                                               strides, dilates, pad, pad, attr);
-        dnnl_memory_desc_destroy(wei_md);
-        dnnl_memory_desc_destroy(bias_md);
+    case NODE_CONV:
+        s = onednn_conv_pd(pd, p->engine, &nd->conv, src, dst, md_type(src), attr);
         break;
-    }
     case NODE_MAXPOOL: {
         dnnl_dims_t in_dims, out_dims;
         const dnnl_dims_t *qi = NULL, *qo = NULL;
@@ -360,8 +350,7 @@ static dn_status first_conv(dn_network *net, net_onednn *p)
     st = build_step(net, p, 0);
     if (st == DN_OK && (!p->steps[0].out_reorder || p->bf16)) goto fail; /* done (bf16: bf16 whatever it writes) */
     if (st && st != DN_E_NOTFOUND) goto fail;
-    free_step(&p->steps[0]);
-    memset(&p->steps[0].prim, 0, sizeof(step) - offsetof(step, prim));
+    reset_step(&p->steps[0]);
     dnnl_memory_destroy(p->input_cl);
     dnnl_primitive_destroy(p->input_reorder);
     p->input_cl = NULL;
@@ -455,8 +444,7 @@ static dn_status build(dn_network *net, int n, net_onednn **out)
         if (s->own_forward || s->done_by_previous) continue;
         st = build_step(net, p, i);
         if (st == DN_E_NOTFOUND && s->fuse_add) { /* oneDNN could not fuse them: two primitives */
-            free_step(s);
-            memset(&s->prim, 0, sizeof(step) - offsetof(step, prim));
+            reset_step(s);
             s->fuse_add = p->steps[i + 1].done_by_previous = 0;
             st = build_step(net, p, i);
         }

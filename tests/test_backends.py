@@ -27,10 +27,11 @@ import pytest
 import pydarknet
 import pydarknet.network
 from pydarknet import Network
-from pydarknet._ffi import check, ffi, lib
+from pydarknet._ffi import lib
 
 import test_gradients as grad
 from test_gradients import conv, write_cfg
+from test_sgd import get_updates, set_updates
 
 TOL = 1e-4  # max relative error (to the array's largest magnitude) between two implementations
 
@@ -161,17 +162,6 @@ def open_network(cfg, *args, **options) -> Network:
 def build(tmp_path, name, shape, batch, layers, options) -> Network:
     w, h, c = shape
     return open_network(write_cfg(tmp_path, name, w, h, c, layers), batch=batch, **options)
-
-
-def get_updates(net: Network) -> np.ndarray:
-    out = np.empty(net.n_params, np.float32)
-    check(lib.dn_network_get_updates(net._handle(), 0, out.size, ffi.from_buffer("float[]", out)))
-    return out
-
-
-def set_updates(net: Network, values: np.ndarray) -> None:
-    values = np.ascontiguousarray(values, np.float32)
-    check(lib.dn_network_set_updates(net._handle(), 0, values.size, ffi.from_buffer("float[]", values)))
 
 
 def twins(tmp_path, shape, batch, layers, impl_a, impl_b):

@@ -215,22 +215,9 @@ DN_HD float dn_maxpool_one(const float *in, int channels, int height, int width,
     const size_t row = dn_div(o, (size_t)out_w), bc = dn_div(row, (size_t)out_h); /* bc: image * channels + c */
     const int x = (int)(o - row * out_w), y = (int)(row - bc * out_h);
     const int c = (int)dn_mod(bc, (size_t)channels);
-    const float *src = in + bc * height * width;
-    float best = -FLT_MAX;
-    int best_i = -1;
-    for (int ky = 0; ky < size; ky++) {
-        const int iy = offset + y * stride + ky;
-        if (iy < 0 || iy >= height) continue;
-        for (int kx = 0; kx < size; kx++) {
-            const int ix = offset + x * stride + kx;
-            if (ix < 0 || ix >= width) continue;
-            const float v = src[iy * width + ix];
-            if (v > best) {
-                best = v;
-                best_i = iy * width + ix;
-            }
-        }
-    }
+    int best_i;
+    const float best = dn_maxpool_window(in + bc * height * width, height, width, offset + y * stride,
+                                         offset + x * stride, size, &best_i);
     *argmax_out = best_i < 0 ? -1 : c * height * width + best_i;
     return best;
 }
