@@ -136,6 +136,11 @@ struct dn_backend {
     void (*release)(dn_backend *be, void *p);
     dn_status (*to_host)(dn_backend *be, void *host_dst, const void *src, size_t bytes);
     dn_status (*from_host)(dn_backend *be, void *dst, const void *host_src, size_t bytes);
+    /* from_host_start begins a copy that may go on reading host_src after it returns (from pinned memory,
+     * the CUDA backend queues it behind the work in flight); from_host_finish waits until every copy started
+     * has read its source, so that the caller may change it. */
+    dn_status (*from_host_start)(dn_backend *be, void *dst, const void *host_src, size_t bytes);
+    dn_status (*from_host_finish)(dn_backend *be);
     dn_status (*copy)(dn_backend *be, void *dst, const void *src, size_t bytes);
     dn_status (*memset0)(dn_backend *be, void *p, size_t bytes);
     dn_status (*sync)(dn_backend *be);
@@ -153,6 +158,10 @@ void dn_backend_destroy(dn_backend *be);
  * may use TensorFloat-32 tensor cores; else plain FP32). dn_cuda_device_count_internal: 0 without a driver.
  * dn_cuda_build_description: "key=value" lines (cuda, cudnn, cublas versions, cuda_archs) into out. */
 dn_status dn_backend_cuda_create(int device, int allow_tf32, dn_backend **out);
+/* cudaHostRegister / cudaHostUnregister for dn_host_pin and dn_host_unpin (portable: every device's copies
+ * see the range as pinned). */
+dn_status dn_cuda_pin_host(int device, void *host, size_t bytes);
+dn_status dn_cuda_unpin_host(int device, void *host);
 int dn_cuda_device_count_internal(void);
 void dn_cuda_build_description(char *out, size_t size);
 

@@ -1,5 +1,7 @@
 /* The CPU backend: buffers are plain host memory and the kernels are kernels_cpu.c's. One shared, stateless
  * instance; dn_backend_create also hands out CUDA backends in a GPU build. */
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "backend.h"
@@ -51,6 +53,8 @@ static dn_backend cpu_backend = {
     .release = cpu_release,
     .to_host = cpu_copy,
     .from_host = cpu_copy,
+    .from_host_start = cpu_copy,
+    .from_host_finish = cpu_sync,
     .copy = cpu_copy,
     .memset0 = cpu_memset0,
     .sync = cpu_sync,
@@ -72,6 +76,8 @@ static dn_backend staged_backend = {
     .release = cpu_release,
     .to_host = cpu_copy,
     .from_host = cpu_copy,
+    .from_host_start = cpu_copy,
+    .from_host_finish = cpu_sync,
     .copy = cpu_copy,
     .memset0 = cpu_memset0,
     .sync = cpu_sync,
@@ -99,4 +105,81 @@ dn_status dn_backend_create(int device, int allow_tf32, dn_backend **out)
 void dn_backend_destroy(dn_backend *be)
 {
     if (be && be->destroy) be->destroy(be);
+}
+
+/* ---- pinned host memory ---- */
+
+/* The staged test device keeps the ranges "pinned" on it and applies the driver's rules to them (a range is
+ * pinned once, unpinned by its start address), so that CPU tests catch a loader that breaks them. */
+#define STAGED_PIN_MAX 64
+static struct { uintptr_t start, end; } staged_pins[STAGED_PIN_MAX];
+static int staged_pin_count;
+static pthread_mutex_t staged_pin_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static dn_status staged_pin(void *host, size_t bytes)
+{
+    const uintptr_t start = (uintptr_t)host, end = start + bytes;
+    dn_status st = DN_OK;
+    pthread_mutex_lock(&staged_pin_lock);
+    for (int i = 0; i < staged_pin_count && !st; i++)
+        if (start < staged_pins[i].end && staged_pins[i].start < end)
+            st = dn_fail(DN_E_CUDA, "pinning %zu bytes at %p on the staged device: part of it is already pinned",
+                         bytes, host);
+    if (!st && staged_pin_count == STAGED_PIN_MAX)
+        st = dn_fail(DN_E_CUDA, "pinning %zu bytes at %p on the staged device: %d ranges pinned already", bytes, host,
+                     STAGED_PIN_MAX);
+    if (!st) {
+        staged_pins[staged_pin_count].start = start;
+        staged_pins[staged_pin_count++].end = end;
+    }
+    pthread_mutex_unlock(&staged_pin_lock);
+    return st;
+}
+
+static dn_status staged_unpin(void *host)
+{
+    int found = 0;
+    pthread_mutex_lock(&staged_pin_lock);
+    for (int i = 0; i < staged_pin_count && !found; i++)
+        if (staged_pins[i].start == (uintptr_t)host) {
+            staged_pins[i] = staged_pins[--staged_pin_count];
+            found = 1;
+        }
+    pthread_mutex_unlock(&staged_pin_lock);
+    return found ? DN_OK : dn_fail(DN_E_CUDA, "unpinning %p on the staged device: no pinned range starts there", host);
+}
+
+DN_EXPORT dn_status dn_host_pin(int device, void *host, size_t bytes, int *pinned)
+{
+    if (pinned) *pinned = 0;
+    if (!host || !bytes) return dn_fail(DN_E_ARG, "host memory to pin is NULL or empty (%zu bytes)", bytes);
+    if (device == -1) return DN_OK;
+    dn_status st;
+    if (device == DN_DEVICE_CPU_STAGED) {
+        st = staged_pin(host, bytes);
+    } else if (device < 0) {
+        return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", device);
+    } else {
+#ifdef DN_GPU
+        st = dn_cuda_pin_host(device, host, bytes);
+#else
+        return dn_fail(DN_E_CUDA, "pinning memory for cuda:%d, but this libdarknet.so was built without CUDA "
+                       "(rebuild with `make GPU=1`)", device);
+#endif
+    }
+    if (!st && pinned) *pinned = 1;
+    return st;
+}
+
+DN_EXPORT dn_status dn_host_unpin(int device, void *host)
+{
+    if (!host) return dn_fail(DN_E_ARG, "host memory to unpin is NULL");
+    if (device == -1) return DN_OK;
+    if (device == DN_DEVICE_CPU_STAGED) return staged_unpin(host);
+    if (device < 0) return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", device);
+#ifdef DN_GPU
+    return dn_cuda_unpin_host(device, host);
+#else
+    return dn_fail(DN_E_CUDA, "unpinning memory for cuda:%d, but this libdarknet.so was built without CUDA", device);
+#endif
 }

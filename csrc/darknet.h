@@ -199,6 +199,13 @@ const char *dn_blas_name(void);
 const char *dn_build_info(void);
 /* CUDA devices the driver reports: 0 on a CPU-only build, without a driver or without a device. */
 int dn_cuda_device_count(void);
+/* Page-locks (pins) host memory that will be given as a network's input on `device`, a data loader's batch
+ * buffers, so that its copies to the device run by DMA and asynchronously, overlapping the work already queued;
+ * dn_host_unpin undoes it before the memory is freed. *pinned (may be NULL) is 1 when the memory was pinned, 0
+ * when `device` works in host memory (-1, the CPU: nothing to do). DN_E_CUDA names the device and the range
+ * when the driver refuses (already pinned, not pinnable memory, no such device, a build without CUDA). */
+dn_status dn_host_pin(int device, void *host, size_t bytes, int *pinned);
+dn_status dn_host_unpin(int device, void *host);
 /* oneDNN's version ("3.2.0") when the library was built with it, else "". */
 const char *dn_onednn_version(void);
 /* 1 when precision BF16 can run here; isa (may be NULL) gets oneDNN's name for this CPU's instruction set. */

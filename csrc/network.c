@@ -428,7 +428,18 @@ static dn_status stage_input(dn_network *net, const float *input, int n, const f
         return DN_OK;
     }
     *in = net->input;
-    return net->be->from_host(net->be, net->input, input, sizeof(float) * (size_t)n * net->w * net->h * net->c);
+    return net->be->from_host_start(net->be, net->input, input, sizeof(float) * (size_t)n * net->w * net->h * net->c);
+}
+
+static dn_status forward_layers(dn_network *net, const float *in, int n);
+
+/* The forward that follows stage_input: the input copy overlaps the work queued before it and the layers'
+ * launches; the caller's buffer is free again when this returns. */
+static dn_status forward_staged(dn_network *net, const float *in, int n)
+{
+    dn_status st = forward_layers(net, in, n);
+    dn_status copied = net->be->from_host_finish(net->be);
+    return st ? st : copied;
 }
 
 static dn_status forward_layers(dn_network *net, const float *in, int n)
@@ -484,7 +495,7 @@ static dn_status forward_mode(dn_network *net, const float *input, int n, int tr
     net->train = train ? 1 : 0;
     net->update_rolling = 0;
     net->truth = NULL;
-    st = forward_layers(net, *in, n);
+    st = forward_staged(net, *in, n);
     net->update_rolling = 1;
     net->train = 0;
     return st;
@@ -498,7 +509,7 @@ DN_EXPORT dn_status dn_network_forward(dn_network *net, const float *input, int 
     enter(net);
     if ((st = stage_input(net, input, n, &in))) return st;
     net->train = 0;
-    return forward_layers(net, in, n);
+    return forward_staged(net, in, n);
 }
 
 /* Copies count floats from src (backend memory holding `avail`) to the host. */
@@ -551,7 +562,7 @@ static dn_status training_forward(dn_network *net, const float *input, const flo
     if ((st = stage_input(net, input, n, in))) return st;
     net->train = 1;
     net->truth = truth;
-    st = forward_layers(net, *in, n);
+    st = forward_staged(net, *in, n);
     net->truth = NULL;
     for (int i = 0; i < net->n && !st; i++) {
         const dn_layer *l = &net->layers[i];

@@ -464,6 +464,18 @@ def network_train_chunk(handle, x, truth) -> float:
     return float(cost[0])
 
 
+def host_pin(device: int, buffer) -> bool:
+    """dn_host_pin on all of a writable buffer (numpy array, mmap): True when pinned, False on the CPU."""
+    memory = ffi.from_buffer(buffer, require_writable=True)
+    pinned = ffi.new("int *")
+    check(lib.dn_host_pin(int(device), memory, len(memory), pinned))
+    return bool(pinned[0])
+
+
+def host_unpin(device: int, buffer) -> None:
+    check(lib.dn_host_unpin(int(device), ffi.from_buffer(buffer, require_writable=True)))
+
+
 def network_update(handle, learning_rate: float, momentum: float, decay: float, batch_images: int) -> None:
     check(lib.dn_network_update(handle, float(learning_rate), float(momentum), float(decay), int(batch_images)))
 

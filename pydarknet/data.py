@@ -313,23 +313,55 @@ def _fill_batch(images: np.ndarray, truth: np.ndarray, paths: Sequence[str], num
     return found_bad, False
 
 
+class _Pinner:
+    """Page-locks batch buffers for a CUDA device's copies (``dn_host_pin``) and undoes it before they are
+    freed. A refusal (memory the driver cannot pin, a build without CUDA) is logged once and loading goes on
+    with pageable buffers: slower copies, same batches."""
+
+    def __init__(self, device: int):
+        self.device = device
+        self.enabled = True
+
+    def pin(self, buffer) -> bool:
+        if not self.enabled:
+            return False
+        from . import _ffi  # noqa: PLC0415 -- not in the workers: they never pin
+        try:
+            return _ffi.host_pin(self.device, buffer)
+        except Exception as e:  # noqa: BLE001 -- any refusal: go on unpinned, say so once
+            self.enabled = False
+            _log.warning("data loader: batch buffers left pageable (copies to the device will be slower): %s", e)
+            return False
+
+    def unpin(self, buffer) -> None:
+        from . import _ffi  # noqa: PLC0415
+        try:
+            _ffi.host_unpin(self.device, buffer)
+        except Exception as e:  # noqa: BLE001 -- runs from finalizers: report, never raise
+            _log.warning("data loader: unpinning a batch buffer failed: %s", e)
+
+
 class _SlotFile:
     """One batch buffer (images then truth) in a file mapped by the loader and by every worker.
 
     A plain file in /dev/shm (or the temp folder when /dev/shm lacks room) rather than
     multiprocessing.shared_memory: same speed, and no resource-tracker noise when workers attach."""
 
-    def __init__(self, path: str, image_floats: int, truth_floats: int):
+    def __init__(self, path: str, image_floats: int, truth_floats: int, pinner: _Pinner | None = None):
         self.path, self.image_floats, self.truth_floats = path, image_floats, truth_floats
         size = 4 * (image_floats + truth_floats)
         with open(path, "wb") as f:
             f.truncate(size)
         self._map = _map_file(path, size)
+        self._pinner = pinner if pinner is not None and pinner.pin(self._map) else None
 
     def views(self, batch: int, w: int, h: int, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
         return _views(self._map, self.image_floats, batch, w, h, max_boxes)
 
     def close(self) -> None:
+        if self._pinner is not None:  # before the memory can go
+            self._pinner.unpin(self._map)
+            self._pinner = None
         try:
             self._map.close()
         except BufferError:  # a returned batch still references it; it is freed with that array
@@ -475,6 +507,11 @@ class DataLoader:
     the batch buffers that loaders of dead processes left behind. When no image of the list is usable,
     :meth:`next_batch` raises :class:`~pydarknet.errors.DataError` naming ``source`` (the list file).
 
+    ``pin_device`` (``"cuda:K"`` or K; default none): the CUDA device the batches are copied to. The batch
+    buffers are then page-locked for it, so that the network's input copies run by DMA and asynchronously,
+    behind the work already queued on the device. Where the driver refuses, the loader says so once and goes on
+    with ordinary memory.
+
     ``batch_numbers`` maps the k-th batch handed out to the batch number whose content it gets (default: k).
     A replica of a data-parallel run makes its share of every iteration's chunks this way
     (``distributed.Replica.chunk_numbers``), so N replicas see exactly the chunks one process would.
@@ -483,7 +520,8 @@ class DataLoader:
     def __init__(self, paths: Sequence[str], *, num_classes: int, batch: int, net_w: int, net_h: int,
                  aug: Augment, max_boxes: int = 90, workers: int = 2, seed: int = 0,
                  bad_list: str | os.PathLike | None = None, prefetch: int = 2, mp_context: str | None = None,
-                 source: str | os.PathLike | None = None, batch_numbers: Callable[[int], int] | None = None):
+                 source: str | os.PathLike | None = None, batch_numbers: Callable[[int], int] | None = None,
+                 pin_device: str | int | None = None):
         if not paths:
             raise ValueError("DataLoader needs at least one image path")
         if batch < 1 or net_w < 1 or net_h < 1 or max_boxes < 1:
@@ -498,9 +536,16 @@ class DataLoader:
         self._next_index = 0  # number of the next batch to hand out or dispatch
         self._content = batch_numbers or (lambda k: k)  # its content's batch number
         self._closed = False
+        if pin_device is None:
+            device = -1
+        else:
+            from .network import parse_device  # noqa: PLC0415 -- the workers import this module, not the library
+            device = parse_device(pin_device)
+        self._pinner = _Pinner(device) if device != -1 else None
         if workers <= 0:
             self._known_bad: set[str] = set()
             self._local: tuple[np.ndarray, np.ndarray] | None = None
+            self._local_pinned = False
             return
         # "spawn": a forked child inherits OpenCV's (and BLAS's) thread pools in an unusable state and can
         # hang in its first parallel call. Scripts that make a loader need the usual __main__ guard.
@@ -560,6 +605,8 @@ class DataLoader:
         self._closed = True
         if self.workers > 0:
             self._finalizer()
+        else:
+            self._unpin_local()
 
     def __enter__(self) -> "DataLoader":
         return self
@@ -571,8 +618,10 @@ class DataLoader:
     def _next_batch_in_process(self) -> tuple[np.ndarray, np.ndarray]:
         shape = (self.batch, 3, self.net_h, self.net_w)
         if self._local is None or self._local[0].shape != shape:
+            self._unpin_local()
             self._local = (np.empty(shape, np.float32),
                            np.zeros((self.batch, self.max_boxes, 5), np.float32))
+            self._local_pinned = self._pinner is not None and self._pinner.pin(self._local[0])
         images, truth = self._local
         try:
             found_bad, _ = _fill_batch(images, truth, self.paths, self.num_classes, self.aug, self.seed,
@@ -583,6 +632,11 @@ class DataLoader:
         self._next_index += 1
         self._record_bad(found_bad)
         return images, truth
+
+    def _unpin_local(self) -> None:
+        if self._local_pinned:
+            self._pinner.unpin(self._local[0])
+            self._local_pinned = False
 
     # -- workers ---------------------------------------------------------------------------------------
     def _next_batch_from_workers(self) -> tuple[np.ndarray, np.ndarray]:
@@ -654,7 +708,8 @@ class DataLoader:
         if folder == "/dev/shm" and shutil.disk_usage(folder).free < 2 * total:
             folder = tempfile.gettempdir()
         stem = f"pydarknet-loader-{os.getpid()}-{id(self):x}-{image_floats}"
-        self._slot_files.extend(_SlotFile(os.path.join(folder, f"{stem}-{i}"), image_floats, truth_floats)
+        self._slot_files.extend(_SlotFile(os.path.join(folder, f"{stem}-{i}"), image_floats, truth_floats,
+                                          self._pinner)
                                 for i in range(self._n_slots))
         self._capacity = image_floats
         self._free = list(range(self._n_slots))[::-1]

@@ -447,7 +447,9 @@ class Trainer:
                                  workers=2 if self.workers is None else self.workers,
                                  seed=self.rng.randrange(2**31),
                                  bad_list=self.run_dir / BAD_LIST if self.is_writer else None,
-                                 source=self.train_list, batch_numbers=batch_numbers)
+                                 source=self.train_list, batch_numbers=batch_numbers,
+                                 # page-locked batch buffers: the input copies overlap the device's work
+                                 pin_device=None if net.device == "cpu" else net.device)
 
     def _prepare_map(self) -> None:
         """--map / --map-every: the valid list, class names and evaluation rules, decided once per run."""

@@ -231,6 +231,28 @@ def test_coco_tiny_ap_equals_cpu(tiny, reference_dir, tmp_path):
     assert abs(ap["cuda:0"] - ap["cpu"]) <= 0.002, ap
 
 
+def test_pinned_loader_batches_train_like_pageable_ones(tiny, reference_dir, caplog):
+    """Batches from a loader whose buffers are page-locked for cuda:0 (asynchronous input copies) train as the
+    same batches copied from ordinary memory, and pinning the loader's /dev/shm buffers is accepted."""
+    from pydarknet.data import Augment, DataLoader  # noqa: PLC0415
+    cfg, weights = tiny
+    paths = [str(p) for p in sorted((reference_dir / "images").glob("*.jpg"))]
+    costs = {}
+    for pinned in (False, True):
+        with Network(cfg, weights, batch=2, device="cuda:0") as net, \
+                DataLoader(paths, num_classes=80, batch=2, net_w=net.width, net_h=net.height, aug=Augment(),
+                           workers=2, seed=3, pin_device="cuda:0" if pinned else None) as loader:
+            costs[pinned] = []
+            for _ in range(3):
+                x, truth = loader.next_batch()
+                costs[pinned].append(net.train_chunk(x, truth))
+                net.update(0.001, 0.9, 0.0005, 2)
+            if pinned:
+                assert all(f._pinner is not None for f in loader._slot_files), caplog.text
+    assert costs[True] == pytest.approx(costs[False], rel=1e-5)  # the same batches (up to atomics' order)
+    assert "left pageable" not in caplog.text and "unpinning" not in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------------------
 # bad input
 def test_device_index_out_of_range_names_it(tiny_cfg):

@@ -110,6 +110,29 @@ static dn_status cu_from_host(dn_backend *be, void *dst, const void *host_src, s
                          "cudaMemcpyAsync (host to device)");
 }
 
+/* Queued behind the work in flight: from pinned memory the host goes on at once (from pageable memory the
+ * runtime still waits for the stream and stages the data before returning). */
+static dn_status cu_from_host_start(dn_backend *be, void *dst, const void *host_src, size_t bytes)
+{
+    dn_cuda_ctx *ctx = dn_cuda_ctx_of(be);
+    if (!bytes) return DN_OK;
+    dn_status st = dn_cuda_enter(ctx);
+    if (st) return st;
+    cudaError_t e = cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx->stream);
+    if (e != cudaSuccess) return dn_cuda_error(ctx, e, "cudaMemcpyAsync (input, host to device)");
+    e = cudaEventRecord(ctx->input_copied, ctx->stream);
+    return e == cudaSuccess ? DN_OK : dn_cuda_error(ctx, e, "cudaEventRecord (input copied)");
+}
+
+static dn_status cu_from_host_finish(dn_backend *be)
+{
+    dn_cuda_ctx *ctx = dn_cuda_ctx_of(be);
+    dn_status st = dn_cuda_enter(ctx);
+    if (st) return st;
+    cudaError_t e = cudaEventSynchronize(ctx->input_copied);
+    return e == cudaSuccess ? DN_OK : dn_cuda_error(ctx, e, "cudaEventSynchronize (input copied)");
+}
+
 static dn_status cu_copy(dn_backend *be, void *dst, const void *src, size_t bytes)
 {
     dn_cuda_ctx *ctx = dn_cuda_ctx_of(be);
@@ -151,6 +174,7 @@ static void ctx_free(dn_cuda_ctx *ctx)
 #endif
         if (ctx->scratch) cudaFree(ctx->scratch);
         if (ctx->blas) cublasDestroy(ctx->blas);
+        if (ctx->input_copied) cudaEventDestroy(ctx->input_copied);
         if (ctx->stream) cudaStreamDestroy(ctx->stream);
     }
     cudaGetLastError();
@@ -234,6 +258,11 @@ extern "C" dn_status dn_backend_cuda_create(int device, int allow_tf32, dn_backe
         st = dn_cuda_error(ctx, e, "cudaStreamCreate");
         goto fail;
     }
+    if ((e = cudaEventCreateWithFlags(&ctx->input_copied, cudaEventDisableTiming)) != cudaSuccess) {
+        ctx->input_copied = NULL;
+        st = dn_cuda_error(ctx, e, "cudaEventCreate");
+        goto fail;
+    }
     if ((bs = cublasCreate(&ctx->blas)) != CUBLAS_STATUS_SUCCESS) {
         ctx->blas = NULL;
         st = dn_cublas_error(ctx, bs, "cublasCreate");
@@ -272,6 +301,8 @@ extern "C" dn_status dn_backend_cuda_create(int device, int allow_tf32, dn_backe
     be->release = cu_release;
     be->to_host = cu_to_host;
     be->from_host = cu_from_host;
+    be->from_host_start = cu_from_host_start;
+    be->from_host_finish = cu_from_host_finish;
     be->copy = cu_copy;
     be->memset0 = cu_memset0;
     be->sync = cu_sync;
@@ -282,6 +313,30 @@ fail:
     ctx_free(ctx);
     free(be);
     return st;
+}
+
+/* ---- pinned host memory (dn_host_pin) ---- */
+
+extern "C" dn_status dn_cuda_pin_host(int device, void *host, size_t bytes)
+{
+    dn_status st = check_device(device);
+    if (st) return st;
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaHostRegister(host, bytes, cudaHostRegisterPortable);
+    if (e == cudaSuccess) return DN_OK;
+    cudaGetLastError();
+    return dn_fail(DN_E_CUDA, "CUDA on cuda:%d: cudaHostRegister of %zu bytes (%.1f MiB) at %p failed: %s (%s)", device,
+                   bytes, bytes / 1048576.0, host, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+extern "C" dn_status dn_cuda_unpin_host(int device, void *host)
+{
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaHostUnregister(host);
+    if (e == cudaSuccess) return DN_OK;
+    cudaGetLastError();
+    return dn_fail(DN_E_CUDA, "CUDA on cuda:%d: cudaHostUnregister at %p failed: %s (%s)", device, host,
+                   cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
 /* What this build was made with, as key=value lines (build_info.c adds its own). */

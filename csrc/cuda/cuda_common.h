@@ -37,6 +37,7 @@ struct dn_cuda_ctx {
     int device;
     int allow_tf32;
     cudaStream_t stream;
+    cudaEvent_t input_copied; /* recorded after each from_host_start copy */
     cublasHandle_t blas;
     /* partial sums of the per-filter reductions and batch norm's backward coefficients; grown on demand */
     void *scratch;
