@@ -186,6 +186,8 @@ typedef struct dn_net_info {
 } dn_net_info;
 
 int dn_abi_version(void);
+/* 1 when none of x[0..n) is NaN or infinite (a whole input checked in about the time of one read of it). */
+int dn_all_finite(const float *x, size_t n);
 const char *dn_last_error(void);
 void dn_set_log_callback(dn_log_fn fn, void *user);
 /* Threads for BLAS and for the element-wise loops of this process; 0 = all cores. Applies to every network

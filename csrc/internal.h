@@ -5,6 +5,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include "backend.h"
+
+/* Functions whose inner loops should use AVX-512 / AVX2 get clones picked at load time (gcc's ifuncs; not under
+ * the sanitizers or clang, whose builds keep the plain function). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define DN_VEC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DN_VEC_CLONES
+#endif
 #include "darknet.h"
 
 #define DN_EXPORT __attribute__((visibility("default")))

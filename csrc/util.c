@@ -15,6 +15,15 @@ DN_EXPORT int dn_abi_version(void) { return DN_ABI_VERSION; }
 
 DN_EXPORT const char *dn_last_error(void) { return last_error; }
 
+DN_EXPORT int dn_all_finite(const float *x, size_t n)
+{
+    /* v - v is 0 for every finite v and NaN for NaN and the infinities; compares vectorise, isfinite() did not */
+    int bad = 0;
+#pragma omp parallel for simd reduction(| : bad) schedule(static) if (n >= 262144)
+    for (size_t i = 0; i < n; i++) bad |= !(x[i] - x[i] == 0.f);
+    return !bad;
+}
+
 dn_status dn_fail(dn_status code, const char *fmt, ...)
 {
     va_list ap;

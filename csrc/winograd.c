@@ -37,12 +37,8 @@ int openblas_get_num_threads(void);
 
 #define LANES 16 /* tiles transformed together: one AVX-512 register, two AVX2 ones */
 
-/* Functions whose inner loops run over LANES floats get AVX-512 / AVX2 clones picked at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define VEC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VEC_CLONES
-#endif
+/* Functions whose inner loops run over LANES floats get AVX-512 / AVX2 clones (internal.h). */
+#define VEC_CLONES DN_VEC_CLONES
 #define INLINE static inline __attribute__((always_inline))
 
 struct conv_fast_cache {

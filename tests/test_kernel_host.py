@@ -434,7 +434,13 @@ def test_yolo_activate_matches_cpu(hk, tmp_path, representation):
     x = np.random.default_rng(13).uniform(-4, 4, (n, ch, h, w)).astype(np.float32)
     out = np.empty_like(x)
     hk.hk_yolo_activate(fp(x), n, anchors, classes, h, w, 1 if representation == "lin" else 0, fp(out))
-    np.testing.assert_array_equal(out, net.forward(x)[0])
+    # the CPU's logistic uses a vectorised e^x (within 2 ulp of the exact logistic, test_yolo_loss.py), the
+    # kernel body expf: the two agree to a few ulp, and exactly where no logistic is taken (w, h)
+    np.testing.assert_array_max_ulp(out, net.forward(x)[0], maxulp=4)
+    wh = np.zeros((anchors, 5 + classes), bool)
+    wh[:, 2:4] = True
+    wh = wh.ravel()
+    np.testing.assert_array_equal(out[:, wh], net.forward(x)[0][:, wh])
 
 
 def test_sgd_update(hk):

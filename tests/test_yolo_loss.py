@@ -584,3 +584,27 @@ def test_core_rejects_bad_arguments():
     for (status, message), word in cases:
         assert status == lib.DN_E_ARG, word
         assert word in message and message.startswith("dn_yolo_loss:"), (word, message)
+
+
+def test_activation_is_the_logistic_to_float_precision():
+    """The layer's logistic (a vectorised e^x, not expf) stays within 2 ulp of the float64 logistic (rounded to
+    float32) from -100 to 100, saturates to 0 and 1 like 1/(1+expf(-v)), and w, h pass through unchanged."""
+    values = np.concatenate([np.linspace(-100, 100, 200_001), [-1e30, -88.8, 88.8, 1e30, 0.0, -0.0]])
+    pad = (-len(values)) % (W * H)
+    values = np.concatenate([values, np.zeros(pad)]).astype(np.float32)
+    planes = values.reshape(-1, H, W)
+    x = np.zeros((len(planes), ENTRIES, H, W), np.float32)
+    x[:, :] = planes[:, None]
+    out = np.empty_like(x)
+    _call(x, np.zeros((len(planes), 1, 5), np.float32), out=out)
+    with np.errstate(over="ignore"):
+        expected = (1 / (1 + np.exp(-values.astype(np.float64)))).astype(np.float32)
+    for entry in (0, 1, 4, 5, 6):
+        got = out[:, entry].ravel()
+        ulp = np.abs(got.view(np.int32).astype(np.int64) - expected.view(np.int32).astype(np.int64))
+        tiny = expected < 1e-30  # subnormal and zero results: compare absolutely
+        assert ulp[~tiny].max() <= 2, (entry, values[~tiny][ulp[~tiny].argmax()])
+        assert np.abs(got[tiny]).max() < 1e-30
+    assert out[:, 4].ravel()[len(values) - pad - 3] == 1.0  # 1e30
+    np.testing.assert_array_equal(out[:, 2], x[:, 2])
+    np.testing.assert_array_equal(out[:, 3], x[:, 3])
