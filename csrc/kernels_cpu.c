@@ -280,6 +280,50 @@ static void maxpool_row_inner(const float *r, int width, int size, int stride, i
     }
 }
 
+/* maxpool_row_inner for training: also the argmax, as the index (first + offset within the row's windows) of
+ * the winning input cell. One select per window cell in scan order, as the general loop does; gcc vectorises
+ * the 2x2 loops (scalar, they took 5% of a yolov3-tiny training iteration). */
+static DN_VEC_CLONES void maxpool_row_inner_argmax(const float *r, int width, int size, int stride, int lo, int hi,
+                                                   int first, float *out, int *argmax)
+{
+    const float *r1 = r + width;
+    if (size == 2 && (stride == 2 || stride == 1)) {
+        for (int x = lo; x < hi; x++) {
+            const int i = x * stride;
+            float m = -FLT_MAX;
+            int at = -1;
+            int better = r[i] > m;
+            at = better ? first + i : at;
+            m = better ? r[i] : m;
+            better = r[i + 1] > m;
+            at = better ? first + i + 1 : at;
+            m = better ? r[i + 1] : m;
+            better = r1[i] > m;
+            at = better ? first + width + i : at;
+            m = better ? r1[i] : m;
+            better = r1[i + 1] > m;
+            at = better ? first + width + i + 1 : at;
+            m = better ? r1[i + 1] : m;
+            out[x] = m;
+            argmax[x] = at;
+        }
+        return;
+    }
+    for (int x = lo; x < hi; x++) {
+        float m = -FLT_MAX;
+        int at = -1;
+        for (int ky = 0; ky < size; ky++)
+            for (int kx = 0; kx < size; kx++) {
+                const int i = ky * width + x * stride + kx;
+                const int better = r[i] > m;
+                at = better ? first + i : at;
+                m = better ? r[i] : m;
+            }
+        out[x] = m;
+        argmax[x] = at;
+    }
+}
+
 static dn_status cpu_maxpool_forward(dn_backend *be, const float *in, int batch, int channels, int height, int width,
                                      int size, int stride, int padding, int out_h, int out_w, float *out,
                                      int *argmax)
@@ -296,36 +340,26 @@ static dn_status cpu_maxpool_forward(dn_backend *be, const float *in, int batch,
             const float *src = in + b * inputs + (size_t)c * width * height;
             for (int y = 0; y < out_h; y++) {
                 const int inner_y = y >= y_lo && y < y_hi;
-                if (inner_y && !argmax)
-                    maxpool_row_inner(src + (size_t)(offset + y * stride) * width + offset, width, size, stride, x_lo,
-                                      x_hi, out + b * outputs + ((size_t)c * out_h + y) * out_w);
+                const size_t row_o = b * outputs + ((size_t)c * out_h + y) * out_w;
+                if (inner_y) {
+                    /* the windows lying inside: no bounds tests (same scan order and strict > as below) */
+                    const int first = (offset + y * stride) * width + offset;
+                    if (argmax)
+                        maxpool_row_inner_argmax(src + first, width, size, stride, x_lo, x_hi,
+                                                 (int)((size_t)c * width * height) + first, out + row_o, argmax + row_o);
+                    else
+                        maxpool_row_inner(src + first, width, size, stride, x_lo, x_hi, out + row_o);
+                }
                 for (int x = 0; x < out_w; x++) {
-                    if (inner_y && !argmax && x == x_lo && x_hi > x_lo) { /* done above */
+                    if (inner_y && x == x_lo && x_hi > x_lo) { /* done above */
                         x = x_hi - 1;
                         continue;
                     }
-                    float best = -FLT_MAX;
-                    int best_i = -1;
-                    if (inner_y && x >= x_lo && x < x_hi) {
-                        /* The window lies inside: no bounds tests, and selects instead of branches (which
-                         * mispredict on random data). Same scan order and strict > as below. */
-                        const int base = (offset + y * stride) * width + offset + x * stride;
-                        for (int ky = 0; ky < size; ky++) {
-                            for (int kx = 0; kx < size; kx++) {
-                                const int i = base + ky * width + kx;
-                                const float v = src[i];
-                                const int better = v > best;
-                                best_i = better ? i : best_i;
-                                best = better ? v : best;
-                            }
-                        }
-                    } else {
-                        best = dn_maxpool_window(src, height, width, offset + y * stride, offset + x * stride, size,
-                                                 &best_i);
-                    }
-                    const size_t o = b * outputs + ((size_t)c * out_h + y) * out_w + x;
-                    out[o] = best;
-                    if (argmax) argmax[o] = best_i < 0 ? -1 : (int)((size_t)c * width * height + best_i);
+                    int best_i;
+                    const float best = dn_maxpool_window(src, height, width, offset + y * stride, offset + x * stride,
+                                                         size, &best_i);
+                    out[row_o + x] = best;
+                    if (argmax) argmax[row_o + x] = best_i < 0 ? -1 : (int)((size_t)c * width * height + best_i);
                 }
             }
         }
