@@ -111,6 +111,45 @@ static void sgemm_block(int ta, int tb, int M, int N, int K, float alpha, const 
 }
 #endif
 
+#if defined(DN_SGEMM) && defined(_OPENMP)
+/* C = alpha op(A) op(B) + beta C with the threads splitting K: each multiplies its slice of K into a partial
+ * product of its own (thread 0 into C itself), then each adds the partials into its share of C's rows. For a
+ * small C over a long K, a convolution's weight gradient over a large map: splitting M or N left each thread a
+ * sliver (yolov3-tiny's first layer, 16 x 27 over 173056 positions: 17 GFLOP/s on two threads against 23 on
+ * one). 1 when out of memory for the partials (the caller then splits M or N). */
+static int gemm_split_k(int threads, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc)
+{
+    const size_t mn = (size_t)M * N;
+    float *partial = malloc(sizeof(float) * mn * (size_t)(threads - 1));
+    if (!partial) return 1;
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int step = (K + nt - 1) / nt, lo = t * step, hi = lo + step < K ? lo + step : K;
+        float *c = t ? partial + (size_t)(t - 1) * mn : C;
+        const int ldc_t = t ? N : ldc;
+        if (lo < hi) {
+            const float *a = ta ? A + (size_t)lo * lda : A + lo;
+            const float *b = tb ? B + lo : B + (size_t)lo * ldb;
+            sgemm_block(ta, tb, M, N, hi - lo, alpha, a, lda, b, ldb, t ? 0.f : beta, c, ldc_t);
+        } else if (t) {
+            memset(c, 0, sizeof(float) * mn);
+        }
+#pragma omp barrier
+        const int rows = (M + nt - 1) / nt, r0 = t * rows, r1 = r0 + rows < M ? r0 + rows : M;
+        for (int j = 1; j < nt; j++)
+            for (int i = r0; i < r1; i++) {
+                const float *p = partial + (size_t)(j - 1) * mn + (size_t)i * N;
+                float *row = C + (size_t)i * ldc;
+                for (int n = 0; n < N; n++) row[n] += p[n];
+            }
+    }
+    free(partial);
+    return 0;
+}
+#endif
+
 void dn_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc)
 {
@@ -125,6 +164,11 @@ void dn_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
         sgemm_block(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
+#ifdef _OPENMP
+    if ((double)M * N <= 65536 && K >= 2048 && K >= 4 * (M > N ? M : N) &&
+        !gemm_split_k(threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+        return;
+#endif
     /* Split the larger of M and N into one block per thread (N blocks rounded to 16 columns). */
     const int split_n = N >= M;
 #pragma omp parallel num_threads(threads)
