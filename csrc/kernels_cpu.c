@@ -102,15 +102,11 @@ static dn_status cpu_affine_inference(dn_backend *be, float *x, int batch, int f
     return DN_OK;
 }
 
-static dn_status cpu_batchnorm_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
-                                       const float *scales, const float *biases, float *mean, float *variance,
-                                       float *rolling_mean, float *rolling_variance, int update_rolling,
-                                       float *x_norm, float *out)
+/* Batch statistics (Darknet: unbiased variance). Each image's row is summed in float (vectorised), the rows in
+ * double. */
+static void bn_batch_stats(const float *x, int batch, int filters, size_t spatial, float *mean, float *variance)
 {
-    (void)be;
     const size_t outputs = (size_t)filters * spatial;
-    /* Batch statistics (Darknet: unbiased variance). Each image's row is summed in float (vectorised), the
-     * rows in double. */
     const double count = (double)batch * spatial;
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < filters; c++) {
@@ -134,12 +130,26 @@ static dn_status cpu_batchnorm_forward(dn_backend *be, const float *x, int batch
         mean[c] = mean_f;
         variance[c] = count > 1 ? (float)(sq / (count - 1)) : 0.f;
     }
-    if (update_rolling) {
-        for (int c = 0; c < filters; c++) {
-            rolling_mean[c] = .99f * rolling_mean[c] + .01f * mean[c];
-            rolling_variance[c] = .99f * rolling_variance[c] + .01f * variance[c];
-        }
+}
+
+static void bn_rolling_update(int filters, const float *mean, const float *variance, float *rolling_mean,
+                              float *rolling_variance)
+{
+    for (int c = 0; c < filters; c++) {
+        rolling_mean[c] = .99f * rolling_mean[c] + .01f * mean[c];
+        rolling_variance[c] = .99f * rolling_variance[c] + .01f * variance[c];
     }
+}
+
+static dn_status cpu_batchnorm_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
+                                       const float *scales, const float *biases, float *mean, float *variance,
+                                       float *rolling_mean, float *rolling_variance, int update_rolling,
+                                       float *x_norm, float *out)
+{
+    (void)be;
+    const size_t outputs = (size_t)filters * spatial;
+    bn_batch_stats(x, batch, filters, spatial, mean, variance);
+    if (update_rolling) bn_rolling_update(filters, mean, variance, rolling_mean, rolling_variance);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < batch; b++) {
         for (int c = 0; c < filters; c++) {
@@ -151,6 +161,40 @@ static dn_status cpu_batchnorm_forward(dn_backend *be, const float *x, int batch
             for (size_t i = 0; i < spatial; i++) {
                 xn[i] = (v[i] - m) * inv;
                 o[i] = xn[i] * scale + bias;
+            }
+        }
+    }
+    return DN_OK;
+}
+
+/* One plane of out = act((v - m) * inv * scale + bias), the activation a compile-time constant where inlined. */
+static inline void bn_act_plane(const float *v, float *o, size_t n, float m, float inv, float scale, float bias, int a)
+{
+    for (size_t i = 0; i < n; i++) o[i] = dn_activate_one((v[i] - m) * inv * scale + bias, a);
+}
+
+static dn_status cpu_bn_act_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
+                                    const float *scales, const float *biases, float *mean, float *variance,
+                                    float *rolling_mean, float *rolling_variance, int update_rolling, int activation,
+                                    float *out)
+{
+    (void)be;
+    const size_t outputs = (size_t)filters * spatial;
+    bn_batch_stats(x, batch, filters, spatial, mean, variance);
+    if (update_rolling) bn_rolling_update(filters, mean, variance, rolling_mean, rolling_variance);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++) {
+        for (int c = 0; c < filters; c++) {
+            const float *v = x + b * outputs + c * spatial;
+            float *o = out + b * outputs + c * spatial;
+            const float inv = 1.f / (sqrtf(variance[c]) + DN_BN_EPS);
+            const float m = mean[c], scale = scales[c], bias = biases[c];
+            /* (v - m) * inv rounds to x_norm's float as in cpu_batchnorm_forward, so out has the same bits */
+            switch (activation) { /* the common ones with the activation inlined as a constant */
+            case DN_ACT_LEAKY: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_LEAKY); break;
+            case DN_ACT_LINEAR: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_LINEAR); break;
+            case DN_ACT_RELU: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_RELU); break;
+            default: bn_act_plane(v, o, spatial, m, inv, scale, bias, activation); break;
             }
         }
     }
@@ -177,6 +221,22 @@ static dn_status cpu_bias_gradient(dn_backend *be, const float *delta, int batch
     return DN_OK;
 }
 
+/* Batch norm's backward after its sums, for filter c: delta holds g = d(out) * scale; it becomes d(x) through
+ * x_norm = (x - mean) / (sigma + eps). */
+static void bn_back_apply(float *delta, const float *x, int batch, size_t outputs, size_t spatial, int c, float m,
+                          float sigma, double sum_g, double sum_gx, double count)
+{
+    const float s = sigma + DN_BN_EPS;
+    const double dsigma = -sum_gx / ((double)s * s);
+    const float mean_g = (float)(sum_g / count), inv_s = 1.f / s;
+    const float k = (float)((sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0);
+    for (int b = 0; b < batch; b++) {
+        float *d = delta + b * outputs + c * spatial;
+        const float *v = x + b * outputs + c * spatial;
+        for (size_t i = 0; i < spatial; i++) d[i] = (d[i] - mean_g) * inv_s + k * (v[i] - m);
+    }
+}
+
 static dn_status cpu_batchnorm_backward(dn_backend *be, float *delta, const float *x, const float *x_norm,
                                         const float *mean, const float *variance, const float *scales, int batch,
                                         int filters, size_t spatial, float *scale_updates)
@@ -190,7 +250,6 @@ static dn_status cpu_batchnorm_backward(dn_backend *be, float *delta, const floa
          * float (vectorised), the rows in double. */
         double dscale = 0, sum_g = 0, sum_gx = 0;
         const float sigma = sqrtf(variance[c]);
-        const float s = sigma + DN_BN_EPS;
         const float scale = scales[c], m = mean[c];
         for (int b = 0; b < batch; b++) {
             float *d = delta + b * outputs + c * spatial;
@@ -210,14 +269,66 @@ static dn_status cpu_batchnorm_backward(dn_backend *be, float *delta, const floa
             sum_gx += r_gx;
         }
         scale_updates[c] += (float)dscale;
-        const double dsigma = -sum_gx / ((double)s * s);
-        const float mean_g = (float)(sum_g / count), inv_s = 1.f / s;
-        const float k = (float)((sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0);
+        bn_back_apply(delta, x, batch, outputs, spatial, c, m, sigma, sum_g, sum_gx, count);
+    }
+    return DN_OK;
+}
+
+/* One plane of bn_act_backward's first pass: delta through the activation (from the output), then g = that *
+ * scale in place, and the plane's four sums. */
+typedef struct bn_act_sums { float bias, scale, g, gx; } bn_act_sums;
+
+static inline bn_act_sums bn_act_back_plane(float *d, const float *y, const float *v, size_t n, float m, float inv,
+                                            float scale, int a)
+{
+    float r_bias = 0, r_scale = 0, r_g = 0, r_gx = 0;
+#pragma omp simd reduction(+:r_bias, r_scale, r_g, r_gx)
+    for (size_t i = 0; i < n; i++) {
+        const float d0 = d[i] * dn_gradient_one(y[i], 0.f, a);
+        const float xn = (v[i] - m) * inv; /* x_norm's float, as the forward rounded it */
+        const float g = d0 * scale;
+        r_bias += d0;
+        r_scale += d0 * xn;
+        r_g += g;
+        r_gx += g * (v[i] - m);
+        d[i] = g;
+    }
+    return (bn_act_sums){r_bias, r_scale, r_g, r_gx};
+}
+
+static dn_status cpu_bn_act_backward(dn_backend *be, float *delta, const float *out, const float *x, const float *mean,
+                                     const float *variance, const float *scales, int activation, int batch,
+                                     int filters, size_t spatial, float *bias_updates, float *scale_updates)
+{
+    (void)be;
+    const size_t outputs = (size_t)filters * spatial;
+    const double count = (double)batch * spatial;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < filters; c++) {
+        /* as cpu_gradient, cpu_bias_gradient and cpu_batchnorm_backward in a row, two passes instead of five */
+        const float sigma = sqrtf(variance[c]);
+        const float inv = 1.f / (sigma + DN_BN_EPS); /* the forward's, bit for bit */
+        const float scale = scales[c], m = mean[c];
+        double dbias = 0, dscale = 0, sum_g = 0, sum_gx = 0;
         for (int b = 0; b < batch; b++) {
-            float *d = delta + b * outputs + c * spatial;
-            const float *v = x + b * outputs + c * spatial;
-            for (size_t i = 0; i < spatial; i++) d[i] = (d[i] - mean_g) * inv_s + k * (v[i] - m);
+            const size_t at = b * outputs + c * spatial;
+            float *d = delta + at;
+            const float *y = out + at, *v = x + at;
+            bn_act_sums r;
+            switch (activation) { /* the common ones with the activation inlined as a constant */
+            case DN_ACT_LEAKY: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, DN_ACT_LEAKY); break;
+            case DN_ACT_LINEAR: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, DN_ACT_LINEAR); break;
+            case DN_ACT_RELU: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, DN_ACT_RELU); break;
+            default: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, activation); break;
+            }
+            dbias += r.bias;
+            dscale += r.scale;
+            sum_g += r.g;
+            sum_gx += r.gx;
         }
+        bias_updates[c] += (float)dbias;
+        scale_updates[c] += (float)dscale;
+        bn_back_apply(delta, x, batch, outputs, spatial, c, m, sigma, sum_g, sum_gx, count);
     }
     return DN_OK;
 }
@@ -436,6 +547,8 @@ const dn_kernels dn_cpu_kernels = {
     .batchnorm_forward = cpu_batchnorm_forward,
     .bias_gradient = cpu_bias_gradient,
     .batchnorm_backward = cpu_batchnorm_backward,
+    .bn_act_forward = cpu_bn_act_forward,
+    .bn_act_backward = cpu_bn_act_backward,
     .sgd_update = cpu_sgd_update,
     .maxpool_forward = cpu_maxpool_forward,
     .maxpool_backward = cpu_maxpool_backward,

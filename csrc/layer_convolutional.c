@@ -85,6 +85,15 @@ static void conv_free(dn_layer *l, dn_network *net)
     l->priv = NULL;
 }
 
+
+/* Whether training runs batch norm and the activation as the backend's fused pair (bn_act_forward/backward),
+ * which keeps no x_norm: the activation's gradient must read only its output. */
+static int fused_bn_act(const conv_priv *p, const dn_network *net)
+{
+    return p->batch_normalize && net->be->k->bn_act_forward && net->be->k->bn_act_backward &&
+           !activation_needs_input(p->activation);
+}
+
 static dn_status conv_reshape(dn_layer *l, dn_network *net)
 {
     conv_priv *p = l->priv;
@@ -109,7 +118,8 @@ static dn_status conv_reshape(dn_layer *l, dn_network *net)
         size_t n = (size_t)net->batch * l->outputs;
         if ((st = layer_alloc(net, &p->raw, activation_needs_input(p->activation) ? n : 1))) return st;
         if (p->batch_normalize) {
-            if ((st = layer_alloc(net, &p->x, n)) || (st = layer_alloc(net, &p->x_norm, n)) ||
+            const size_t x_norm_floats = fused_bn_act(p, net) ? 1 : n;
+            if ((st = layer_alloc(net, &p->x, n)) || (st = layer_alloc(net, &p->x_norm, x_norm_floats)) ||
                 (st = layer_alloc(net, &p->mean, l->filters)) || (st = layer_alloc(net, &p->variance, l->filters)))
                 return st;
         }
@@ -254,7 +264,7 @@ static double conv_private_bytes(const dn_layer *l, const dn_network *net, size_
     if (net->training_buffers) {
         const double n = (double)net->batch * l->outputs;
         floats += activation_needs_input(p->activation) ? n : 1;
-        if (p->batch_normalize) floats += 2 * n + 2.0 * l->filters;
+        if (p->batch_normalize) floats += (fused_bn_act(p, net) ? 1 : 2) * n + 2.0 * l->filters;
     }
     return floats * sizeof(float);
 }
@@ -279,6 +289,9 @@ static dn_status conv_forward(dn_layer *l, dn_network *net, const float *in, int
     if (st) return st;
 
     const size_t total = (size_t)batch * l->outputs;
+    if (bn_train && fused_bn_act(p, net))
+        return k->bn_act_forward(be, p->x, batch, f, spatial, v.scales, v.biases, p->mean, p->variance, v.rolling_mean,
+                                 v.rolling_variance, net->update_rolling, p->activation, l->output);
     if (bn_train)
         st = k->batchnorm_forward(be, p->x, batch, f, spatial, v.scales, v.biases, p->mean, p->variance,
                                   v.rolling_mean, v.rolling_variance, net->update_rolling, p->x_norm, l->output);
@@ -300,11 +313,17 @@ static dn_status conv_backward(dn_layer *l, dn_network *net, const float *in, fl
     const int f = l->filters;
     const size_t spatial = (size_t)l->out_w * l->out_h;
     const size_t total = (size_t)batch * l->outputs;
-    dn_status st = k->gradient(be, l->output, p->raw, total, p->activation, l->delta);
-    if (!st) st = k->bias_gradient(be, l->delta, batch, f, spatial, v.bias_updates);
-    if (!st && p->batch_normalize)
-        st = k->batchnorm_backward(be, l->delta, p->x, p->x_norm, p->mean, p->variance, v.scales, batch, f, spatial,
-                                   v.scale_updates);
+    dn_status st;
+    if (fused_bn_act(p, net)) {
+        st = k->bn_act_backward(be, l->delta, l->output, p->x, p->mean, p->variance, v.scales, p->activation, batch,
+                                f, spatial, v.bias_updates, v.scale_updates);
+    } else {
+        st = k->gradient(be, l->output, p->raw, total, p->activation, l->delta);
+        if (!st) st = k->bias_gradient(be, l->delta, batch, f, spatial, v.bias_updates);
+        if (!st && p->batch_normalize)
+            st = k->batchnorm_backward(be, l->delta, p->x, p->x_norm, p->mean, p->variance, v.scales, batch, f,
+                                       spatial, v.scale_updates);
+    }
     if (st) return st;
 
     if (k->conv_backward_filter && k->conv_backward_data) {
