@@ -63,15 +63,27 @@ static dn_backend cpu_backend = {
 
 dn_backend *dn_backend_cpu(void) { return &cpu_backend; }
 
+/* The CPU kernels less the optional fused ones the CUDA backend lacks (bn_act_*), so that the staged device
+ * runs the separate kernels a CUDA network runs, and staged-vs-cpu compares the two. */
+static dn_kernels staged_kernels;
+static pthread_once_t staged_kernels_once = PTHREAD_ONCE_INIT;
+
+static void staged_kernels_init(void)
+{
+    staged_kernels = dn_cpu_kernels;
+    staged_kernels.bn_act_forward = NULL;
+    staged_kernels.bn_act_backward = NULL;
+}
+
 /* The same memory and kernels presented as a device backend (host_memory = 0): a network on it takes every
  * path a CUDA network takes (inputs staged in, the [yolo] loss through host staging, outputs, parameters
- * and weights copied in and out, no Winograd), so the CPU tests cover those paths too. */
+ * and weights copied in and out, no Winograd, no fused batch norm), so the CPU tests cover those paths too. */
 static dn_backend staged_backend = {
     .name = "cpu-staged",
     .device = DN_DEVICE_CPU_STAGED,
     .host_memory = 0,
     .ctx = NULL,
-    .k = &dn_cpu_kernels,
+    .k = &staged_kernels,
     .alloc = cpu_alloc,
     .release = cpu_release,
     .to_host = cpu_copy,
@@ -90,6 +102,7 @@ dn_status dn_backend_create(int device, int allow_tf32, dn_backend **out)
     if (device < DN_DEVICE_CPU_STAGED)
         return dn_fail(DN_E_ARG, "device must be -1 (CPU) or a CUDA device index, got %d", device);
     if (device == -1 || device == DN_DEVICE_CPU_STAGED) {
+        pthread_once(&staged_kernels_once, staged_kernels_init);
         *out = device == -1 ? dn_backend_cpu() : &staged_backend;
         return DN_OK;
     }

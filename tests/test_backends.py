@@ -12,8 +12,8 @@ Pairs today, on the CPU: the Winograd tiles (winograd2, winograd4, fused's choic
 in) against im2col + GEMM (gemm), oneDNN against the unfused plain path, and the fused inference path against
 the plain one, for inference (test_bf16_inference_is_close_to_float32: bf16 against plain, looser); one thread against two for training (the
 per-thread splits of GEMMs and batch-norm sums must not change the results); and the CPU behind the code paths
-of a device backend (DN_DEVICE_CPU_STAGED: inputs staged, the [yolo] loss through host staging, no Winograd)
-against the CPU, for both. With a CUDA device (a GPU build, pydarknet.cuda_device_count() > 0) the same cases
+of a device backend (DN_DEVICE_CPU_STAGED: inputs staged, the [yolo] loss through host staging, no Winograd,
+batch norm and activation as separate kernels where the CPU fuses them) against the CPU, for both. With a CUDA device (a GPU build, pydarknet.cuda_device_count() > 0) the same cases
 run device="cuda:0" against the CPU (marked gpu).
 """
 from __future__ import annotations
