@@ -25,6 +25,9 @@
  * thread is in (dn_threads_enter), which dn_gemm splits its products by. */
 static _Atomic int process_threads;
 static _Thread_local int call_threads;
+static _Thread_local int call_bf16;
+
+void dn_gemm_bf16_enter(int bf16) { call_bf16 = bf16; }
 
 DN_EXPORT const char *dn_blas_name(void) { return DN_BLAS_NAME; }
 
@@ -155,6 +158,11 @@ void dn_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const f
 {
 #ifdef DN_SGEMM
 #ifdef _OPENMP
+    /* bfloat16 where it pays (gemm_onednn.c): enough depth (K) for the conversion to be worth it, and not
+     * from inside a parallel region */
+    if (call_bf16 && alpha == 1.f && K >= 128 && M >= 16 && N >= 16 && !omp_in_parallel() &&
+        !dn_gemm_bf16(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc))
+        return;
     /* Inside a parallel region (the Winograd path calls from every team member) each call stays on its thread. */
     const int threads = omp_in_parallel() ? 1 : (call_threads > 0 ? call_threads : 1);
 #else

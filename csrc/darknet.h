@@ -66,7 +66,8 @@ typedef enum dn_conv_algo {
  * bfloat16 (inputs, weights and the outputs kept between layers rounded to 8 significant bits) and accumulates
  * in float32; the [yolo] layers' inputs and the last output are float32. Layer by layer (a network that path
  * declines), convolutions with at least 16 input channels per group run so and narrower ones float32. Needs a
- * CPU with AMX or AVX512_BF16. Training always runs in float32. */
+ * CPU with AMX or AVX512_BF16. Training: the convolutions' matrix products with K >= 128 take bfloat16 operands
+ * (oneDNN matmul) and sum in float32; weights, gradients, batch norm and the loss stay float32. */
 typedef enum dn_precision { DN_PRECISION_F32 = 0, DN_PRECISION_BF16 = 1 } dn_precision;
 
 /* The engine a [convolutional] layer's last forward ran on (dn_layer_info.engine). */

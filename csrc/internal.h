@@ -48,6 +48,13 @@ int activation_needs_input(dn_activation a);
 /* C[M x N] = alpha * op(A) * op(B) + beta * C, row-major. */
 void dn_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc);
+/* Training with precision bf16: dn_gemm then multiplies in bfloat16 (float32 accumulation) where that pays.
+ * Set per compute call on the calling thread, like the thread count (dn_threads_enter). */
+void dn_gemm_bf16_enter(int bf16);
+/* C = op(A) op(B) + beta C (beta 0 or 1) in bfloat16 through oneDNN (gemm_onednn.c); 0 when done, nonzero when
+ * declined (no oneDNN, no bfloat16 kernel for it): the caller then multiplies in float32. */
+int dn_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta,
+                 float *C, int ldc);
 void im2col(const float *im, int channels, int height, int width, int ksize, int stride, int pad, float *col);
 void col2im_add(const float *col, int channels, int height, int width, int ksize, int stride, int pad, float *im);
 

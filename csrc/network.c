@@ -417,8 +417,12 @@ static dn_status check_io(dn_network *net, const float *input, int n)
     return DN_OK;
 }
 
-/* The start of every compute call: this network's thread count applied to the calling thread. */
-static void enter(dn_network *net) { net->info.threads = dn_threads_enter(net->opt.threads); }
+/* The start of every compute call: this network's thread count and precision applied to the calling thread. */
+static void enter(dn_network *net)
+{
+    net->info.threads = dn_threads_enter(net->opt.threads);
+    dn_gemm_bf16_enter(net->opt.precision == DN_PRECISION_BF16);
+}
 
 /* The input in backend memory: the caller's buffer itself on the CPU, else a copy in net->input. */
 static dn_status stage_input(dn_network *net, const float *input, int n, const float **in)

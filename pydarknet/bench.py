@@ -344,12 +344,16 @@ def _loader_rate(paths: Sequence[str], net, batch: int, aug, workers: int, batch
 
 
 def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: str, batch: int | None,
-                    paths: Sequence[str], iterations: int, loader_workers: Sequence[int]) -> dict:
+                    paths: Sequence[str], iterations: int, loader_workers: Sequence[int],
+                    precisions: Sequence[str] = ("f32",)) -> list[dict]:
+    """One row per precision; the precisions' iterations interleaved on the same prepared batches."""
     from .data import Augment  # noqa: PLC0415
     from .network import Network  # noqa: PLC0415
     from .train import learning_rate  # noqa: PLC0415
 
-    with Network(cfg, weights) as net:
+    nets = {p: Network(cfg, weights, precision=p) for p in precisions}
+    try:
+        net = nets[precisions[0]]
         opts = net.options
         if batch is None:  # the cfg's own batch and subdivisions
             chunk = max(1, opts["batch"] // opts["subdivisions"])
@@ -357,7 +361,8 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
         else:
             chunk, subdivisions = batch, 1
         per_iteration = chunk * subdivisions
-        net.set_batch(chunk)
+        for n in nets.values():
+            n.set_batch(chunk)
         jitter = net.yolo_layers[-1].jitter
         aug = Augment.from_net_options(opts, jitter=min(jitter, 0.49))
         # Data loading, measured apart; the in-process batches (workers=0) are kept to train on.
@@ -372,34 +377,50 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
         if not prepared:
             _, prepared = _loader_rate(paths, net, chunk, aug, 0, need, keep=need)
         # Compute: train_chunk + update on the prepared batches; one warm-up iteration.
-        times = []
+        times: dict[str, list[float]] = {p: [] for p in nets}
         for it in range(iterations + 1):
-            start = time.perf_counter()
-            for k in range(subdivisions):
-                x, truth = prepared[it * subdivisions + k]
-                net.train_chunk(x, truth)
-            lr = learning_rate(opts, net.seen // per_iteration)
-            net.update(lr, opts["momentum"], opts["decay"], per_iteration)
-            if it > 0:
-                times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+            for p, n in nets.items():
+                start = time.perf_counter()
+                for k in range(subdivisions):
+                    x, truth = prepared[it * subdivisions + k]
+                    n.train_chunk(x, truth)
+                lr = learning_rate(opts, n.seen // per_iteration)
+                n.update(lr, opts["momentum"], opts["decay"], per_iteration)
+                if it > 0:
+                    times[p].append(time.perf_counter() - start)
         bflops = net.bflops  # per image, forward at the training size
         shape = f"{net.width}x{net.height}"
-    result = {
-        "model": name, "input": shape, "batch": per_iteration, "subdivisions": subdivisions,
-        "weights": weights_kind, "bflops": bflops, "iterations": iterations,
-        "compute_s_per_iteration": seconds, "compute_s_per_image": seconds / per_iteration,
-        "compute_images_per_s": per_iteration / seconds, "compute_iteration_runs_s": times,
-        "data_images_per_s": {str(w): r for w, r in rates.items()},
-    }
-    if 0 in rates:
-        result["data_s_per_image_one_process"] = 1.0 / rates[0]
-        # Loading in the training process itself (workers=0) adds its time to the compute.
-        result["serial_s_per_image"] = result["compute_s_per_image"] + 1.0 / rates[0]
-    return result
+    finally:
+        for n in nets.values():
+            n.close()
+    results = []
+    for p in nets:
+        seconds = statistics.median(times[p])
+        result = {
+            "model": name, "precision": p, "input": shape, "batch": per_iteration, "subdivisions": subdivisions,
+            "weights": weights_kind, "bflops": bflops, "iterations": iterations,
+            "compute_s_per_iteration": seconds, "compute_s_per_image": seconds / per_iteration,
+            "compute_images_per_s": per_iteration / seconds, "compute_iteration_runs_s": times[p],
+            "data_images_per_s": {str(w): r for w, r in rates.items()},
+        }
+        if 0 in rates:
+            result["data_s_per_image_one_process"] = 1.0 / rates[0]
+            # Loading in the training process itself (workers=0) adds its time to the compute.
+            result["serial_s_per_image"] = result["compute_s_per_image"] + 1.0 / rates[0]
+        results.append(result)
+    return results
 
 
-def _training_runs(iterations: int, loader_workers: Sequence[int], say) -> list[dict]:
+def _training_precisions(say) -> tuple[str, ...]:
+    from .network import bf16_supported  # noqa: PLC0415
+
+    ok, isa = bf16_supported()
+    if not ok:
+        say(f"training in bf16 skipped: it needs oneDNN and AMX or AVX512_BF16 (this build/CPU: {isa})")
+    return ("f32", "bf16") if ok else ("f32",)
+
+
+def _training_runs(iterations: int, loader_workers: Sequence[int], say, precisions: Sequence[str]) -> list[dict]:
     from .data import read_list  # noqa: PLC0415
     from .datafile import read_data_file  # noqa: PLC0415
     from .synth import ensure_dataset  # noqa: PLC0415
@@ -412,12 +433,12 @@ def _training_runs(iterations: int, loader_workers: Sequence[int], say) -> list[
         data_file = ensure_dataset(folder, n_train=128, n_valid=1)
         paths = read_list(read_data_file(data_file)["train"])
         tiny = _resolve_model("yolov3-tiny", 416, folder)
-        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights) ...")
-        results.append(_bench_training("yolov3-tiny", tiny.cfg, tiny.weights, tiny.weights_kind, 8, paths,
-                                       iterations, loader_workers))
+        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights; {', '.join(precisions)}) ...")
+        results += _bench_training("yolov3-tiny", tiny.cfg, tiny.weights, tiny.weights_kind, 8, paths,
+                                   iterations, loader_workers, precisions)
         cfg = default_cfg_path()
         say(f"training {cfg.stem} (its cfg's batch and size) ...")
-        results.append(_bench_training(cfg.stem, cfg, None, "random", None, paths, iterations, loader_workers))
+        results += _bench_training(cfg.stem, cfg, None, "random", None, paths, iterations, loader_workers)
     return results
 
 
@@ -460,7 +481,7 @@ def _coco_train_set(folder: Path) -> list[str] | None:
     return paths
 
 
-def _bench_realdata_training(iterations: int, workers: int, say) -> dict | None:
+def _bench_realdata_training(iterations: int, workers: int, say, precision: str = "f32") -> dict | None:
     """Fine-tuning the pretrained yolov3-tiny at 416, batch 8, on the 50 real train images: DataLoader (JPEG
     decoding, the cfg's augmentation, `workers` processes) feeding train_chunk + update; images/s over
     `iterations` iterations after one warm-up, data waits included."""
@@ -480,9 +501,9 @@ def _bench_realdata_training(iterations: int, workers: int, say) -> dict | None:
             return None
         cfg = _sized_cfg(ref / "yolov3-tiny.cfg", 416, folder, "yolov3-tiny")
         batch = 8
-        say(f"fine-tuning yolov3-tiny 416, batch {batch}, on {len(paths)} real COCO images ({workers} loader "
-            f"processes) ...")
-        with Network(cfg, ref / "yolov3-tiny.weights", batch=batch) as net:
+        say(f"fine-tuning yolov3-tiny 416, batch {batch}, {precision}, on {len(paths)} real COCO images ({workers} "
+            f"loader processes) ...")
+        with Network(cfg, ref / "yolov3-tiny.weights", batch=batch, precision=precision) as net:
             opts = net.options
             aug = Augment.from_net_options(opts, jitter=min(net.yolo_layers[-1].jitter, 0.49))
             times, losses = [], []
@@ -498,7 +519,8 @@ def _bench_realdata_training(iterations: int, workers: int, say) -> dict | None:
                         times.append(time.perf_counter() - start)
             bflops = net.bflops
     seconds = statistics.median(times)
-    return {"model": "yolov3-tiny", "input": "416x416", "batch": batch, "weights": "reference",
+    return {"model": "yolov3-tiny", "precision": precision, "input": "416x416", "batch": batch,
+            "weights": "reference",
             "data": f"{len(paths)} real COCO train2017 images", "loader_workers": workers,
             "iterations": iterations, "s_per_iteration": seconds, "s_per_image": seconds / batch,
             "images_per_s": batch / seconds, "iteration_runs_s": times, "losses": losses,
@@ -676,11 +698,12 @@ def _inference_notes(rows: list[dict], peak: float | None = None) -> list[str]:
 
 def _training_table(rows: list[dict]) -> list[str]:
     workers = sorted({w for r in rows for w in r["data_images_per_s"]}, key=int)
-    head = (f"{'model':<22}{'input':>9}{'batch':>6}{'compute s/img':>15}{'compute img/s':>15}"
+    head = (f"{'model':<22}{'precision':>10}{'input':>9}{'batch':>6}{'compute s/img':>15}{'compute img/s':>15}"
             + "".join(f"{'data img/s w=' + w:>16}" for w in workers) + f"{'serial s/img':>14}")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['model']:<22}{r['input']:>9}{r['batch']:>6}{r['compute_s_per_image']:>15.4f}"
+        lines.append(f"{r['model']:<22}{r['precision']:>10}{r['input']:>9}{r['batch']:>6}"
+                     f"{r['compute_s_per_image']:>15.4f}"
                      f"{r['compute_images_per_s']:>15.2f}"
                      + "".join(f"{r['data_images_per_s'].get(w, float('nan')):>16.1f}" for w in workers)
                      + f"{r.get('serial_s_per_image', float('nan')):>14.4f}")
@@ -695,8 +718,13 @@ def _training_notes(rows: list[dict]) -> list[str]:
              "   serial = compute + data loading in one process, i.e. training with workers=0)",
              "  issue figures, seconds per image training yolov3-tiny at 416: "
              + ", ".join(f"{k} {v}" for k, v in fig["train_s_per_image"].items())]
+    by_precision = {r["precision"]: r for r in rows if r["model"] == "yolov3-tiny"}
+    if "bf16" in by_precision:
+        lines.append(f"  yolov3-tiny training bf16 / f32 time: "
+                     f"{by_precision['bf16']['compute_s_per_image'] / by_precision['f32']['compute_s_per_image']:.2f}"
+                     " (interleaved iterations on the same batches)")
     for r in rows:
-        if r["model"] == "yolov3-tiny":
+        if r["model"] == "yolov3-tiny" and r["precision"] == "f32":
             s, minimum, goal = r["compute_s_per_image"], fig["train_s_per_image_minimum"], fig["train_s_per_image_goal"]
             lines.append(f"  yolov3-tiny compute {s:.3f} s/image: minimum < {minimum} "
                          f"{'met' if s < minimum else 'NOT met'}; goal <= {goal} {'met' if s <= goal else 'not met'}")
@@ -740,7 +768,7 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
         "settings": {"repeat": repeat, "warmup": warmup, "size": size, "models": models, "train": train,
                      "batches": list(batches), "train_iterations": train_iterations, "peers": peers},
         "issue_figures": ISSUE_FIGURES,
-        "inference": [], "training": [], "training_realdata": None, "valid": None,
+        "inference": [], "training": [], "training_realdata": None, "training_realdata_bf16": None, "valid": None,
     }
     try:
         say(f"pydarknet bench: {os.cpu_count()} CPUs, {threads} threads for every engine, OpenCV {cv2.__version__}, "
@@ -769,19 +797,24 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
                 say(line)
         if train:
             say()
-            report["training"] = _training_runs(train_iterations, loader_workers, say)
-            report["training_realdata"] = real = _bench_realdata_training(max(train_iterations, 3), 1, say)
+            precisions = _training_precisions(say)
+            report["training"] = _training_runs(train_iterations, loader_workers, say, precisions)
+            reals = [_bench_realdata_training(max(train_iterations, 3), 1, say, p) for p in precisions]
+            reals = [r for r in reals if r is not None]
+            report["training_realdata"] = reals[0] if reals else None
+            report["training_realdata_bf16"] = reals[1] if len(reals) > 1 else None
             say()
             say(f"training on {threads} threads")
             for line in _training_table(report["training"]) + _training_notes(report["training"]):
                 say(line)
-            if real is not None:
-                say(f"  real data: yolov3-tiny 416 batch 8 fine-tuned from the pretrained weights on "
-                    f"{real['data']}, JPEG decoding and augmentation in {real['loader_workers']} loader process: "
-                    f"{real['s_per_iteration']:.2f} s/iteration, {real['s_per_image']:.3f} s/image, "
+            for real in reals:
+                say(f"  real data, {real['precision']}: yolov3-tiny 416 batch 8 fine-tuned from the pretrained "
+                    f"weights on {real['data']}, JPEG decoding and augmentation in {real['loader_workers']} loader "
+                    f"process: {real['s_per_iteration']:.2f} s/iteration, {real['s_per_image']:.3f} s/image, "
                     f"{real['images_per_s']:.2f} images/s ({real['train_gflops_per_s']:.1f} GFLOP/s counting "
-                    f"backward as 2x forward); issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet "
-                    f"before 0.17 s/image")
+                    f"backward as 2x forward)")
+            if reals:
+                say("  issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet before 0.17 s/image")
     finally:
         set_threads(previous[0])
         cv2.setNumThreads(previous[1])

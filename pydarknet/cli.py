@@ -290,8 +290,10 @@ def detector(action, args):
 @click.option("--log-url", help="Send metrics to a board at this URL (http://HOST:PORT).")
 @click.option("--log-token", envvar="PYDARKNET_BOARD_TOKEN", help="The board's ingestion token.")
 @click.option("--seed", type=int, default=None, help="Random seed for data sampling and augmentation.")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="bf16: the convolutions' products in bfloat16 with float32 sums (CPUs with AMX or AVX512_BF16).")
 def train_command(data, cfg, weights, clear, gpus, nogpu, dist_url, tensorboard, map_eval, map_every, max_batches,
-                  threads, workers, log_url, log_token, seed):
+                  threads, workers, log_url, log_token, seed, precision):
     """Train a network. With no arguments: the built-in default (synthetic data set, GIoU loss, then mAP)."""
     # (not `from . import train`: the package exports the function train under that name)
     from .train import train_default  # noqa: PLC0415
@@ -303,7 +305,7 @@ def train_command(data, cfg, weights, clear, gpus, nogpu, dist_url, tensorboard,
         raise click.UsageError("train DATA CFG [WEIGHTS]")
     _train(data, cfg, weights, gpus=gpus, nogpu=nogpu, option="--gpus", dist_url=dist_url, clear=clear,
            map_eval=map_eval, map_every=map_every, max_batches=max_batches, threads=threads, workers=workers,
-           log_url=log_url, log_token=log_token, seed=seed,
+           log_url=log_url, log_token=log_token, seed=seed, precision=precision,
            tensorboard=True if tensorboard == "" else tensorboard)
 
 

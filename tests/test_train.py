@@ -687,6 +687,24 @@ def test_cli_train_options_reach_the_driver(dataset, tmp_path):
     assert seen_of(cfg, tmp_path / "ds" / "backup" / "cleared" / "tiny_final.weights") == 3 * BATCH
 
 
+def test_cli_train_precision_bf16(dataset, tmp_path):
+    """--precision bf16 trains with bfloat16 products where the CPU has them; elsewhere it is refused, clearly,
+    before anything is written."""
+    from pydarknet.cli import main
+    from pydarknet.network import bf16_supported
+
+    cfg = write_cfg(tmp_path / "tiny.cfg", max_batches=3)
+    result = CliRunner().invoke(main, ["train", str(dataset), str(cfg), "--max-batches", "2", "--workers", "0",
+                                       "--precision", "bf16"])
+    run = tmp_path / "ds" / "backup" / "run"
+    if bf16_supported()[0]:
+        assert result.exit_code == 0, result.output
+        assert seen_of(cfg, run / "tiny_final.weights") == 2 * BATCH
+    else:
+        assert result.exit_code != 0 and "precision bf16 needs" in str(result.exception)
+        assert not (run / "tiny_final.weights").exists()
+
+
 def test_train_default_small_scale(tmp_path, monkeypatch, capsys):
     """train_default end to end on a small scale: a 10 + 4 image synthetic set, the default cfg at batch 4 for
     3 iterations, then the held-out mAP table; a second call finds the final weights and does not retrain."""
