@@ -233,12 +233,15 @@ static dn_status yl_count_truths(const dn_yolo_config *cfg, const float *t, int 
     return DN_OK;
 }
 
-/* e^x in a form the compiler vectorises (expf calls it does not): x clamped to [-87.3, 88.3], x = k ln2 + r with
- * |r| <= ln2/2 (ln2 in two parts), e^r by Cephes' degree-6 polynomial, times 2^k built in the exponent bits.
- * Within 2 ulp of expf there (checked over the range in test_layers_python.py). */
+/* e^x in a form the compiler vectorises (expf calls it does not): x = k ln2 + r with |r| <= ln2/2 (ln2 in two
+ * parts), e^r by Cephes' degree-6 polynomial, times 2^(k-1) built in the exponent bits, times 2 (so that k = 128,
+ * just below expf's overflow, stays finite). Like expf it is infinite above 88.72283 (the logistic is then 0, as
+ * the reference's is); below -86.5 it stays at e^-86.5, where 1 + e^x is already 1 in float. Within 2 ulp of
+ * expf in between (checked over the range in test_yolo_loss.py). */
 static inline float exp_poly(float x)
 {
-    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    const float big = x > 88.72283f ? INFINITY : 0.f;
+    x = x < -86.5f ? -86.5f : (x > 88.72283f ? 88.72283f : x);
     /* floorf, not a truncation and fix-up: gcc vectorises only this form in the AVX clones */
     const float kf = floorf(x * 1.44269504088896341f + 0.5f);
     const int k = (int)kf;
@@ -250,8 +253,8 @@ static inline float exp_poly(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.f;
-    union { uint32_t u; float f; } two_k = {.u = (uint32_t)(k + 127) << 23};
-    return p * two_k.f;
+    union { uint32_t u; float f; } two_k1 = {.u = (uint32_t)(k + 126) << 23};
+    return p * two_k1.f * 2.f + big;
 }
 
 /* The logistic of a plane: with expf this loop was most of a [yolo] layer's time in a bf16 yolov3-tiny. */
