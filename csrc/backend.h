@@ -87,20 +87,6 @@ typedef struct dn_kernels {
     dn_status (*batchnorm_backward)(dn_backend *be, float *delta, const float *x, const float *x_norm,
                                     const float *mean, const float *variance, const float *scales, int batch,
                                     int filters, size_t spatial, float *scale_updates);
-    /* Optional (NULL: the layer runs batchnorm_forward, activate, then gradient, bias_gradient and
-     * batchnorm_backward). Training batch norm and an activation whose gradient reads only its output, fused:
-     * bn_act_forward makes the statistics (and rolling averages) as batchnorm_forward does and
-     * out = act(x_norm*scales + biases) in one pass, keeping no x_norm; bn_act_backward goes from d(out) to d(x)
-     * in place on delta through the activation and the batch norm, adding to bias_updates and scale_updates
-     * (x_norm made again from x, mean and variance). The same results as the separate kernels up to the order
-     * of the sums. */
-    dn_status (*bn_act_forward)(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
-                                const float *scales, const float *biases, float *mean, float *variance,
-                                float *rolling_mean, float *rolling_variance, int update_rolling, int activation,
-                                float *out);
-    dn_status (*bn_act_backward)(dn_backend *be, float *delta, const float *out, const float *x, const float *mean,
-                                 const float *variance, const float *scales, int activation, int batch, int filters,
-                                 size_t spatial, float *bias_updates, float *scale_updates);
     /* SGD step of SPEC §3 on one array: u -= decay_b * w; w += lr_over_b * u; u *= momentum (decay_b = 0 for
      * biases and scales). */
     dn_status (*sgd_update)(dn_backend *be, float *w, float *u, size_t n, float lr_over_b, float momentum,
@@ -137,6 +123,21 @@ typedef struct dn_kernels {
     /* weight_updates += delta (x) in. */
     dn_status (*conv_backward_filter)(dn_backend *be, const dn_conv_shape *s, const float *in, const float *delta,
                                       float *weight_updates);
+    /* ---- fused batch norm, optional (last: the CUDA backend's positional initialiser leaves them NULL; the
+     * layer then runs batchnorm_forward, activate, then gradient, bias_gradient and batchnorm_backward) ----
+     * Training batch norm and an activation whose gradient reads only its output, fused:
+     * bn_act_forward makes the statistics (and rolling averages) as batchnorm_forward does and
+     * out = act(x_norm*scales + biases) in one pass, keeping no x_norm; bn_act_backward goes from d(out) to d(x)
+     * in place on delta through the activation and the batch norm, adding to bias_updates and scale_updates
+     * (x_norm made again from x, mean and variance). The same results as the separate kernels up to the order
+     * of the sums. */
+    dn_status (*bn_act_forward)(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
+                                const float *scales, const float *biases, float *mean, float *variance,
+                                float *rolling_mean, float *rolling_variance, int update_rolling, int activation,
+                                float *out);
+    dn_status (*bn_act_backward)(dn_backend *be, float *delta, const float *out, const float *x, const float *mean,
+                                 const float *variance, const float *scales, int activation, int batch, int filters,
+                                 size_t spatial, float *bias_updates, float *scale_updates);
 } dn_kernels;
 
 struct dn_backend {

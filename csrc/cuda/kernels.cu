@@ -660,4 +660,5 @@ const dn_kernels dn_cuda_kernels = {
     cu_maxpool_forward, cu_maxpool_backward, cu_upsample_forward, cu_upsample_backward,
     cu_yolo_activate,
     DN_CONV_ENTRIES,
+    NULL, NULL, /* bn_act_forward, bn_act_backward: the separate batch-norm and activation kernels run */
 };
