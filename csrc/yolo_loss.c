@@ -236,15 +236,15 @@ static dn_status yl_count_truths(const dn_yolo_config *cfg, const float *t, int 
 /* e^x in a form the compiler vectorises (expf calls it does not): x = k ln2 + r with |r| <= ln2/2 (ln2 in two
  * parts), e^r by Cephes' degree-6 polynomial, times 2^(k-1) built in the exponent bits, times 2 (so that k = 128,
  * just below expf's overflow, stays finite). Like expf it is infinite above 88.72283 (the logistic is then 0, as
- * the reference's is); below -86.5 it stays at e^-86.5, where 1 + e^x is already 1 in float. Within 2 ulp of
- * expf in between (checked over the range in test_yolo_loss.py). */
+ * the reference's is); below -86.5 it stays at e^-86.5, where 1 + e^x is already 1 in float; NaN stays NaN.
+ * Within 2 ulp of expf in between (checked over the range in test_yolo_loss.py). */
 static inline float exp_poly(float x)
 {
     const float big = x > 88.72283f ? INFINITY : 0.f;
     x = x < -86.5f ? -86.5f : (x > 88.72283f ? 88.72283f : x);
     /* floorf, not a truncation and fix-up: gcc vectorises only this form in the AVX clones */
     const float kf = floorf(x * 1.44269504088896341f + 0.5f);
-    const int k = (int)kf;
+    const int k = kf == kf ? (int)kf : 0; /* NaN: converting it is undefined; the result is NaN through r */
     const float r = (x - kf * 0.693359375f) - kf * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
