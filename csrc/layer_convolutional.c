@@ -85,7 +85,6 @@ static void conv_free(dn_layer *l, dn_network *net)
     l->priv = NULL;
 }
 
-
 /* Whether training runs batch norm and the activation as the backend's fused pair (bn_act_forward/backward),
  * which keeps no x_norm: the activation's gradient must read only its output. */
 static int fused_bn_act(const conv_priv *p, const dn_network *net)
