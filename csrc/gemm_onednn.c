@@ -25,12 +25,14 @@ int dn_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda, c
 }
 
 #else
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 
 #define CACHE_SIZE 32
 
 typedef struct gemm_key {
     int ta, tb, M, N, K, lda, ldb, ldc, accumulate;
+    int threads; /* oneDNN splits a primitive's work for the team size it was made with */
 } gemm_key;
 
 typedef struct gemm_entry {
@@ -143,7 +145,7 @@ int dn_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda, c
     if (beta != 0.f && beta != 1.f) return 1;
     gemm_cache *c = thread_cache();
     if (!c) return 1;
-    const gemm_key key = {ta, tb, M, N, K, lda, ldb, ldc, beta != 0.f};
+    const gemm_key key = {ta, tb, M, N, K, lda, ldb, ldc, beta != 0.f, omp_get_max_threads()};
     gemm_entry *e = NULL;
     for (int i = 0; i < c->used && !e; i++)
         if (!memcmp(&c->entries[i].key, &key, sizeof key)) e = &c->entries[i];
