@@ -141,55 +141,38 @@ static void bn_rolling_update(int filters, const float *mean, const float *varia
     }
 }
 
-static dn_status cpu_batchnorm_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
-                                       const float *scales, const float *biases, float *mean, float *variance,
-                                       float *rolling_mean, float *rolling_variance, int update_rolling,
-                                       float *x_norm, float *out)
-{
-    (void)be;
-    const size_t outputs = (size_t)filters * spatial;
-    bn_batch_stats(x, batch, filters, spatial, mean, variance);
-    if (update_rolling) bn_rolling_update(filters, mean, variance, rolling_mean, rolling_variance);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < batch; b++) {
-        for (int c = 0; c < filters; c++) {
-            const float *v = x + b * outputs + c * spatial;
-            float *o = out + b * outputs + c * spatial;
-            float *xn = x_norm + b * outputs + c * spatial;
-            const float inv = 1.f / (sqrtf(variance[c]) + DN_BN_EPS);
-            const float m = mean[c], scale = scales[c], bias = biases[c];
-            for (size_t i = 0; i < spatial; i++) {
-                xn[i] = (v[i] - m) * inv;
-                o[i] = xn[i] * scale + bias;
-            }
-        }
-    }
-    return DN_OK;
-}
-
 /* One plane of out = act((v - m) * inv * scale + bias), the activation a compile-time constant where inlined. */
 static inline void bn_act_plane(const float *v, float *o, size_t n, float m, float inv, float scale, float bias, int a)
 {
     for (size_t i = 0; i < n; i++) o[i] = dn_activate_one((v[i] - m) * inv * scale + bias, a);
 }
 
-static dn_status cpu_bn_act_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
-                                    const float *scales, const float *biases, float *mean, float *variance,
-                                    float *rolling_mean, float *rolling_variance, int update_rolling, int activation,
-                                    float *out)
+/* Training batch norm: the batch statistics (and rolling averages), then per plane either x_norm and
+ * out = x_norm * scale + bias (x_norm given: batchnorm_forward), or out = act(that) without keeping x_norm
+ * (bn_act_forward). (v - m) * inv rounds to x_norm's float either way, so out has the same bits. */
+static void bn_forward(const float *x, int batch, int filters, size_t spatial, const float *scales,
+                       const float *biases, float *mean, float *variance, float *rolling_mean,
+                       float *rolling_variance, int update_rolling, float *x_norm, int activation, float *out)
 {
-    (void)be;
     const size_t outputs = (size_t)filters * spatial;
     bn_batch_stats(x, batch, filters, spatial, mean, variance);
     if (update_rolling) bn_rolling_update(filters, mean, variance, rolling_mean, rolling_variance);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < batch; b++) {
         for (int c = 0; c < filters; c++) {
-            const float *v = x + b * outputs + c * spatial;
-            float *o = out + b * outputs + c * spatial;
+            const size_t at = b * outputs + c * spatial;
+            const float *v = x + at;
+            float *o = out + at;
             const float inv = 1.f / (sqrtf(variance[c]) + DN_BN_EPS);
             const float m = mean[c], scale = scales[c], bias = biases[c];
-            /* (v - m) * inv rounds to x_norm's float as in cpu_batchnorm_forward, so out has the same bits */
+            if (x_norm) {
+                float *xn = x_norm + at;
+                for (size_t i = 0; i < spatial; i++) {
+                    xn[i] = (v[i] - m) * inv;
+                    o[i] = xn[i] * scale + bias;
+                }
+                continue;
+            }
             switch (activation) { /* the common ones with the activation inlined as a constant */
             case DN_ACT_LEAKY: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_LEAKY); break;
             case DN_ACT_LINEAR: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_LINEAR); break;
@@ -198,6 +181,27 @@ static dn_status cpu_bn_act_forward(dn_backend *be, const float *x, int batch, i
             }
         }
     }
+}
+
+static dn_status cpu_batchnorm_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
+                                       const float *scales, const float *biases, float *mean, float *variance,
+                                       float *rolling_mean, float *rolling_variance, int update_rolling,
+                                       float *x_norm, float *out)
+{
+    (void)be;
+    bn_forward(x, batch, filters, spatial, scales, biases, mean, variance, rolling_mean, rolling_variance,
+               update_rolling, x_norm, DN_ACT_LINEAR, out);
+    return DN_OK;
+}
+
+static dn_status cpu_bn_act_forward(dn_backend *be, const float *x, int batch, int filters, size_t spatial,
+                                    const float *scales, const float *biases, float *mean, float *variance,
+                                    float *rolling_mean, float *rolling_variance, int update_rolling, int activation,
+                                    float *out)
+{
+    (void)be;
+    bn_forward(x, batch, filters, spatial, scales, biases, mean, variance, rolling_mean, rolling_variance,
+               update_rolling, NULL, activation, out);
     return DN_OK;
 }
 

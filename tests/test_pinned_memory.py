@@ -18,20 +18,9 @@ import pydarknet.network
 from pydarknet import CudaError, _ffi
 from pydarknet._ffi import lib
 from pydarknet.data import Augment, DataLoader
-from test_data import rectangle_image, write_sample
+from test_data import small_set  # noqa: F401 -- the fixture: 12 labelled images of 2 classes
 
 STAGED = "cpu-staged"
-
-
-@pytest.fixture()
-def small_set(tmp_path):
-    rng = np.random.default_rng(7)
-    paths = []
-    for i in range(8):
-        w, h = int(rng.integers(60, 140)), int(rng.integers(60, 140))
-        bgr, label = rectangle_image(w, h, w // 4, h // 4, w // 2, h // 2, bgr=(0, 0, 200))
-        paths.append(write_sample(tmp_path, f"im{i}", bgr, label))
-    return paths
 
 
 def address(buffer) -> int:
@@ -93,7 +82,7 @@ def test_pinning_on_the_cpu_does_nothing_and_the_staged_device_keeps_the_drivers
 def test_pinned_loader_makes_the_same_batches_and_unpins_every_buffer(small_set, pins, workers, caplog):
     def batches(pin_device):
         out = []
-        with DataLoader(small_set, num_classes=1, batch=3, net_w=64, net_h=64, aug=Augment(jitter=0.2),
+        with DataLoader(small_set[1], num_classes=2, batch=3, net_w=64, net_h=64, aug=Augment(jitter=0.2),
                         workers=workers, seed=4, pin_device=pin_device) as loader:
             for i in range(6):
                 if i == 2:
@@ -121,7 +110,7 @@ def test_a_refused_pin_is_reported_once_and_loading_goes_on(small_set, caplog):
         raise CudaError(f"CUDA on cuda:{device}: cudaHostRegister failed: operation not supported")
 
     with mock.patch.object(_ffi, "host_pin", refuse), caplog.at_level(logging.WARNING, logger="pydarknet.data"):
-        with DataLoader(small_set, num_classes=1, batch=2, net_w=32, net_h=32, aug=Augment(), workers=2,
+        with DataLoader(small_set[1], num_classes=2, batch=2, net_w=32, net_h=32, aug=Augment(), workers=2,
                         pin_device="cuda:0") as loader:
             for _ in range(3):
                 x, _ = loader.next_batch()

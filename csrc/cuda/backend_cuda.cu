@@ -85,17 +85,25 @@ static void cu_release(dn_backend *be, void *p)
     if (dn_cuda_enter(ctx) == DN_OK && cudaFree(p) != cudaSuccess) cudaGetLastError();
 }
 
-static dn_status copy_and_wait(dn_cuda_ctx *ctx, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
-                               const char *what)
+/* A copy queued on the stream (nothing to do for 0 bytes). */
+static dn_status queue_copy(dn_cuda_ctx *ctx, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            const char *what)
 {
     if (!bytes) return DN_OK;
     dn_status st = dn_cuda_enter(ctx);
     if (st) return st;
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, ctx->stream);
-    if (e != cudaSuccess) return dn_cuda_error(ctx, e, what);
+    return e == cudaSuccess ? DN_OK : dn_cuda_error(ctx, e, what);
+}
+
+static dn_status copy_and_wait(dn_cuda_ctx *ctx, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                               const char *what)
+{
+    dn_status st = queue_copy(ctx, dst, src, bytes, kind, what);
+    if (st || !bytes) return st;
     /* The host buffer is the caller's: it may be read or freed as soon as we return. */
-    if ((e = cudaStreamSynchronize(ctx->stream)) != cudaSuccess) return dn_cuda_error(ctx, e, what);
-    return DN_OK;
+    cudaError_t e = cudaStreamSynchronize(ctx->stream);
+    return e == cudaSuccess ? DN_OK : dn_cuda_error(ctx, e, what);
 }
 
 static dn_status cu_to_host(dn_backend *be, void *host_dst, const void *src, size_t bytes)
@@ -115,12 +123,10 @@ static dn_status cu_from_host(dn_backend *be, void *dst, const void *host_src, s
 static dn_status cu_from_host_start(dn_backend *be, void *dst, const void *host_src, size_t bytes)
 {
     dn_cuda_ctx *ctx = dn_cuda_ctx_of(be);
-    if (!bytes) return DN_OK;
-    dn_status st = dn_cuda_enter(ctx);
-    if (st) return st;
-    cudaError_t e = cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx->stream);
-    if (e != cudaSuccess) return dn_cuda_error(ctx, e, "cudaMemcpyAsync (input, host to device)");
-    e = cudaEventRecord(ctx->input_copied, ctx->stream);
+    dn_status st = queue_copy(ctx, dst, host_src, bytes, cudaMemcpyHostToDevice,
+                              "cudaMemcpyAsync (input, host to device)");
+    if (st || !bytes) return st;
+    cudaError_t e = cudaEventRecord(ctx->input_copied, ctx->stream);
     return e == cudaSuccess ? DN_OK : dn_cuda_error(ctx, e, "cudaEventRecord (input copied)");
 }
 
@@ -135,12 +141,8 @@ static dn_status cu_from_host_finish(dn_backend *be)
 
 static dn_status cu_copy(dn_backend *be, void *dst, const void *src, size_t bytes)
 {
-    dn_cuda_ctx *ctx = dn_cuda_ctx_of(be);
-    if (!bytes) return DN_OK;
-    dn_status st = dn_cuda_enter(ctx);
-    if (st) return st;
-    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx->stream);
-    return e == cudaSuccess ? DN_OK : dn_cuda_error(ctx, e, "cudaMemcpyAsync (device to device)");
+    return queue_copy(dn_cuda_ctx_of(be), dst, src, bytes, cudaMemcpyDeviceToDevice,
+                      "cudaMemcpyAsync (device to device)");
 }
 
 static dn_status cu_memset0(dn_backend *be, void *p, size_t bytes)
