@@ -77,7 +77,8 @@ typedef enum dn_conv_engine {
     DN_ENGINE_FUSED = 2,        /* the hand-written fused path (Winograd or im2col + GEMM) */
     DN_ENGINE_ONEDNN = 3,       /* oneDNN, float32 */
     DN_ENGINE_ONEDNN_BF16 = 4,  /* oneDNN, bfloat16 multiplies */
-    DN_ENGINE_DEVICE = 5        /* the network's device backend (CUDA) */
+    DN_ENGINE_DEVICE = 5,       /* the network's device backend (CUDA) */
+    DN_ENGINE_STEM = 6          /* the first convolution fused with the max pool after it (AVX-512, by hand) */
 } dn_conv_engine;
 
 /* Per-network options, given at load. Fill with dn_options_init, then change what you need. */

@@ -4,12 +4,26 @@
 #include <string.h>
 
 #include "conv_onednn.h"
+#include "conv_stem.h"
 #include "layer_node.h"
 #include "net_onednn.h"
 
 #ifndef DN_ONEDNN
 
 int net_onednn_wanted(const dn_network *net) { return 0; }
+static dn_status refresh_stem(dn_network *net, net_onednn *p)
+{
+    step *s = &p->steps[0];
+    dn_layer *l = &net->layers[0];
+    dn_status st = l->ops->node(l, net, &s->node); /* the folded batch norm of the current parameters */
+    conv_stem_free(p->stem);
+    p->stem = NULL;
+    if (!st) st = conv_stem_create(&p->stem, &s->node.conv);
+    if (st) return st;
+    p->stem_version = net->params_version;
+    return DN_OK;
+}
+
 dn_status net_onednn_forward(dn_network *net, const float *in, int n)
 {
     return dn_fail(DN_E_NOTFOUND, "this library was built without oneDNN");
@@ -59,6 +73,12 @@ struct net_onednn {
     dnnl_primitive_t input_reorder;
     dnnl_memory_t scratchpad;    /* one for every primitive (they run one at a time) */
     size_t scratchpad_bytes;
+    /* the first convolution and the 2x2 max pool after it as one hand-written kernel (conv_stem.h), when they
+     * fit it: it writes the pool's output; the convolution's is made only when read, from the input the kernel
+     * leaves in the convolution's (otherwise unused) buffer */
+    int use_stem;
+    conv_stem *stem;
+    uint64_t stem_version;
 };
 
 int net_onednn_wanted(const dn_network *net)
@@ -89,6 +109,7 @@ void net_onednn_free(net_onednn *p)
     dnnl_memory_destroy(p->input_cl);
     dnnl_primitive_destroy(p->input_reorder);
     dnnl_memory_destroy(p->scratchpad);
+    conv_stem_free(p->stem);
     if (p->stream) dnnl_stream_destroy(p->stream);
     if (p->engine) dnnl_engine_destroy(p->engine);
     free(p->steps);
@@ -362,6 +383,24 @@ fail:
     return st;
 }
 
+/* Whether layers 0 and 1 fit conv_stem: a convolution read only by a 2x2 stride-2 max pool right after it, both
+ * outputs in the plan's layout, and the convolution's buffer large enough to keep the input in. */
+static int stem_fits(const dn_network *net, const net_onednn *p)
+{
+    const step *conv = &p->steps[0], *pool = &p->steps[1];
+    const dn_layer *l0 = &net->layers[0], *l1 = &net->layers[1];
+    if (net->opt.conv_algo != DN_CONV_AUTO || p->n < 2 || p->plain[0] || p->plain[1] || pool->own_forward ||
+        pool->node.kind != NODE_MAXPOOL || pool->node.inputs[0] != 0 || pool->node.size != 2 ||
+        pool->node.stride != 2 || pool->node.pad_top_left != 0 || l1->out_h * 2 != l0->out_h ||
+        l1->out_w * 2 != l0->out_w || l0->outputs < (size_t)net->c * net->h * net->w ||
+        !conv_stem_supported(&conv->node.conv, p->bf16))
+        return 0;
+    for (int j = 2; j < p->n; j++)
+        for (int k = 0; k < p->steps[j].node.n_inputs && !p->steps[j].own_forward; k++)
+            if (p->steps[j].node.inputs[k] == 0) return 0;
+    return 1;
+}
+
 /* The plan for n images. DN_E_NOTFOUND (message set) when a layer cannot run in it. */
 static dn_status build(dn_network *net, int n, net_onednn **out)
 {
@@ -438,7 +477,10 @@ static dn_status build(dn_network *net, int n, net_onednn **out)
         if ((st = tensor_md(&p->md[i], n, l->out_c, l->out_h, l->out_w, p->plain[i], p->bf16))) goto fail;
         TRY(dnnl_memory_create(&p->out[i], p->md[i], p->engine, l->output));
     }
-    if ((st = first_conv(net, p))) goto fail;
+    if (stem_fits(net, p))
+        p->use_stem = p->steps[1].done_by_previous = 1;
+    else if ((st = first_conv(net, p)))
+        goto fail;
     for (int i = 1; i < L; i++) {
         step *s = &p->steps[i];
         if (s->own_forward || s->done_by_previous) continue;
@@ -480,6 +522,19 @@ static dn_status refresh_weights(dn_network *net, net_onednn *p, int i)
     return DN_OK;
 }
 
+static dn_status refresh_stem(dn_network *net, net_onednn *p)
+{
+    step *s = &p->steps[0];
+    dn_layer *l = &net->layers[0];
+    dn_status st = l->ops->node(l, net, &s->node); /* the folded batch norm of the current parameters */
+    conv_stem_free(p->stem);
+    p->stem = NULL;
+    if (!st) st = conv_stem_create(&p->stem, &s->node.conv);
+    if (st) return st;
+    p->stem_version = net->params_version;
+    return DN_OK;
+}
+
 dn_status net_onednn_forward(dn_network *net, const float *in, int n)
 {
     dn_status st = DN_OK;
@@ -499,6 +554,11 @@ dn_status net_onednn_forward(dn_network *net, const float *in, int n)
         net->onednn = p;
     }
     TRY(dnnl_memory_set_data_handle(p->input, (void *)in));
+    if (p->use_stem) {
+        if ((!p->stem || p->stem_version != net->params_version) && (st = refresh_stem(net, p))) return st;
+        conv_stem_forward(p->stem, in, net->layers[1].output, p->bf16, net->layers[0].output, n);
+        *p->steps[0].node.engine = DN_ENGINE_STEM;
+    }
     if (p->input_reorder) {
         dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, p->input}, {DNNL_ARG_TO, p->input_cl}};
         TRY(dnnl_primitive_execute(p->input_reorder, p->stream, 2, args));
@@ -510,6 +570,10 @@ dn_status net_onednn_forward(dn_network *net, const float *in, int n)
         dn_layer *l = &net->layers[i];
         if (s->done_by_previous) {
             p->stale[i] = !p->plain[i];
+            continue;
+        }
+        if (i == 0 && p->use_stem) {
+            p->unwritten[0] = 1;
             continue;
         }
         if (s->own_forward) {
@@ -539,6 +603,18 @@ dn_status net_onednn_export(dn_network *net, int index)
 {
     dn_status st = DN_OK;
     net_onednn *p = net->onednn;
+    if (p && p->unwritten[index] && index == 0) {
+        /* the stem's convolution: its own forward, from the input the stem left in its buffer */
+        dn_layer *l = &net->layers[0];
+        const size_t count = (size_t)p->batch * net->c * net->h * net->w;
+        float *input = malloc(sizeof(float) * count);
+        if (!input) return dn_fail(DN_E_NOMEM, "out of memory reading layer 0's output");
+        memcpy(input, l->output, sizeof(float) * count);
+        st = l->ops->forward(l, net, input, p->batch);
+        free(input);
+        if (!st) p->unwritten[0] = p->stale[0] = 0;
+        return st;
+    }
     if (p && p->unwritten[index]) {
         /* made now, by the layer's own forward from its input (a convolution reads only its predecessor's
          * output, which is still there: nothing has run since) */

@@ -53,8 +53,10 @@ def test_bf16_costs_at_most_half_a_point_of_coco_ap(reference_dir, tmp_path):
             result = valid(data, cfg, weights, tmp_path / precision, detector=detector, progress=False)
             engines = detector.network.conv_engines()
             path = detector.network.inference_path()
-        # the whole network as one oneDNN network, every layer in the precision asked
-        assert engines == {"onednn-bf16" if precision == "bf16" else "onednn": 13}, engines
+        # the whole network as one oneDNN network, every layer in the precision asked (the first convolution
+        # and its pool as one hand-written kernel on AVX-512 CPUs: float32 products, output rounded to bf16)
+        main = "onednn-bf16" if precision == "bf16" else "onednn"
+        assert engines in ({main: 13}, {main: 12, "stem": 1}), engines
         assert path == "onednn-network"
         stats[precision] = coco_stats(gt, result.outputs[0])
     f32, bf16 = stats["f32"], stats["bf16"]

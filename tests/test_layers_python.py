@@ -49,7 +49,7 @@ def test_enums_come_from_the_header():
     assert loss.IOU_LOSSES == {"mse": 0, "iou": 1, "giou": 2}
     # the names Network.conv_engines() reports, from dn_conv_engine
     assert pydarknet.network.CONV_ENGINES == {0: "none", 1: "plain", 2: "fused", 3: "onednn", 4: "onednn-bf16",
-                                              5: "device"}
+                                              5: "device", 6: "stem"}
     if header is not None:
         assert "DN_LOSS_GIOU = 2" in header and "DN_REPR_LIN = 1" in header
 

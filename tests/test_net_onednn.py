@@ -136,3 +136,120 @@ def test_a_network_it_cannot_run_goes_layer_by_layer(tmp_path, caplog):
         assert ours.conv_engines() == {"onednn": 1, "fused": 1}  # layer by layer: 1x1 on the hand-written path
         assert_same_outputs(ours, ref, 1, "declined network")
     assert any("layer by layer" in r.getMessage() and "not a convolution" in r.getMessage() for r in caplog.records)
+
+
+# The first convolution and the 2x2 max pool after it as one hand-written AVX-512 kernel (csrc/conv_stem.c),
+# under conv_algo "auto" where the CPU has AVX-512 (and AVX512_BF16 for bfloat16).
+def cpu_flags() -> set[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+STEM_F32 = "avx512f" in cpu_flags()
+STEM_BF16 = STEM_F32 and "avx512_bf16" in cpu_flags()
+
+
+def stem_layers(filters=16, size=3, act="leaky", bn=1, pool=(2, 2)):
+    return [conv(filters, size, bn=bn, act=act), ("maxpool", {"size": pool[0], "stride": pool[1]}),
+            conv(24, 3, bn=1, act="leaky"), conv(8, 1, bn=0, act="linear")]
+
+
+@pytest.mark.parametrize("shape,batch,layers", [
+    ((16, 16, 3), 1, stem_layers()),
+    ((38, 22, 3), 3, stem_layers()),                         # pooled rows of 19: blocks of 6 and edge pixels
+    ((30, 26, 3), 2, stem_layers(32, 5, act="relu")),       # two filter blocks, pad 2
+    ((20, 12, 1), 2, stem_layers(16, 1, act="linear", bn=0)),  # one channel, 1x1, no batch norm
+    ((64, 8, 4), 1, stem_layers(48, 3)),
+], ids=["16x16", "38x22-batch3", "5x5-relu-32", "1x1-one-channel", "4-channels-48"])
+def test_the_stem_gives_the_layers_outputs(tmp_path, shape, batch, layers):
+    """Every layer's output, the convolution's too (made when read, from the input the kernel keeps), equals
+    im2col + GEMM's; the stem ran where the CPU has AVX-512."""
+    ours, ref = pair(tmp_path, batch, layers=layers, shape=shape)
+    with ours, ref:
+        w, h, c = shape
+        x = np.random.default_rng(1).uniform(0, 1, (batch, c, h, w)).astype(np.float32)
+        ours.forward(x)
+        ref.forward(x)
+        assert ours.inference_path() == "onednn-network"
+        engines = ours.conv_engines()
+        assert engines.get("stem", 0) == (1 if STEM_F32 else 0), engines
+        assert_same_outputs(ours, ref, batch, f"stem {shape}")
+        y = np.random.default_rng(2).uniform(0, 1, (batch, c, h, w)).astype(np.float32)
+        ours.forward(y)  # a second forward, its outputs read from the last layer back
+        ref.forward(y)
+        for i in reversed(range(len(ref.layers))):
+            a, b = ours.layer_output(i, batch), ref.layer_output(i, batch)
+            assert np.abs(a - b).max() <= TOL * np.abs(b).max(), f"layer {i} after a second forward"
+
+
+def test_the_stem_follows_new_parameters(tmp_path):
+    ours, ref = pair(tmp_path, 2, layers=stem_layers(), shape=(24, 24, 3))
+    with ours, ref:
+        x = images(2, 24, 24)
+        ours.forward(x)
+        ours.set_params(grad.randomize(ref, np.random.default_rng(12)))
+        ours.forward(x)
+        ref.forward(x)
+        assert_same_outputs(ours, ref, 2, "stem after set_params")
+
+
+@pytest.mark.parametrize("layers,why", [
+    (stem_layers(pool=(2, 1)), "a stride-1 pool"),
+    (stem_layers(pool=(3, 2)), "a 3x3 pool"),
+    (stem_layers(act="logistic"), "a logistic activation"),
+    (stem_layers(filters=8), "8 filters"),
+    (stem_layers() + [("route", {"layers": "0"}), conv(8, 1, bn=0, act="linear")], "a route reads the conv"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_the_stem_declines_what_it_does_not_fit(tmp_path, layers, why):
+    ours, ref = pair(tmp_path, 2, layers=layers, shape=(16, 16, 3))
+    with ours, ref:
+        x = images(2)
+        ours.forward(x)
+        ref.forward(x)
+        assert ours.inference_path() == "onednn-network"
+        assert "stem" not in ours.conv_engines(), why
+        assert_same_outputs(ours, ref, 2, why)
+
+
+def test_conv_algo_onednn_keeps_onednn_for_the_first_layer(tmp_path):
+    ours, ref = pair(tmp_path, 1, layers=stem_layers(), conv_algo="onednn")
+    with ours, ref:
+        ours.forward(images(1))
+        assert ours.conv_engines() == {"onednn": 3}
+
+
+@pytest.mark.skipif(not STEM_BF16 or not pydarknet.network.bf16_supported()[0],
+                    reason="needs AVX512_BF16 (and oneDNN's bf16)")
+def test_the_bf16_stem_rounds_only_its_output(tmp_path):
+    """In bf16 the stem multiplies in float32 and rounds its pooled output to bfloat16: the pool's output is the
+    float32 one rounded (within 2^-8 relative), and the network stays as close to float32 as oneDNN's bf16."""
+    layers = stem_layers()
+    cfg = write_cfg(tmp_path, "net", 38, 22, 3, layers)
+    params = None
+    nets = {}
+    for name, options in (("stem", dict(precision="bf16")), ("onednn", dict(precision="bf16", conv_algo="onednn")),
+                          ("f32", dict(conv_algo="gemm"))):
+        nets[name] = Network(cfg, batch=2, threads=2, **options)
+        if params is None:
+            params = grad.randomize(nets[name], np.random.default_rng(3))
+        nets[name].set_params(params)
+    x = images(2, 38, 22, seed=5)
+    try:
+        for net in nets.values():
+            net.forward(x)
+        assert nets["stem"].conv_engines() == {"stem": 1, "onednn-bf16": 2}
+        pooled, exact = nets["stem"].layer_output(1, 2), nets["f32"].layer_output(1, 2)
+        assert np.all(np.abs(pooled - exact) <= 2.0 ** -8 * np.abs(exact) + 1e-30)
+        assert not np.array_equal(pooled, exact)  # it did round
+        last = len(layers) - 1
+        ref = nets["f32"].layer_output(last, 2)
+        err_stem = np.abs(nets["stem"].layer_output(last, 2) - ref).max()
+        err_onednn = np.abs(nets["onednn"].layer_output(last, 2) - ref).max()
+        assert err_stem <= 1.5 * err_onednn + 1e-6 and err_stem < 2e-2 * np.abs(ref).max(), (err_stem, err_onednn)
+    finally:
+        for net in nets.values():
+            net.close()
