@@ -99,20 +99,23 @@ static inline __attribute__((always_inline)) int max_int(int a, int b) { return 
 static inline __attribute__((always_inline)) int min_int(int a, int b) { return a < b ? a : b; }
 
 /* One row of taps (channel ch, kernel row ky0 for the upper output row and ky0 - 1 for the lower; `upper` and
- * `lower` say which exist) over STEM_PIXELS pixels whose windows lie inside the row. */
+ * `lower` say which exist) over STEM_PIXELS pixels whose windows lie inside the row. S is the kernel size, a
+ * constant where it is inlined for 3 (the taps' loop unrolled: each input value broadcast once). */
 static inline __attribute__((always_inline)) void tap_row(const conv_stem *s, const float *row, int ch, int ky0,
-                                                          int fb, const int upper, const int lower, __m512 *acc0,
-                                                          __m512 *acc1)
+                                                          int fb, const int S, const int upper, const int lower,
+                                                          __m512 *acc0, __m512 *acc1)
 {
-    const int F = s->filters, S = s->size;
+    const int F = s->filters;
     const float *w0 = s->weights + (size_t)((ch * S + ky0) * S) * F + fb;
     const float *w1 = w0 - (size_t)S * F;
+#pragma GCC unroll 1
     for (int kx = 0; kx < S; kx++) {
         const __m512 a = upper ? _mm512_load_ps(w0 + (size_t)kx * F) : _mm512_setzero_ps();
         const __m512 b = lower ? _mm512_load_ps(w1 + (size_t)kx * F) : _mm512_setzero_ps();
 #pragma GCC unroll 16
         for (int p = 0; p < STEM_PIXELS; p++) {
-            const __m512 x = _mm512_set1_ps(row[p + kx]);
+            __m512 x; /* a broadcast from memory (a load, no shuffle), so that the compiler keeps no scalars */
+            __asm__("vbroadcastss %1, %0" : "=v"(x) : "m"(row[p + kx]));
             if (upper) acc0[p] = _mm512_fmadd_ps(a, x, acc0[p]);
             if (lower) acc1[p] = _mm512_fmadd_ps(b, x, acc1[p]);
         }
@@ -122,9 +125,10 @@ static inline __attribute__((always_inline)) void tap_row(const conv_stem *s, co
 /* STEM_PIXELS / 2 pooled pixels from convolution rows oy, oy + 1 (input origin iy0 = oy - pad) and columns
  * ox0... (input origin ix0 = ox0 - pad, windows inside the row), stored at out[at...]. */
 static inline __attribute__((always_inline)) void pool_block(const conv_stem *s, const float *img, int iy0,
-                                                             int ix0, void *out, size_t at, const int bf16)
+                                                             int ix0, void *out, size_t at, const int S,
+                                                             const int bf16)
 {
-    const int F = s->filters, S = s->size;
+    const int F = s->filters;
     for (int fb = 0; fb < F; fb += 16) {
         __m512 acc0[STEM_PIXELS], acc1[STEM_PIXELS];
 #pragma GCC unroll 16
@@ -135,11 +139,11 @@ static inline __attribute__((always_inline)) void pool_block(const conv_stem *s,
                 if (iy < 0 || iy >= s->h) continue;
                 const float *row = img + ((size_t)ch * s->h + iy) * s->w + ix0;
                 if (r == 0)
-                    tap_row(s, row, ch, r, fb, 1, 0, acc0, acc1);
+                    tap_row(s, row, ch, r, fb, S, 1, 0, acc0, acc1);
                 else if (r == S)
-                    tap_row(s, row, ch, r, fb, 0, 1, acc0, acc1);
+                    tap_row(s, row, ch, r, fb, S, 0, 1, acc0, acc1);
                 else
-                    tap_row(s, row, ch, r, fb, 1, 1, acc0, acc1);
+                    tap_row(s, row, ch, r, fb, S, 1, 1, acc0, acc1);
             }
         const __m512 bias = _mm512_load_ps(s->bias + fb);
 #pragma GCC unroll 8
@@ -196,7 +200,10 @@ static inline __attribute__((always_inline)) void pooled_row(const conv_stem *s,
     int px = 0;
     for (; px < lo; px++) pool_pixel(s, img, py, px, out, at + (size_t)px * F, bf16);
     for (; px + STEM_PIXELS / 2 <= hi; px += STEM_PIXELS / 2)
-        pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, bf16);
+        if (S == 3)
+            pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, 3, bf16);
+        else
+            pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, S, bf16);
     for (; px < s->pool_w; px++) pool_pixel(s, img, py, px, out, at + (size_t)px * F, bf16);
 }
 
