@@ -179,20 +179,29 @@ static inline __attribute__((always_inline)) void pool_pixel(const conv_stem *s,
     }
 }
 
-/* Pooled row r (image r / pool_h) of `batch` images; with keep, a share of the input rows copied there too. */
+/* Pooled row r (image r / pool_h) of `batch` images; with keep, a share of the input rows copied there too and
+ * *finite cleared when one of them holds NaN or infinity. */
 static inline __attribute__((always_inline)) void pooled_row(const conv_stem *s, const float *in, long r, void *out,
-                                                             float *keep, const int bf16)
+                                                             float *keep, int *finite, const int bf16)
 {
     const int py = (int)(r % s->pool_h), F = s->filters, S = s->size;
     const size_t image = (size_t)s->c * s->h * s->w;
     const float *img = in + (size_t)(r / s->pool_h) * image;
-    if (keep) /* this row's share of the input rows, while they are in the cache */
+    if (keep) /* this row's share of the input rows, while they are in the cache; and whether they are finite */
         for (int ch = 0; ch < s->c; ch++) {
             const int y0 = (int)((long)py * s->h / s->pool_h), y1 = (int)((long)(py + 1) * s->h / s->pool_h);
             const size_t at = (size_t)(r / s->pool_h) * image + ((size_t)ch * s->h + y0) * s->w;
-            memcpy(keep + at, in + at, sizeof(float) * (size_t)(y1 - y0) * s->w);
-        }
-    const size_t at = (size_t)r * s->pool_w * F;
+            const size_t count = (size_t)(y1 - y0) * s->w;
+            memcpy(keep + at, in + at, sizeof(float) * count);
+            __mmask16 bad = 0;
+            size_t i = 0;
+            for (; i + 16 <= count; i += 16) { /* x - x is 0 for finite x, NaN for NaN and the infinities */
+                const __m512 v = _mm512_loadu_ps(in + at + i);
+                bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+            }
+            for (; i < count; i++) bad |= !isfinite(in[at + i]);
+            if (bad) *finite = 0;
+        }    const size_t at = (size_t)r * s->pool_w * F;
     /* pooled pixels whose four convolution pixels have their windows inside the row: 2 px - pad >= 0 and
      * 2 px + 1 - pad + S <= w */
     const int lo = min_int((s->pad + 1) / 2, s->pool_w);
@@ -207,31 +216,32 @@ static inline __attribute__((always_inline)) void pooled_row(const conv_stem *s,
     for (; px < s->pool_w; px++) pool_pixel(s, img, py, px, out, at + (size_t)px * F, bf16);
 }
 
-static void forward_f32(const conv_stem *s, const float *in, void *out, float *keep, int batch)
+static int forward_f32(const conv_stem *s, const float *in, void *out, float *keep, int batch)
 {
-#pragma omp parallel for schedule(static)
-    for (long r = 0; r < (long)batch * s->pool_h; r++) pooled_row(s, in, r, out, keep, 0);
+    int finite = 1;
+#pragma omp parallel for schedule(static) reduction(&& : finite)
+    for (long r = 0; r < (long)batch * s->pool_h; r++) pooled_row(s, in, r, out, keep, &finite, 0);
+    return finite;
 }
 
-static void forward_bf16(const conv_stem *s, const float *in, void *out, float *keep, int batch)
+static int forward_bf16(const conv_stem *s, const float *in, void *out, float *keep, int batch)
 {
-#pragma omp parallel for schedule(static)
-    for (long r = 0; r < (long)batch * s->pool_h; r++) pooled_row(s, in, r, out, keep, 1);
+    int finite = 1;
+#pragma omp parallel for schedule(static) reduction(&& : finite)
+    for (long r = 0; r < (long)batch * s->pool_h; r++) pooled_row(s, in, r, out, keep, &finite, 1);
+    return finite;
 }
 
 #pragma GCC pop_options
 
-void conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch)
+int conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch)
 {
-    if (bf16)
-        forward_bf16(s, in, out, keep, batch);
-    else
-        forward_f32(s, in, out, keep, batch);
+    return bf16 ? forward_bf16(s, in, out, keep, batch) : forward_f32(s, in, out, keep, batch);
 }
 
 #else /* not x86-64 GCC: never chosen */
 
 int conv_stem_supported(const conv_fast_desc *d, int bf16) { return 0; }
-void conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch) {}
+int conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch) { return 0; }
 
 #endif

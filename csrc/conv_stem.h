@@ -29,7 +29,8 @@ void conv_stem_free(conv_stem *s);
 /* `batch` NCHW float32 images `in` -> maxpool2x2(activation(conv(in) * mul + add)) in `out`, NHWC
  * (batch x out_h/2 x out_w/2 x filters): float32, or bfloat16 (rounded to nearest even) when bf16. With `keep`
  * (not NULL), a copy of `in` is left there too, made while its rows are in the cache (the convolution's own
- * output is not made: a caller that may be asked for it later keeps the input to make it from). */
-void conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch);
+ * output is not made: a caller that may be asked for it later keeps the input to make it from). Returns, with
+ * keep, whether every input value was finite (checked on the way, for free); without keep, 1. */
+int conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch);
 
 #endif

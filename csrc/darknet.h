@@ -235,7 +235,8 @@ dn_status dn_network_resize(dn_network *net, int width, int height);
 /* Re-initialise every parameter from seed (as at load). */
 dn_status dn_network_init_params(dn_network *net, uint64_t seed);
 
-/* Inference forward of n images (n <= batch): input float[n * channels * height * width]. */
+/* Inference forward of n images (n <= batch): input float[n * channels * height * width]. DN_E_ARG when it
+ * holds a NaN or an infinity. */
 dn_status dn_network_forward(dn_network *net, const float *input, int n);
 /* 1 when the last inference forward ran the network as one oneDNN network (net_onednn.h: layers' outputs kept in
  * oneDNN's layouts, read back on demand), 0 when it ran layer by layer or there was none yet. */

@@ -28,6 +28,7 @@ dn_status net_onednn_forward(dn_network *net, const float *in, int n)
 {
     return dn_fail(DN_E_NOTFOUND, "this library was built without oneDNN");
 }
+int net_onednn_checks_input(const dn_network *net, int n) { return 0; }
 dn_status net_onednn_export(dn_network *net, int index) { return DN_OK; }
 void net_onednn_outputs_plain(dn_network *net) {}
 void net_onednn_free(net_onednn *plan) {}
@@ -556,7 +557,8 @@ dn_status net_onednn_forward(dn_network *net, const float *in, int n)
     TRY(dnnl_memory_set_data_handle(p->input, (void *)in));
     if (p->use_stem) {
         if ((!p->stem || p->stem_version != net->params_version) && (st = refresh_stem(net, p))) return st;
-        conv_stem_forward(p->stem, in, net->layers[1].output, p->bf16, net->layers[0].output, n);
+        if (!conv_stem_forward(p->stem, in, net->layers[1].output, p->bf16, net->layers[0].output, n))
+            return dn_fail(DN_E_ARG, "the input contains NaN or infinity");
         *p->steps[0].node.engine = DN_ENGINE_STEM;
     }
     if (p->input_reorder) {
@@ -597,6 +599,13 @@ dn_status net_onednn_forward(dn_network *net, const float *in, int n)
     TRY(dnnl_stream_wait(p->stream));
 fail:
     return st;
+}
+
+int net_onednn_checks_input(const dn_network *net, int n)
+{
+    const net_onednn *p = net->onednn;
+    return p && p->use_stem && p->batch == n && p->bf16 == (net->opt.precision == DN_PRECISION_BF16) &&
+           !net->train && net_onednn_wanted(net);
 }
 
 dn_status net_onednn_export(dn_network *net, int index)

@@ -25,6 +25,9 @@ int net_onednn_wanted(const dn_network *net);
 /* The inference forward of n images from `in` (host memory). DN_E_NOTFOUND when this network cannot run here
  * (remembered until its shapes change): the caller runs the layers. */
 dn_status net_onednn_forward(dn_network *net, const float *in, int n);
+/* Whether the next inference forward of n images here will check its input for NaN and infinity itself (the
+ * first-layer kernel does, for free) and fail with DN_E_ARG: the caller need not scan it first. */
+int net_onednn_checks_input(const dn_network *net, int n);
 /* Puts layer `index`'s output back in NCHW float32 in its buffer when a forward here left it in oneDNN's layout. */
 dn_status net_onednn_export(dn_network *net, int index);
 /* After a layer-by-layer forward: every layer's buffer holds NCHW again. */

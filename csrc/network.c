@@ -511,8 +511,10 @@ DN_EXPORT dn_status dn_network_forward(dn_network *net, const float *input, int 
     dn_status st = check_io(net, input, n);
     if (st) return st;
     enter(net);
-    if ((st = stage_input(net, input, n, &in))) return st;
     net->train = 0;
+    if (!net_onednn_checks_input(net, n) && !dn_all_finite(input, (size_t)n * net->c * net->h * net->w))
+        return dn_fail(DN_E_ARG, "the input contains NaN or infinity");
+    if ((st = stage_input(net, input, n, &in))) return st;
     return forward_staged(net, in, n);
 }
 

@@ -464,11 +464,6 @@ def network_train_chunk(handle, x, truth) -> float:
     return float(cost[0])
 
 
-def all_finite(x) -> bool:
-    """No NaN or infinity in the float32 C-contiguous array x."""
-    return bool(lib.dn_all_finite(_floats(x), x.size))
-
-
 def host_pin(device: int, buffer) -> bool:
     """dn_host_pin on all of a writable buffer (numpy array, mmap): True when pinned, False on the CPU."""
     memory = ffi.from_buffer(buffer, require_writable=True)

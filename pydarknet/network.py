@@ -509,9 +509,7 @@ class Network:
         """Inference forward; returns every [yolo] layer's output (n, anchors*(5+classes), h, w)."""
         with self._lock:
             x = self._input(x)
-            if not _ffi.all_finite(x):
-                raise ValueError("input contains NaN or infinity")
-            _ffi.network_forward(self._handle(), x)
+            _ffi.network_forward(self._handle(), x)  # a NaN or infinity in x: DarknetValueError
             return [self.layer_output(i, x.shape[0]) for i in self._yolo_indices]
 
     def _truth(self, truths: np.ndarray, n: int) -> np.ndarray:

@@ -215,6 +215,25 @@ def test_the_stem_declines_what_it_does_not_fit(tmp_path, layers, why):
         assert_same_outputs(ours, ref, 2, why)
 
 
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (1, 2, 21, 37), (1, 1, 11, 5)], ids=["first", "last", "middle"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_stem_rejects_non_finite_input(tmp_path, where, bad):
+    """The stem checks the input as it copies it (the first forward, before the plan exists, by a scan): a NaN
+    or infinity anywhere is a ValueError, and the next forward of good images is right."""
+    ours, ref = pair(tmp_path, 2, layers=stem_layers(), shape=(38, 22, 3))
+    with ours, ref:
+        good = images(2, 38, 22, seed=3)
+        bad_x = good.copy()
+        bad_x[where] = bad
+        for _ in range(2):  # without and with the plan built
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                ours.forward(bad_x)
+            ours.forward(good)
+        ref.forward(good)
+        assert ours.conv_engines().get("stem", 0) == (1 if STEM_F32 else 0)
+        assert_same_outputs(ours, ref, 2, "after a rejected input")
+
+
 def test_conv_algo_onednn_keeps_onednn_for_the_first_layer(tmp_path):
     ours, ref = pair(tmp_path, 1, layers=stem_layers(), conv_algo="onednn")
     with ours, ref:
