@@ -78,6 +78,7 @@ int conv_stem_supported(const conv_fast_desc *d, int bf16)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 
 #define STEM_PIXELS 12 /* convolution pixels per block: 2 x 12 accumulators, 2 weights and a broadcast */
+/* (the rows' ends go through pool_pixel, the inside's remainder through blocks of 2) */
 
 static inline __attribute__((always_inline)) __m512 activate16(__m512 v, int activation)
 {
@@ -99,11 +100,11 @@ static inline __attribute__((always_inline)) int max_int(int a, int b) { return 
 static inline __attribute__((always_inline)) int min_int(int a, int b) { return a < b ? a : b; }
 
 /* One row of taps (channel ch, kernel row ky0 for the upper output row and ky0 - 1 for the lower; `upper` and
- * `lower` say which exist) over STEM_PIXELS pixels whose windows lie inside the row. S is the kernel size, a
+ * `lower` say which exist) over `pixels` pixels whose windows lie inside the row. S is the kernel size, a
  * constant where it is inlined for 3 (the taps' loop unrolled: each input value broadcast once). */
 static inline __attribute__((always_inline)) void tap_row(const conv_stem *s, const float *row, int ch, int ky0,
-                                                          int fb, const int S, const int upper, const int lower,
-                                                          __m512 *acc0, __m512 *acc1)
+                                                          int fb, const int S, const int pixels, const int upper,
+                                                          const int lower, __m512 *acc0, __m512 *acc1)
 {
     const int F = s->filters;
     const float *w0 = s->weights + (size_t)((ch * S + ky0) * S) * F + fb;
@@ -113,7 +114,7 @@ static inline __attribute__((always_inline)) void tap_row(const conv_stem *s, co
         const __m512 a = upper ? _mm512_load_ps(w0 + (size_t)kx * F) : _mm512_setzero_ps();
         const __m512 b = lower ? _mm512_load_ps(w1 + (size_t)kx * F) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-        for (int p = 0; p < STEM_PIXELS; p++) {
+        for (int p = 0; p < pixels; p++) {
             __m512 x; /* a broadcast from memory (a load, no shuffle), so that the compiler keeps no scalars */
             __asm__("vbroadcastss %1, %0" : "=v"(x) : "m"(row[p + kx]));
             if (upper) acc0[p] = _mm512_fmadd_ps(a, x, acc0[p]);
@@ -122,32 +123,32 @@ static inline __attribute__((always_inline)) void tap_row(const conv_stem *s, co
     }
 }
 
-/* STEM_PIXELS / 2 pooled pixels from convolution rows oy, oy + 1 (input origin iy0 = oy - pad) and columns
- * ox0... (input origin ix0 = ox0 - pad, windows inside the row), stored at out[at...]. */
+/* pixels / 2 pooled pixels from convolution rows oy, oy + 1 (input origin iy0 = oy - pad) and columns ox0...
+ * (input origin ix0 = ox0 - pad, windows inside the row), stored at out[at...]. */
 static inline __attribute__((always_inline)) void pool_block(const conv_stem *s, const float *img, int iy0,
                                                              int ix0, void *out, size_t at, const int S,
-                                                             const int bf16)
+                                                             const int pixels, const int bf16)
 {
     const int F = s->filters;
     for (int fb = 0; fb < F; fb += 16) {
         __m512 acc0[STEM_PIXELS], acc1[STEM_PIXELS];
 #pragma GCC unroll 16
-        for (int p = 0; p < STEM_PIXELS; p++) acc0[p] = acc1[p] = _mm512_setzero_ps();
+        for (int p = 0; p < pixels; p++) acc0[p] = acc1[p] = _mm512_setzero_ps();
         for (int ch = 0; ch < s->c; ch++)
             for (int r = 0; r <= S; r++) { /* input row iy0 + r: kernel row r of the upper, r - 1 of the lower */
                 const int iy = iy0 + r;
                 if (iy < 0 || iy >= s->h) continue;
                 const float *row = img + ((size_t)ch * s->h + iy) * s->w + ix0;
                 if (r == 0)
-                    tap_row(s, row, ch, r, fb, S, 1, 0, acc0, acc1);
+                    tap_row(s, row, ch, r, fb, S, pixels, 1, 0, acc0, acc1);
                 else if (r == S)
-                    tap_row(s, row, ch, r, fb, S, 0, 1, acc0, acc1);
+                    tap_row(s, row, ch, r, fb, S, pixels, 0, 1, acc0, acc1);
                 else
-                    tap_row(s, row, ch, r, fb, S, 1, 1, acc0, acc1);
+                    tap_row(s, row, ch, r, fb, S, pixels, 1, 1, acc0, acc1);
             }
         const __m512 bias = _mm512_load_ps(s->bias + fb);
 #pragma GCC unroll 8
-        for (int q = 0; q < STEM_PIXELS / 2; q++) {
+        for (int q = 0; q < pixels / 2; q++) {
             const __m512 m = _mm512_max_ps(_mm512_max_ps(acc0[2 * q], acc0[2 * q + 1]),
                                            _mm512_max_ps(acc1[2 * q], acc1[2 * q + 1]));
             store16(out, at + (size_t)q * F + fb, activate16(_mm512_add_ps(m, bias), s->activation), bf16);
@@ -155,26 +156,27 @@ static inline __attribute__((always_inline)) void pool_block(const conv_stem *s,
     }
 }
 
-/* The pooled pixel px of pooled row py, one convolution pixel at a time with the taps outside skipped. */
+/* The pooled pixel px of pooled row py, its four convolution pixels side by side (four independent sums), the
+ * taps outside the input skipped: the pixels at the row's ends. */
 static inline __attribute__((always_inline)) void pool_pixel(const conv_stem *s, const float *img, int py, int px,
                                                              void *out, size_t at, const int bf16)
 {
     const int F = s->filters, S = s->size;
+    const int iy0 = 2 * py - s->pad, ix0 = 2 * px - s->pad; /* the window origin of the upper left pixel */
     for (int fb = 0; fb < F; fb += 16) {
-        __m512 m = _mm512_set1_ps(-INFINITY);
-        for (int dy = 0; dy < 2; dy++)
-            for (int dx = 0; dx < 2; dx++) {
-                const int iy0 = 2 * py + dy - s->pad, ix0 = 2 * px + dx - s->pad;
-                __m512 acc = _mm512_setzero_ps();
-                for (int ch = 0; ch < s->c; ch++)
-                    for (int ky = max_int(0, -iy0); ky < min_int(S, s->h - iy0); ky++) {
-                        const float *row = img + ((size_t)ch * s->h + iy0 + ky) * s->w + ix0;
-                        const float *wk = s->weights + (size_t)((ch * S + ky) * S) * F + fb;
-                        for (int kx = max_int(0, -ix0); kx < min_int(S, s->w - ix0); kx++)
-                            acc = _mm512_fmadd_ps(_mm512_load_ps(wk + (size_t)kx * F), _mm512_set1_ps(row[kx]), acc);
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int ch = 0; ch < s->c; ch++)
+            for (int ky = 0; ky < S; ky++)
+                for (int kx = 0; kx < S; kx++) {
+                    const __m512 wv = _mm512_load_ps(s->weights + (size_t)((ch * S + ky) * S + kx) * F + fb);
+                    for (int k = 0; k < 4; k++) {
+                        const int iy = iy0 + (k >> 1) + ky, ix = ix0 + (k & 1) + kx;
+                        if (iy >= 0 && iy < s->h && ix >= 0 && ix < s->w)
+                            acc[k] = _mm512_fmadd_ps(wv, _mm512_set1_ps(img[((size_t)ch * s->h + iy) * s->w + ix]),
+                                                     acc[k]);
                     }
-                m = _mm512_max_ps(m, acc);
-            }
+                }
+        const __m512 m = _mm512_max_ps(_mm512_max_ps(acc[0], acc[1]), _mm512_max_ps(acc[2], acc[3]));
         store16(out, at + fb, activate16(_mm512_add_ps(m, _mm512_load_ps(s->bias + fb)), s->activation), bf16);
     }
 }
@@ -210,9 +212,11 @@ static inline __attribute__((always_inline)) void pooled_row(const conv_stem *s,
     for (; px < lo; px++) pool_pixel(s, img, py, px, out, at + (size_t)px * F, bf16);
     for (; px + STEM_PIXELS / 2 <= hi; px += STEM_PIXELS / 2)
         if (S == 3)
-            pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, 3, bf16);
+            pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, 3, STEM_PIXELS, bf16);
         else
-            pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, S, bf16);
+            pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, S, STEM_PIXELS, bf16);
+    for (; px < hi; px++) /* the rest of the inside one pooled pixel at a time */
+        pool_block(s, img, 2 * py - s->pad, 2 * px - s->pad, out, at + (size_t)px * F, S, 2, bf16);
     for (; px < s->pool_w; px++) pool_pixel(s, img, py, px, out, at + (size_t)px * F, bf16);
 }
 
