@@ -64,7 +64,8 @@ typedef enum dn_conv_algo {
 
 /* Arithmetic of the CPU inference path. BF16, through oneDNN: as one oneDNN network, every layer multiplies in
  * bfloat16 (inputs, weights and the outputs kept between layers rounded to 8 significant bits) and accumulates
- * in float32; the [yolo] layers' inputs and the last output are float32. Layer by layer (a network that path
+ * in float32; the [yolo] layers' inputs and the last output are float32; a first convolution + max pool run by
+ * the hand-written kernel (DN_ENGINE_STEM) multiplies in float32 and rounds its output. Layer by layer (a network that path
  * declines), convolutions with at least 16 input channels per group run so and narrower ones float32. Needs a
  * CPU with AMX or AVX512_BF16. Training: the convolutions' matrix products with K >= 128 take bfloat16 operands
  * (oneDNN matmul) and sum in float32; weights, gradients, batch norm and the loss stay float32. */
