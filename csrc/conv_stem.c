@@ -100,15 +100,15 @@ static inline __attribute__((always_inline)) int max_int(int a, int b) { return 
 static inline __attribute__((always_inline)) int min_int(int a, int b) { return a < b ? a : b; }
 
 /* One row of taps (channel ch, kernel row ky0 for the upper output row and ky0 - 1 for the lower; `upper` and
- * `lower` say which exist) over `pixels` pixels whose windows lie inside the row. S is the kernel size, a
- * constant where it is inlined for 3 (the taps' loop unrolled: each input value broadcast once). */
+ * `lower` say which exist) over `pixels` pixels whose windows lie inside the row. S is the kernel size (a
+ * constant where it is inlined for 3). */
 static inline __attribute__((always_inline)) void tap_row(const conv_stem *s, const float *row, int ch, int ky0,
                                                           int fb, const int S, const int pixels, const int upper,
                                                           const int lower, __m512 *acc0, __m512 *acc1)
 {
     const int F = s->filters;
     const float *w0 = s->weights + (size_t)((ch * S + ky0) * S) * F + fb;
-    const float *w1 = w0 - (size_t)S * F;
+    const float *w1 = lower ? w0 - (size_t)S * F : w0;
 #pragma GCC unroll 1
     for (int kx = 0; kx < S; kx++) {
         const __m512 a = upper ? _mm512_load_ps(w0 + (size_t)kx * F) : _mm512_setzero_ps();
