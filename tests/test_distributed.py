@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import shutil
 import socket
@@ -189,7 +190,8 @@ def test_sigterm_to_rank_1_stops_both_cleanly(cfg, tmp_path):
     os.kill(pids[1], signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
-    stopped = {line.split(": ")[0]: line.rsplit(" ", 1)[1] for line in output.splitlines() if "stopped at" in line}
+    # (mpirun forwards each rank's output in chunks: one rank's line may run into the other's)
+    stopped = {f"rank {r}": it for r, it in re.findall(r"rank (\d+): stopped at iteration (\d+)", output)}
     assert set(stopped) == {"rank 0", "rank 1"} and len(set(stopped.values())) == 1, output
     # Rank 0 alone wrote the backup, once, at the iteration both stopped at.
     assert (out / "backup_writes").read_text().split() == [stopped["rank 0"]]
