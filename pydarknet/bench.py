@@ -230,6 +230,24 @@ def _peer_engines(onnx_path: Path | None, why: str, x: np.ndarray, threads: int)
     return engines, skipped
 
 
+def _round_orders(n: int, rounds: int, seed: int = 0) -> list[list[int]]:
+    """The engines' order in each timed round: shuffled (seeded), never the same engine twice in a row.
+
+    An engine's time depends on what ran just before it (caches, the other engine's threads still spinning, the
+    cores' clocks): measured here, pydarknet bf16 right after pydarknet float32 took 1.05x OpenVINO bf16's time
+    when OpenVINO's followed OpenVINO float32, and 0.80-0.85x in the other pairing. A fixed order (or one reversed
+    every other round, which runs the first and last engines twice in a row) gives each engine the same
+    neighbours every time; shuffling spreads them."""
+    rng = np.random.default_rng(seed)
+    orders: list[list[int]] = []
+    for _ in range(rounds):
+        order = [int(k) for k in rng.permutation(n)]
+        if orders and n > 1 and order[0] == orders[-1][-1]:
+            order[0], order[1] = order[1], order[0]
+        orders.append(order)
+    return orders
+
+
 def _bench_inference(model: _Model, repeat: int, warmup: int, threads: int, batch: int = 1,
                      peers: bool = True) -> dict:
     import cv2  # noqa: PLC0415
@@ -291,9 +309,9 @@ def _bench_inference(model: _Model, repeat: int, warmup: int, threads: int, batc
             for engine in engines:
                 timed(engine)
         runs: dict[str, list[float]] = {e.name: [] for e in engines}
-        for i in range(repeat):  # call by call, the order reversed every other round
-            for engine in (engines if i % 2 == 0 else engines[::-1]):
-                runs[engine.name].append(timed(engine))
+        for order in _round_orders(len(engines), repeat):
+            for k in order:
+                runs[engines[k].name].append(timed(engines[k]))
         for name, n in nets:
             counts = n.conv_engines()
             path = ", ".join(f"{k} x{v}" for k, v in counts.items())
@@ -776,7 +794,7 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
                "no oneDNN in this build (pydarknet runs its hand-written convolutions)"))
         report["machine"]["sgemm_peak_gflops"] = peak = sgemm_peak(threads)
         say(f"inference at {size}x{size}, batches {', '.join(map(str, batches))}: {warmup} warm-up runs, then "
-            f"medians of {repeat} runs per engine, interleaved call by call")
+            f"medians of {repeat} runs per engine, interleaved call by call (the order shuffled every round)")
         with tempfile.TemporaryDirectory(prefix="pydarknet-bench-") as folder:
             for name in models:
                 model = _resolve_model(name, size, Path(folder))

@@ -103,3 +103,16 @@ def test_valid_on_real_jpegs_against_opencv(tmp_path):
 def test_valid_bench_missing_images_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_benchmarks(models=[], repeat=1, threads=1, valid=True, valid_images=tmp_path / "nowhere")
+
+
+def test_round_orders_shuffle_without_back_to_back_runs():
+    from pydarknet.bench import _round_orders
+
+    orders = _round_orders(7, 40)
+    assert all(sorted(o) == list(range(7)) for o in orders)  # every engine once a round
+    flat = [k for o in orders for k in o]
+    assert all(a != b for a, b in zip(flat, flat[1:]))  # never the same engine twice in a row
+    predecessors = {(a, b) for a, b in zip(flat, flat[1:])}
+    assert len({b for a, b in predecessors if a == 0}) >= 4  # an engine's neighbours vary
+    assert orders == _round_orders(7, 40)  # seeded: a rerun times the same sequence
+    assert _round_orders(1, 3) == [[0], [0], [0]]
