@@ -11,19 +11,6 @@
 #ifndef DN_ONEDNN
 
 int net_onednn_wanted(const dn_network *net) { return 0; }
-static dn_status refresh_stem(dn_network *net, net_onednn *p)
-{
-    step *s = &p->steps[0];
-    dn_layer *l = &net->layers[0];
-    dn_status st = l->ops->node(l, net, &s->node); /* the folded batch norm of the current parameters */
-    conv_stem_free(p->stem);
-    p->stem = NULL;
-    if (!st) st = conv_stem_create(&p->stem, &s->node.conv);
-    if (st) return st;
-    p->stem_version = net->params_version;
-    return DN_OK;
-}
-
 dn_status net_onednn_forward(dn_network *net, const float *in, int n)
 {
     return dn_fail(DN_E_NOTFOUND, "this library was built without oneDNN");
