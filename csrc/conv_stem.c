@@ -7,7 +7,7 @@
  * bias and with the monotone activations taken here, rounding included). Pooled pixels whose windows cross
  * the left or right edge go one convolution pixel at a time with the taps outside skipped; input rows above
  * or below the input are skipped, as zero padding does. */
-#include <math.h>
+#include <math.h> /* INFINITY */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,15 +195,9 @@ static inline __attribute__((always_inline)) void pooled_row(const conv_stem *s,
             const size_t at = (size_t)(r / s->pool_h) * image + ((size_t)ch * s->h + y0) * s->w;
             const size_t count = (size_t)(y1 - y0) * s->w;
             memcpy(keep + at, in + at, sizeof(float) * count);
-            __mmask16 bad = 0;
-            size_t i = 0;
-            for (; i + 16 <= count; i += 16) { /* x - x is 0 for finite x, NaN for NaN and the infinities */
-                const __m512 v = _mm512_loadu_ps(in + at + i);
-                bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ);
-            }
-            for (; i < count; i++) bad |= !isfinite(in[at + i]);
-            if (bad) *finite = 0;
-        }    const size_t at = (size_t)r * s->pool_w * F;
+            if (!dn_span_finite(in + at, count)) *finite = 0;
+        }
+    const size_t at = (size_t)r * s->pool_w * F;
     /* pooled pixels whose four convolution pixels have their windows inside the row: 2 px - pad >= 0 and
      * 2 px + 1 - pad + S <= w */
     const int lo = min_int((s->pad + 1) / 2, s->pool_w);
@@ -220,19 +214,16 @@ static inline __attribute__((always_inline)) void pooled_row(const conv_stem *s,
     for (; px < s->pool_w; px++) pool_pixel(s, img, py, px, out, at + (size_t)px * F, bf16);
 }
 
-static int forward_f32(const conv_stem *s, const float *in, void *out, float *keep, int batch)
+static int forward(const conv_stem *s, const float *in, void *out, float *keep, int batch, int bf16)
 {
     int finite = 1;
 #pragma omp parallel for schedule(static) reduction(&& : finite)
-    for (long r = 0; r < (long)batch * s->pool_h; r++) pooled_row(s, in, r, out, keep, &finite, 0);
-    return finite;
-}
-
-static int forward_bf16(const conv_stem *s, const float *in, void *out, float *keep, int batch)
-{
-    int finite = 1;
-#pragma omp parallel for schedule(static) reduction(&& : finite)
-    for (long r = 0; r < (long)batch * s->pool_h; r++) pooled_row(s, in, r, out, keep, &finite, 1);
+    for (long r = 0; r < (long)batch * s->pool_h; r++) {
+        if (bf16) /* each with its own constant, so that the stores are chosen at compile time */
+            pooled_row(s, in, r, out, keep, &finite, 1);
+        else
+            pooled_row(s, in, r, out, keep, &finite, 0);
+    }
     return finite;
 }
 
@@ -240,7 +231,7 @@ static int forward_bf16(const conv_stem *s, const float *in, void *out, float *k
 
 int conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch)
 {
-    return bf16 ? forward_bf16(s, in, out, keep, batch) : forward_f32(s, in, out, keep, batch);
+    return forward(s, in, out, keep, batch, bf16);
 }
 
 #else /* not x86-64 GCC: never chosen */

@@ -27,6 +27,16 @@
 dn_status dn_fail(dn_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void dn_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void *dn_calloc(size_t count, size_t size); /* zeroed; NULL on overflow or failure */
+/* 1 when none of x[0..n) is NaN or infinite, on the calling thread (dn_all_finite splits a long array across the
+ * threads). v - v is 0 for every finite v and NaN for NaN and the infinities; compares vectorise, isfinite() did
+ * not. */
+static inline int dn_span_finite(const float *x, size_t n)
+{
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (size_t i = 0; i < n; i++) bad |= !(x[i] - x[i] == 0.f);
+    return !bad;
+}
 
 /* ---- random numbers: a small per-network generator (no global state) ---- */
 typedef struct dn_rng { uint64_t state; } dn_rng;

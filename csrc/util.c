@@ -17,11 +17,15 @@ DN_EXPORT const char *dn_last_error(void) { return last_error; }
 
 DN_EXPORT int dn_all_finite(const float *x, size_t n)
 {
-    /* v - v is 0 for every finite v and NaN for NaN and the infinities; compares vectorise, isfinite() did not */
-    int bad = 0;
-#pragma omp parallel for simd reduction(| : bad) schedule(static) if (n >= 262144)
-    for (size_t i = 0; i < n; i++) bad |= !(x[i] - x[i] == 0.f);
-    return !bad;
+    enum { CHUNK = 65536 };
+    const size_t chunks = (n + CHUNK - 1) / CHUNK;
+    int ok = 1;
+#pragma omp parallel for reduction(&& : ok) schedule(static) if (n >= 4 * CHUNK)
+    for (size_t k = 0; k < chunks; k++) {
+        const size_t start = k * CHUNK;
+        ok = ok && dn_span_finite(x + start, n - start < CHUNK ? n - start : CHUNK);
+    }
+    return ok;
 }
 
 dn_status dn_fail(dn_status code, const char *fmt, ...)
