@@ -599,26 +599,24 @@ dn_status net_onednn_export(dn_network *net, int index)
 {
     dn_status st = DN_OK;
     net_onednn *p = net->onednn;
-    if (p && p->unwritten[index] && index == 0) {
-        /* the stem's convolution: its own forward, from the input the stem left in its buffer */
-        dn_layer *l = &net->layers[0];
-        const size_t count = (size_t)p->batch * net->c * net->h * net->w;
-        float *input = malloc(sizeof(float) * count);
-        if (!input) return dn_fail(DN_E_NOMEM, "out of memory reading layer 0's output");
-        memcpy(input, l->output, sizeof(float) * count);
-        st = l->ops->forward(l, net, input, p->batch);
-        free(input);
-        if (!st) p->unwritten[0] = p->stale[0] = 0;
-        return st;
-    }
     if (p && p->unwritten[index]) {
-        /* made now, by the layer's own forward from its input (a convolution reads only its predecessor's
-         * output, which is still there: nothing has run since) */
+        /* made now, by the layer's own forward from its input: a fused convolution's is its predecessor's
+         * output, still there (nothing has run since); the stem's, the input it left in the layer's own buffer,
+         * copied out first since the forward writes there */
         dn_layer *l = &net->layers[index];
-        if ((st = net_onednn_export(net, index - 1))) return st;
-        if ((st = l->ops->forward(l, net, net->layers[index - 1].output, p->batch))) return st;
-        p->unwritten[index] = p->stale[index] = 0;
-        return DN_OK;
+        float *kept = NULL;
+        if (index == 0) {
+            const size_t count = (size_t)p->batch * net->c * net->h * net->w;
+            if (!(kept = malloc(sizeof(float) * count)))
+                return dn_fail(DN_E_NOMEM, "out of memory reading layer 0's output");
+            memcpy(kept, l->output, sizeof(float) * count);
+        } else if ((st = net_onednn_export(net, index - 1))) {
+            return st;
+        }
+        st = l->ops->forward(l, net, kept ? kept : net->layers[index - 1].output, p->batch);
+        free(kept);
+        if (!st) p->unwritten[index] = p->stale[index] = 0;
+        return st;
     }
     if (!p || !p->stale[index]) return DN_OK;
     dn_layer *l = &net->layers[index];
