@@ -49,6 +49,14 @@ def check_row(row: dict) -> None:
     # every peer ran, or says why not
     for name in ("pydarknet-bf16", "onnxruntime", "openvino-f32", "openvino-default"):
         assert (name in engines) != bool(row["skipped"].get(name)), (name, row["skipped"])
+    # each goal against OpenVINO whose two engines ran: the ratio of medians inside its interval
+    pairs = [(g["ours"], g["theirs"]) for g in row["goals"]]
+    assert pairs == [p for p in (("pydarknet", "openvino-f32"), ("pydarknet-bf16", "openvino-default"))
+                     if p[0] in engines and p[1] in engines]
+    for g in row["goals"]:
+        low, high = g["interval_95"]
+        assert g["ratio"] == pytest.approx(engines[g["ours"]]["s"] / engines[g["theirs"]]["s"])
+        assert low <= g["ratio"] <= high
 
 
 def test_run_benchmarks_tiny(tmp_path):
@@ -116,3 +124,33 @@ def test_round_orders_shuffle_without_back_to_back_runs():
     assert len({b for a, b in predecessors if a == 0}) >= 4  # an engine's neighbours vary
     assert orders == _round_orders(7, 40)  # seeded: a rerun times the same sequence
     assert _round_orders(1, 3) == [[0], [0], [0]]
+
+
+def test_ratio_interval_resamples_rounds_together():
+    import numpy as np
+
+    from pydarknet.bench import _goal_verdict, ratio_interval
+
+    # one engine always 1.2x the other within a round, the rounds themselves 2x apart (the machine's modes):
+    # pairing the rounds gives 1.2 exactly, whatever the resample
+    theirs = [0.1, 0.2, 0.1, 0.2, 0.1, 0.2, 0.1]
+    low, high = ratio_interval([1.2 * t for t in theirs], theirs)
+    assert low == pytest.approx(1.2, rel=1e-9) and high == pytest.approx(1.2, rel=1e-9)
+    # noise as on the project machine: +-15% per call around a true ratio of 1.05
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.1, 0.12, 12)
+    ours, theirs = 1.05 * base * rng.uniform(0.85, 1.15, 12), base * rng.uniform(0.85, 1.15, 12)
+    low, high = ratio_interval(ours, theirs)
+    ratio = np.median(ours) / np.median(theirs)
+    assert low < ratio < high and low < 1 < high  # 12 rounds cannot tell 1.05 from 1 at this noise
+    assert ratio_interval(ours, theirs) == (low, high)  # seeded
+    # many quiet rounds: a narrow interval around the truth
+    base = rng.uniform(0.1, 0.12, 400)
+    low, high = ratio_interval(1.05 * base * rng.uniform(0.99, 1.01, 400), base * rng.uniform(0.99, 1.01, 400))
+    assert 1.0 < low < 1.05 < high < 1.1
+    with pytest.raises(ValueError, match="same number"):
+        ratio_interval([1.0, 2.0], [1.0])
+    assert _goal_verdict(0.97, 0.95, 0.99) == "met"
+    assert _goal_verdict(1.1, 1.05, 1.2) == "NOT met"
+    assert _goal_verdict(1.1, 0.9, 1.3) == "NOT met; the interval holds 1: this run cannot tell"
+    assert _goal_verdict(0.95, 0.9, 1.05) == "met; the interval holds 1: this run cannot tell"
