@@ -258,7 +258,7 @@ def ratio_interval(ours: Sequence[float], theirs: Sequence[float], level: float 
     times of a round stay together, as they were taken within a second of each other). On the project's shared
     machine the 95% interval of 12-20 rounds spanned +-5-15%. It covers the variation within one run only: the
     machine's state also drifts between runs (yolov3 bf16 at batch 1 gave 1.13, interval 1.02-1.42, in one run
-    and 0.98, interval 0.89-1.05, in another a day later)."""
+    and 0.98, interval 0.89-1.05, in another two hours later)."""
     a, b = np.asarray(ours, float), np.asarray(theirs, float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"need the same number (>= 1) of rounds for both engines, got {a.size} and {b.size}")
