@@ -214,7 +214,7 @@ static inline __attribute__((always_inline)) void pooled_row(const conv_stem *s,
     for (; px < s->pool_w; px++) pool_pixel(s, img, py, px, out, at + (size_t)px * F, bf16);
 }
 
-static int forward(const conv_stem *s, const float *in, void *out, float *keep, int batch, int bf16)
+int conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch)
 {
     int finite = 1;
 #pragma omp parallel for schedule(static) reduction(&& : finite)
@@ -228,11 +228,6 @@ static int forward(const conv_stem *s, const float *in, void *out, float *keep, 
 }
 
 #pragma GCC pop_options
-
-int conv_stem_forward(const conv_stem *s, const float *in, void *out, int bf16, float *keep, int batch)
-{
-    return forward(s, in, out, keep, batch, bf16);
-}
 
 #else /* not x86-64 GCC: never chosen */
 

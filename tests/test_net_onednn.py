@@ -149,8 +149,9 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
-STEM_F32 = "avx512f" in cpu_flags()
-STEM_BF16 = STEM_F32 and "avx512_bf16" in cpu_flags()
+CPU_FLAGS = cpu_flags()
+STEM_F32 = "avx512f" in CPU_FLAGS
+STEM_BF16 = STEM_F32 and "avx512_bf16" in CPU_FLAGS
 
 
 def stem_layers(filters=16, size=3, act="leaky", bn=1, pool=(2, 2)):
