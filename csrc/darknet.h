@@ -49,7 +49,10 @@ typedef struct dn_network dn_network;
  * where it declines a network, layer by layer: oneDNN for kernels larger than 1x1 and DN_CONV_FUSED for 1x1
  * ones under AUTO (see layer_convolutional.c), oneDNN for all under ONEDNN. Without oneDNN, AUTO is
  * DN_CONV_FUSED: Winograd for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM
- * elsewhere. Bias, batch norm and activation are fused in every engine. */
+ * elsewhere. Bias, batch norm and activation are fused in every engine.
+ * Training on the CPU: AUTO and ONEDNN, with oneDNN, run each convolution's forward and both gradients as
+ * oneDNN convolutions (conv_train_onednn.h; grouped ones excepted); the other values, and builds without oneDNN,
+ * im2col + GEMM per image. */
 typedef enum dn_conv_algo {
     DN_CONV_AUTO = 0,
     DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */
@@ -67,16 +70,19 @@ typedef enum dn_conv_algo {
  * in float32; the [yolo] layers' inputs and the last output are float32; a first convolution + max pool run by
  * the hand-written kernel (DN_ENGINE_STEM) multiplies in float32 and rounds its output. Layer by layer (a network that path
  * declines), convolutions with at least 16 input channels per group run so and narrower ones float32. Needs a
- * CPU with AMX or AVX512_BF16. Training: the convolutions' matrix products with K >= 128 take bfloat16 operands
- * (oneDNN matmul) and sum in float32; weights, gradients, batch norm and the loss stay float32. */
+ * CPU with AMX or AVX512_BF16. Training: convolutions with at least 16 input channels per group take bfloat16
+ * operands (their input, weights and output gradient rounded) in oneDNN's training convolutions and sum in
+ * float32 (a layer on im2col + GEMM instead: its products with K >= 128, through oneDNN matmul); weights,
+ * gradients, batch norm and the loss stay float32. */
 typedef enum dn_precision { DN_PRECISION_F32 = 0, DN_PRECISION_BF16 = 1 } dn_precision;
 
 /* The engine a [convolutional] layer's last forward ran on (dn_layer_info.engine). */
 typedef enum dn_conv_engine {
     DN_ENGINE_NONE = 0,         /* no forward yet */
-    DN_ENGINE_PLAIN = 1,        /* im2col + GEMM, then bias/batch norm and activation (training, DN_CONV_PLAIN) */
+    DN_ENGINE_PLAIN = 1,        /* im2col + GEMM, then bias/batch norm and activation (DN_CONV_PLAIN, and
+                                   training without oneDNN's convolutions) */
     DN_ENGINE_FUSED = 2,        /* the hand-written fused path (Winograd or im2col + GEMM) */
-    DN_ENGINE_ONEDNN = 3,       /* oneDNN, float32 */
+    DN_ENGINE_ONEDNN = 3,       /* oneDNN, float32 (at inference, or training's convolutions) */
     DN_ENGINE_ONEDNN_BF16 = 4,  /* oneDNN, bfloat16 multiplies */
     DN_ENGINE_DEVICE = 5,       /* the network's device backend (CUDA) */
     DN_ENGINE_STEM = 6          /* the first convolution fused with the max pool after it (AVX-512, by hand) */

@@ -1,7 +1,8 @@
 /* [convolutional]: convolution, batch norm (or bias), activation, each a kernel of the network's backend.
- * The convolution: at inference on the CPU backend, winograd.c's fused path (Winograd or im2col + GEMM with
- * batch norm and activation folded in); otherwise the backend's whole-convolution kernels when it has them
- * (cuDNN), else im2col (skipped for 1x1 stride 1) + GEMM per image and group.
+ * The convolution: at inference on the CPU backend, oneDNN (conv_onednn.c) or winograd.c's fused path (Winograd
+ * or im2col + GEMM with batch norm and activation folded in); in training on the CPU backend, oneDNN's training
+ * convolutions (conv_train_onednn.c) where the library has them; otherwise the backend's whole-convolution
+ * kernels when it has them (cuDNN), else im2col (skipped for 1x1 stride 1) + GEMM per image and group.
  * Parameter block of the layer, in .weights order: biases[f], (scales[f], rolling_mean[f], rolling_var[f])
  * when batch_normalize, then weights[f * c/groups * size * size]. */
 #include <math.h>
@@ -9,6 +10,7 @@
 
 #include "conv_fast.h"
 #include "conv_onednn.h"
+#include "conv_train_onednn.h"
 #include "elementwise.h"
 #include "internal.h"
 #include "layer_node.h"
@@ -27,6 +29,7 @@ typedef struct conv_priv {
      * y = x * mul + add (host memory) */
     conv_fast_cache *fast;
     conv_onednn *onednn;  /* the oneDNN engine's primitives (conv_onednn.c) */
+    conv_train_onednn *train_onednn; /* training's oneDNN primitives (conv_train_onednn.c) */
     float *fold;      /* mul[filters], then add[filters] */
     dn_conv_engine engine;  /* what the last forward ran on */
 } conv_priv;
@@ -80,6 +83,7 @@ static void conv_free(dn_layer *l, dn_network *net)
     layer_release(net, p->variance);
     conv_fast_free(p->fast);
     conv_onednn_free(p->onednn);
+    conv_train_onednn_free(p->train_onednn);
     free(p->fold);
     free(p);
     l->priv = NULL;
@@ -91,6 +95,23 @@ static int fused_bn_act(const conv_priv *p, const dn_network *net)
 {
     return p->batch_normalize && net->be->k->bn_act_forward && net->be->k->bn_act_backward &&
            !activation_needs_input(p->activation);
+}
+
+static dn_conv_shape conv_shape(const dn_layer *l, int batch)
+{
+    const conv_priv *p = l->priv;
+    dn_conv_shape s = {.batch = batch, .c = l->c, .h = l->h, .w = l->w, .filters = l->filters, .size = l->size,
+                       .stride = l->stride, .pad = p->pad, .groups = l->groups, .out_h = l->out_h,
+                       .out_w = l->out_w};
+    return s;
+}
+
+/* Whether training convolves through oneDNN (conv_train_onednn.h): on the CPU backend of a library with oneDNN,
+ * under conv_algo AUTO or ONEDNN; the other algorithms keep im2col + GEMM (DN_CONV_PLAIN: the reference). */
+static int trains_onednn(const dn_layer *l, const dn_network *net)
+{
+    return net->be->host_memory && conv_onednn_built() && l->groups == 1 &&
+           (net->opt.conv_algo == DN_CONV_AUTO || net->opt.conv_algo == DN_CONV_ONEDNN);
 }
 
 static dn_status conv_reshape(dn_layer *l, dn_network *net)
@@ -110,6 +131,12 @@ static dn_status conv_reshape(dn_layer *l, dn_network *net)
     l->bflops = 2.0 * l->filters * l->size * l->size * (l->c / l->groups) * l->out_h * l->out_w / 1e9;
     int direct = l->size == 1 && l->stride == 1 && p->pad == 0;
     l->workspace_floats = direct ? 0 : (size_t)(l->c / l->groups) * l->size * l->size * l->out_w * l->out_h;
+    if (net->training_buffers && trains_onednn(l, net)) {
+        /* oneDNN's layouts of the layer's tensors for the whole batch, in the shared workspace */
+        const dn_conv_shape s = conv_shape(l, net->batch);
+        const size_t floats = conv_train_onednn_scratch_floats(&s, net->opt.precision == DN_PRECISION_BF16);
+        if (floats > l->workspace_floats) l->workspace_floats = floats;
+    }
     if (net->planning || l->out_w < 1 || l->out_h < 1) return DN_OK; /* shapes only, or reported by the caller */
     dn_status st = layer_alloc_io(l, net);
     if (st) return st;
@@ -141,15 +168,6 @@ static void conv_init_params(dn_layer *l, float *params, dn_rng *rng)
             params[3 * f + i] = 1;      /* rolling variance */
         }
     }
-}
-
-static dn_conv_shape conv_shape(const dn_layer *l, int batch)
-{
-    const conv_priv *p = l->priv;
-    dn_conv_shape s = {.batch = batch, .c = l->c, .h = l->h, .w = l->w, .filters = l->filters, .size = l->size,
-                       .stride = l->stride, .pad = p->pad, .groups = l->groups, .out_h = l->out_h,
-                       .out_w = l->out_w};
-    return s;
 }
 
 /* out = W (x) in for `batch` images: the backend's whole-convolution kernel, else im2col (skipped for 1x1
@@ -284,7 +302,15 @@ static dn_status conv_forward(dn_layer *l, dn_network *net, const float *in, int
     const int bn_train = p->batch_normalize && net->train;
     /* With batch norm in training the convolution goes straight into x, which backward needs anyway. */
     float *conv_out = bn_train ? p->x : l->output;
-    dn_status st = convolve(l, net, v.weights, in, conv_out, batch);
+    dn_status st = DN_E_NOTFOUND;
+    if (net->train && trains_onednn(l, net)) {
+        const dn_conv_shape s = conv_shape(l, batch);
+        const int bf16 = net->opt.precision == DN_PRECISION_BF16;
+        st = conv_train_onednn_forward(&p->train_onednn, &s, bf16, in, v.weights, conv_out, net->workspace,
+                                       net->workspace_floats);
+        if (!st) p->engine = conv_train_onednn_runs_bf16(&s, bf16) ? DN_ENGINE_ONEDNN_BF16 : DN_ENGINE_ONEDNN;
+    }
+    if (st == DN_E_NOTFOUND) st = convolve(l, net, v.weights, in, conv_out, batch);
     if (st) return st;
 
     const size_t total = (size_t)batch * l->outputs;
@@ -325,6 +351,13 @@ static dn_status conv_backward(dn_layer *l, dn_network *net, const float *in, fl
     }
     if (st) return st;
 
+    if (p->engine == DN_ENGINE_ONEDNN || p->engine == DN_ENGINE_ONEDNN_BF16) {
+        /* the forward ran on oneDNN's training primitives: so do the gradients */
+        const dn_conv_shape s = conv_shape(l, batch);
+        st = conv_train_onednn_backward(&p->train_onednn, &s, net->opt.precision == DN_PRECISION_BF16, in, l->delta,
+                                        v.weights, v.weight_updates, in_delta, net->workspace, net->workspace_floats);
+        if (st != DN_E_NOTFOUND) return st;
+    }
     if (k->conv_backward_filter && k->conv_backward_data) {
         const dn_conv_shape s = conv_shape(l, batch);
         st = k->conv_backward_filter(be, &s, in, l->delta, v.weight_updates);

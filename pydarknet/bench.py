@@ -392,17 +392,35 @@ def _loader_rate(paths: Sequence[str], net, batch: int, aug, workers: int, batch
     return batch * batches / seconds, kept
 
 
+def _training_variants(precisions: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(label, precision, conv_algo) of each training run: the default path in each precision and, where the
+    library has oneDNN, float32 on im2col + OpenBLAS GEMM (conv_algo "gemm": the training path before oneDNN
+    took the convolutions), so that one run shows both."""
+    from .network import onednn_version  # noqa: PLC0415
+
+    variants = [(p, p, "auto") for p in precisions]
+    if onednn_version() and "f32" in precisions:
+        variants.append(("f32 gemm", "f32", "gemm"))
+    return variants
+
+
+def _engines_text(engines: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(engines.items()))
+
+
 def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: str, batch: int | None,
                     paths: Sequence[str], iterations: int, loader_workers: Sequence[int],
-                    precisions: Sequence[str] = ("f32",)) -> list[dict]:
-    """One row per precision; the precisions' iterations interleaved on the same prepared batches."""
+                    variants: Sequence[tuple[str, str, str]] = (("f32", "f32", "auto"),)) -> list[dict]:
+    """One row per variant (label, precision, conv_algo); their iterations interleaved on the same prepared
+    batches."""
     from .data import Augment  # noqa: PLC0415
     from .network import Network  # noqa: PLC0415
     from .train import learning_rate  # noqa: PLC0415
 
-    nets = {p: Network(cfg, weights, precision=p) for p in precisions}
+    nets = {label: Network(cfg, weights, precision=p, conv_algo=algo) for label, p, algo in variants}
+    engines: dict[str, dict[str, int]] = {}
     try:
-        net = nets[precisions[0]]
+        net = nets[variants[0][0]]
         opts = net.options
         if batch is None:  # the cfg's own batch and subdivisions
             chunk = max(1, opts["batch"] // opts["subdivisions"])
@@ -439,17 +457,19 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
                     times[p].append(time.perf_counter() - start)
         bflops = net.bflops  # per image, forward at the training size
         shape = f"{net.width}x{net.height}"
+        engines = {label: n.conv_engines() for label, n in nets.items()}
     finally:
         for n in nets.values():
             n.close()
     results = []
-    for p in nets:
-        seconds = statistics.median(times[p])
+    for label, p, algo in variants:
+        seconds = statistics.median(times[label])
         result = {
-            "model": name, "precision": p, "input": shape, "batch": per_iteration, "subdivisions": subdivisions,
+            "model": name, "variant": label, "precision": p, "conv_algo": algo, "engines": engines[label],
+            "input": shape, "batch": per_iteration, "subdivisions": subdivisions,
             "weights": weights_kind, "bflops": bflops, "iterations": iterations,
             "compute_s_per_iteration": seconds, "compute_s_per_image": seconds / per_iteration,
-            "compute_images_per_s": per_iteration / seconds, "compute_iteration_runs_s": times[p],
+            "compute_images_per_s": per_iteration / seconds, "compute_iteration_runs_s": times[label],
             "data_images_per_s": {str(w): r for w, r in rates.items()},
         }
         if 0 in rates:
@@ -482,9 +502,11 @@ def _training_runs(iterations: int, loader_workers: Sequence[int], say, precisio
         data_file = ensure_dataset(folder, n_train=128, n_valid=1)
         paths = read_list(read_data_file(data_file)["train"])
         tiny = _resolve_model("yolov3-tiny", 416, folder)
-        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights; {', '.join(precisions)}) ...")
+        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights; "
+            f"{', '.join(v[0] for v in _training_variants(precisions))}) ...")
+        variants = _training_variants(precisions)
         results += _bench_training("yolov3-tiny", tiny.cfg, tiny.weights, tiny.weights_kind, 8, paths,
-                                   iterations, loader_workers, precisions)
+                                   iterations, loader_workers, variants)
         cfg = default_cfg_path()
         say(f"training {cfg.stem} (its cfg's batch and size) ...")
         results += _bench_training(cfg.stem, cfg, None, "random", None, paths, iterations, loader_workers)
@@ -567,9 +589,10 @@ def _bench_realdata_training(iterations: int, workers: int, say, precision: str 
                     if it > 0:
                         times.append(time.perf_counter() - start)
             bflops = net.bflops
+            engines = net.conv_engines()
     seconds = statistics.median(times)
     return {"model": "yolov3-tiny", "precision": precision, "input": "416x416", "batch": batch,
-            "weights": "reference",
+            "weights": "reference", "engines": engines,
             "data": f"{len(paths)} real COCO train2017 images", "loader_workers": workers,
             "iterations": iterations, "s_per_iteration": seconds, "s_per_image": seconds / batch,
             "images_per_s": batch / seconds, "iteration_runs_s": times, "losses": losses,
@@ -746,15 +769,15 @@ def _inference_notes(rows: list[dict], peak: float | None = None) -> list[str]:
 
 def _training_table(rows: list[dict]) -> list[str]:
     workers = sorted({w for r in rows for w in r["data_images_per_s"]}, key=int)
-    head = (f"{'model':<22}{'precision':>10}{'input':>9}{'batch':>6}{'compute s/img':>15}{'compute img/s':>15}"
-            + "".join(f"{'data img/s w=' + w:>16}" for w in workers) + f"{'serial s/img':>14}")
+    head = (f"{'model':<22}{'variant':>10}{'input':>9}{'batch':>6}{'compute s/img':>15}{'compute img/s':>15}"
+            + "".join(f"{'data img/s w=' + w:>16}" for w in workers) + f"{'serial s/img':>14}  convolutions")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['model']:<22}{r['precision']:>10}{r['input']:>9}{r['batch']:>6}"
+        lines.append(f"{r['model']:<22}{r['variant']:>10}{r['input']:>9}{r['batch']:>6}"
                      f"{r['compute_s_per_image']:>15.4f}"
                      f"{r['compute_images_per_s']:>15.2f}"
                      + "".join(f"{r['data_images_per_s'].get(w, float('nan')):>16.1f}" for w in workers)
-                     + f"{r.get('serial_s_per_image', float('nan')):>14.4f}")
+                     + f"{r.get('serial_s_per_image', float('nan')):>14.4f}  {_engines_text(r['engines'])}")
     return lines
 
 
@@ -766,13 +789,13 @@ def _training_notes(rows: list[dict]) -> list[str]:
              "   serial = compute + data loading in one process, i.e. training with workers=0)",
              "  issue figures, seconds per image training yolov3-tiny at 416: "
              + ", ".join(f"{k} {v}" for k, v in fig["train_s_per_image"].items())]
-    by_precision = {r["precision"]: r for r in rows if r["model"] == "yolov3-tiny"}
-    if "bf16" in by_precision:
-        lines.append(f"  yolov3-tiny training bf16 / f32 time: "
-                     f"{by_precision['bf16']['compute_s_per_image'] / by_precision['f32']['compute_s_per_image']:.2f}"
-                     " (interleaved iterations on the same batches)")
+    tiny = {r["variant"]: r["compute_s_per_image"] for r in rows if r["model"] == "yolov3-tiny"}
+    for label, over in (("bf16", "f32"), ("f32", "f32 gemm"), ("bf16", "f32 gemm")):
+        if label in tiny and over in tiny:
+            lines.append(f"  yolov3-tiny training {label} / {over} time: {tiny[label] / tiny[over]:.2f} "
+                         "(interleaved iterations on the same batches)")
     for r in rows:
-        if r["model"] == "yolov3-tiny" and r["precision"] == "f32":
+        if r["model"] == "yolov3-tiny" and r["variant"] == "f32":
             s, minimum, goal = r["compute_s_per_image"], fig["train_s_per_image_minimum"], fig["train_s_per_image_goal"]
             lines.append(f"  yolov3-tiny compute {s:.3f} s/image: minimum < {minimum} "
                          f"{'met' if s < minimum else 'NOT met'}; goal <= {goal} {'met' if s <= goal else 'not met'}")
@@ -860,7 +883,7 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
                     f"weights on {real['data']}, JPEG decoding and augmentation in {real['loader_workers']} loader "
                     f"process: {real['s_per_iteration']:.2f} s/iteration, {real['s_per_image']:.3f} s/image, "
                     f"{real['images_per_s']:.2f} images/s ({real['train_gflops_per_s']:.1f} GFLOP/s counting "
-                    f"backward as 2x forward)")
+                    f"backward as 2x forward); convolutions: {_engines_text(real['engines'])}")
             if reals:
                 say("  issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet before 0.17 s/image")
     finally:

@@ -154,3 +154,30 @@ def test_ratio_interval_resamples_rounds_together():
     assert _goal_verdict(1.1, 1.05, 1.2) == "NOT met"
     assert _goal_verdict(1.1, 0.9, 1.3) == "NOT met; the interval holds 1: this run cannot tell"
     assert _goal_verdict(0.95, 0.9, 1.05) == "met; the interval holds 1: this run cannot tell"
+
+
+def test_training_rows_name_their_variant_and_the_convolutions_that_ran(tiny_cfg, tmp_path):
+    """bench --train's rows, on the tiny cfg: one per variant, interleaved; with oneDNN the default float32 run
+    trains its convolutions on oneDNN and "f32 gemm" (the path before it) on im2col + GEMM, both in the table and
+    the notes' ratio."""
+    from conftest import make_dataset
+    from pydarknet.bench import _bench_training, _training_notes, _training_table, _training_variants
+    from pydarknet.data import read_list
+    from pydarknet.datafile import read_data_file
+
+    paths = read_list(read_data_file(make_dataset(tmp_path, n=4))["train"])
+    variants = _training_variants(("f32",))
+    assert variants[0] == ("f32", "f32", "auto")
+    assert (("f32 gemm", "f32", "gemm") in variants) == bool(onednn_version())
+    rows = _bench_training("yolov3-tiny", tiny_cfg, None, "random", 2, paths, 1, (0,), variants)
+    assert [r["variant"] for r in rows] == [v[0] for v in variants]
+    layers = 8  # the tiny cfg's convolutional layers
+    for row in rows:
+        assert row["compute_s_per_image"] > 0 and len(row["compute_iteration_runs_s"]) == 1
+        assert sum(row["engines"].values()) == layers
+    by = {r["variant"]: r["engines"] for r in rows}
+    if onednn_version():
+        assert by == {"f32": {"onednn": layers}, "f32 gemm": {"plain": layers}}
+        assert any(line.startswith("  yolov3-tiny training f32 / f32 gemm time: ") for line in _training_notes(rows))
+    table = "\n".join(_training_table(rows))
+    assert f"onednn {layers}" in table or f"plain {layers}" in table

@@ -1,0 +1,368 @@
+/* [convolutional] training through oneDNN (see conv_train_onednn.h).
+ *
+ * Per layer and shape: three primitives (forward_training, backward_weights, backward_data) whose layouts are
+ * left to oneDNN (format "any"), made once and again when the shape, the precision or the thread count changes.
+ * Every primitive argument is either the caller's buffer itself (when oneDNN wants the plain layout, as for a
+ * 3-channel first layer's input) or a region of the caller's scratch filled and emptied by reorders. The
+ * gradients always go through a scratch region and a reorder with a sum post-op, which adds them to the
+ * caller's buffer. Scratch regions, reused from call to call:
+ *   A  output-sized: the forward's result, then d(out) in the backward;
+ *   B  input-sized:  the forward's input, then d(in), then the input again for the weight gradient;
+ *   W  the weights in the primitives' layout;  V  the weight gradient before it is added. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv_train_onednn.h"
+#include "internal.h"
+
+int conv_train_onednn_runs_bf16(const dn_conv_shape *s, int bf16) { return bf16 && s->c / s->groups >= 16; }
+
+#ifndef DN_ONEDNN
+
+size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s, int bf16)
+{
+    (void)s, (void)bf16;
+    return 0;
+}
+
+dn_status conv_train_onednn_forward(conv_train_onednn **state, const dn_conv_shape *s, int bf16, const float *in,
+                                    const float *weights, float *out, float *scratch, size_t scratch_floats)
+{
+    (void)state, (void)s, (void)bf16, (void)in, (void)weights, (void)out, (void)scratch, (void)scratch_floats;
+    return dn_fail(DN_E_NOTFOUND, "this library was built without oneDNN");
+}
+
+dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_shape *s, int bf16, const float *in,
+                                     const float *delta, const float *weights, float *weight_updates,
+                                     float *in_delta, float *scratch, size_t scratch_floats)
+{
+    (void)state, (void)s, (void)bf16, (void)in, (void)delta, (void)weights, (void)weight_updates, (void)in_delta;
+    (void)scratch, (void)scratch_floats;
+    return dn_fail(DN_E_NOTFOUND, "this library was built without oneDNN");
+}
+
+void conv_train_onednn_free(conv_train_onednn *state) { (void)state; }
+
+#else
+#include <omp.h>
+
+#include "conv_onednn.h"
+
+#define TRY ONEDNN_TRY
+#define ALIGN_FLOATS 16 /* regions start on 64-byte boundaries */
+
+static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+
+enum { REGION_A, REGION_B, REGION_W, REGION_V, REGIONS };
+
+/* One argument of a primitive. reorder NULL: mem reads or writes the caller's buffer; else mem lives in the
+ * scratch at offset and reorder copies it from or to the caller's buffer. */
+typedef struct conv_arg {
+    dnnl_memory_t mem;
+    dnnl_primitive_t reorder;
+    int region;
+    size_t offset;
+} conv_arg;
+
+struct conv_train_onednn {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    /* what the primitives were made for */
+    dn_conv_shape shape;
+    int bf16, threads;
+    int ready, unsupported;
+    size_t region_floats[REGIONS];
+    size_t scratch_floats; /* the regions' sum */
+    dnnl_primitive_t fwd, bwd_weights, bwd_data;
+    dnnl_memory_t user_src, user_dst, user_wei; /* plain float32 views of the caller's buffers */
+    conv_arg fwd_src, fwd_wei, fwd_dst;
+    conv_arg bwd_ddst, bwd_wei, bwd_dsrc;
+    conv_arg bww_src, bww_ddst, bww_dwei;
+    int ddst_shared; /* the two gradients read d(out) in one layout: the backward reorders it once */
+};
+
+size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s, int bf16)
+{
+    (void)bf16;
+    if (s->groups != 1) return 0;
+    /* Activations: blocked by at most 16 channels on this project's CPUs (nChw16c; plain and channels-last
+     * layouts are smaller). Weights: AMX layouts pad both channel counts up to 64. */
+    const size_t in = (size_t)s->batch * round_up((size_t)s->c, 16) * s->h * s->w;
+    const size_t out = (size_t)s->batch * round_up((size_t)s->filters, 16) * s->out_h * s->out_w;
+    const size_t wei = round_up((size_t)s->filters, 64) * round_up((size_t)s->c, 64) * s->size * s->size;
+    return out + in + 2 * wei + REGIONS * ALIGN_FLOATS;
+}
+
+static void arg_destroy(conv_arg *a)
+{
+    dnnl_primitive_destroy(a->reorder);
+    dnnl_memory_destroy(a->mem);
+    *a = (conv_arg){0};
+}
+
+static void destroy_primitives(conv_train_onednn *s)
+{
+    dnnl_primitive_destroy(s->fwd);
+    dnnl_primitive_destroy(s->bwd_weights);
+    dnnl_primitive_destroy(s->bwd_data);
+    s->fwd = s->bwd_weights = s->bwd_data = NULL;
+    conv_arg *args[] = {&s->fwd_src, &s->fwd_wei, &s->fwd_dst, &s->bwd_ddst, &s->bwd_wei,
+                        &s->bwd_dsrc, &s->bww_src, &s->bww_ddst, &s->bww_dwei};
+    for (size_t i = 0; i < sizeof args / sizeof *args; i++) arg_destroy(args[i]);
+    dnnl_memory_destroy(s->user_src);
+    dnnl_memory_destroy(s->user_dst);
+    dnnl_memory_destroy(s->user_wei);
+    s->user_src = s->user_dst = s->user_wei = NULL;
+    memset(s->region_floats, 0, sizeof s->region_floats);
+    s->scratch_floats = 0;
+    s->ready = s->unsupported = s->ddst_shared = 0;
+}
+
+void conv_train_onednn_free(conv_train_onednn *s)
+{
+    if (!s) return;
+    destroy_primitives(s);
+    if (s->stream) dnnl_stream_destroy(s->stream);
+    if (s->engine) dnnl_engine_destroy(s->engine);
+    free(s);
+}
+
+/* The argument of a primitive whose layout is prim_md, for the caller's plain user_md. to_primitive: the
+ * caller's data is read (reorder user -> primitive); else written, added to the caller's buffer (reorder
+ * primitive -> user with a sum post-op; always through the scratch). */
+static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_desc_t prim_md,
+                          const_dnnl_memory_desc_t user_md, int to_primitive, int region)
+{
+    dn_status st = DN_OK;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t post = NULL;
+    a->region = region;
+    TRY(dnnl_memory_create(&a->mem, prim_md, s->engine, DNNL_MEMORY_NONE));
+    if (to_primitive && dnnl_memory_desc_equal(prim_md, user_md)) return DN_OK;
+    const size_t floats = round_up((dnnl_memory_desc_get_size(prim_md) + sizeof(float) - 1) / sizeof(float),
+                                   ALIGN_FLOATS);
+    if (floats > s->region_floats[region]) s->region_floats[region] = floats;
+    if (to_primitive) {
+        TRY(dnnl_reorder_primitive_desc_create(&pd, user_md, s->engine, prim_md, s->engine, NULL));
+    } else {
+        TRY(dnnl_primitive_attr_create(&attr));
+        TRY(dnnl_post_ops_create(&post));
+        TRY(dnnl_post_ops_append_sum(post, 1.f, 0, dnnl_data_type_undef));
+        TRY(dnnl_primitive_attr_set_post_ops(attr, post));
+        TRY(dnnl_reorder_primitive_desc_create(&pd, prim_md, s->engine, user_md, s->engine, attr));
+    }
+    TRY(dnnl_primitive_create(&a->reorder, pd));
+fail:
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_post_ops_destroy(post);
+    dnnl_primitive_attr_destroy(attr);
+    return st;
+}
+
+#define QUERY(pd, what) dnnl_primitive_desc_query_md(pd, what, 0)
+
+static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
+{
+    dn_status st = DN_OK;
+    dnnl_memory_desc_t user_src = NULL, user_dst = NULL, user_wei = NULL;
+    dnnl_memory_desc_t src = NULL, wei = NULL, dst = NULL, ddst = NULL, dsrc = NULL, dwei = NULL;
+    dnnl_primitive_desc_t fwd = NULL, bww = NULL, bwd = NULL;
+    if (sh->groups != 1) {
+        s->unsupported = 1;
+        return dn_fail(DN_E_NOTFOUND, "oneDNN training convolutions: grouped convolutions are not taken");
+    }
+    /* bfloat16 operands, float32 results: the forward's output and both gradients stay float32. */
+    const dnnl_data_type_t operand = conv_train_onednn_runs_bf16(sh, bf16) ? dnnl_bf16 : dnnl_f32;
+    const dnnl_dims_t src_dims = {sh->batch, sh->c, sh->h, sh->w};
+    const dnnl_dims_t dst_dims = {sh->batch, sh->filters, sh->out_h, sh->out_w};
+    const dnnl_dims_t wei_dims = {sh->filters, sh->c, sh->size, sh->size};
+    const dnnl_dims_t strides = {sh->stride, sh->stride}, dilates = {0, 0}, pad = {sh->pad, sh->pad};
+    const dnnl_format_tag_t any = dnnl_format_tag_any;
+    TRY(dnnl_memory_desc_create_with_tag(&user_src, 4, src_dims, dnnl_f32, dnnl_nchw));
+    TRY(dnnl_memory_desc_create_with_tag(&user_dst, 4, dst_dims, dnnl_f32, dnnl_nchw));
+    TRY(dnnl_memory_desc_create_with_tag(&user_wei, 4, wei_dims, dnnl_f32, dnnl_oihw));
+    TRY(dnnl_memory_desc_create_with_tag(&src, 4, src_dims, operand, any));
+    TRY(dnnl_memory_desc_create_with_tag(&wei, 4, wei_dims, operand, any));
+    TRY(dnnl_memory_desc_create_with_tag(&dst, 4, dst_dims, dnnl_f32, any));
+    TRY(dnnl_memory_desc_create_with_tag(&ddst, 4, dst_dims, operand, any));
+    TRY(dnnl_memory_desc_create_with_tag(&dsrc, 4, src_dims, dnnl_f32, any));
+    TRY(dnnl_memory_desc_create_with_tag(&dwei, 4, wei_dims, dnnl_f32, any));
+    TRY(dnnl_convolution_forward_primitive_desc_create(&fwd, s->engine, dnnl_forward_training,
+                                                       dnnl_convolution_direct, src, wei, NULL, dst, strides,
+                                                       dilates, pad, pad, NULL));
+    TRY(dnnl_convolution_backward_weights_primitive_desc_create(&bww, s->engine, dnnl_convolution_direct, src, dwei,
+                                                                NULL, ddst, strides, dilates, pad, pad, fwd, NULL));
+    TRY(dnnl_convolution_backward_data_primitive_desc_create(&bwd, s->engine, dnnl_convolution_direct, dsrc, wei,
+                                                             ddst, strides, dilates, pad, pad, fwd, NULL));
+    TRY(dnnl_primitive_create(&s->fwd, fwd));
+    TRY(dnnl_primitive_create(&s->bwd_weights, bww));
+    TRY(dnnl_primitive_create(&s->bwd_data, bwd));
+    TRY(dnnl_memory_create(&s->user_src, user_src, s->engine, DNNL_MEMORY_NONE));
+    TRY(dnnl_memory_create(&s->user_dst, user_dst, s->engine, DNNL_MEMORY_NONE));
+    TRY(dnnl_memory_create(&s->user_wei, user_wei, s->engine, DNNL_MEMORY_NONE));
+    if ((st = make_arg(s, &s->fwd_src, QUERY(fwd, dnnl_query_src_md), user_src, 1, REGION_B)) ||
+        (st = make_arg(s, &s->fwd_wei, QUERY(fwd, dnnl_query_weights_md), user_wei, 1, REGION_W)) ||
+        (st = make_arg(s, &s->bwd_ddst, QUERY(bwd, dnnl_query_diff_dst_md), user_dst, 1, REGION_A)) ||
+        (st = make_arg(s, &s->bwd_wei, QUERY(bwd, dnnl_query_weights_md), user_wei, 1, REGION_W)) ||
+        (st = make_arg(s, &s->bwd_dsrc, QUERY(bwd, dnnl_query_diff_src_md), user_src, 0, REGION_B)) ||
+        (st = make_arg(s, &s->bww_src, QUERY(bww, dnnl_query_src_md), user_src, 1, REGION_B)) ||
+        (st = make_arg(s, &s->bww_ddst, QUERY(bww, dnnl_query_diff_dst_md), user_dst, 1, REGION_A)) ||
+        (st = make_arg(s, &s->bww_dwei, QUERY(bww, dnnl_query_diff_weights_md), user_wei, 0, REGION_V)))
+        goto fail;
+    /* The forward's result is written, not added: a plain reorder, through region A when the layouts differ. */
+    {
+        const_dnnl_memory_desc_t dst_md = QUERY(fwd, dnnl_query_dst_md);
+        TRY(dnnl_memory_create(&s->fwd_dst.mem, dst_md, s->engine, DNNL_MEMORY_NONE));
+        s->fwd_dst.region = REGION_A;
+        if (!dnnl_memory_desc_equal(dst_md, user_dst)) {
+            dnnl_primitive_desc_t pd = NULL;
+            const size_t floats = round_up((dnnl_memory_desc_get_size(dst_md) + 3) / 4, ALIGN_FLOATS);
+            if (floats > s->region_floats[REGION_A]) s->region_floats[REGION_A] = floats;
+            TRY(dnnl_reorder_primitive_desc_create(&pd, dst_md, s->engine, user_dst, s->engine, NULL));
+            dnnl_status_t made = dnnl_primitive_create(&s->fwd_dst.reorder, pd);
+            dnnl_primitive_desc_destroy(pd);
+            TRY(made);
+        }
+    }
+    s->ddst_shared = s->bwd_ddst.reorder && s->bww_ddst.reorder &&
+                     dnnl_memory_desc_equal(QUERY(bwd, dnnl_query_diff_dst_md), QUERY(bww, dnnl_query_diff_dst_md));
+    size_t offset = 0, offsets[REGIONS];
+    for (int r = 0; r < REGIONS; r++) offsets[r] = offset, offset += s->region_floats[r];
+    s->scratch_floats = offset;
+    conv_arg *args[] = {&s->fwd_src, &s->fwd_wei, &s->fwd_dst, &s->bwd_ddst, &s->bwd_wei,
+                        &s->bwd_dsrc, &s->bww_src, &s->bww_ddst, &s->bww_dwei};
+    for (size_t i = 0; i < sizeof args / sizeof *args; i++) args[i]->offset = offsets[args[i]->region];
+    s->shape = *sh;
+    s->bf16 = bf16;
+    s->threads = omp_get_max_threads();
+    s->ready = 1;
+fail:
+    dnnl_primitive_desc_destroy(fwd);
+    dnnl_primitive_desc_destroy(bww);
+    dnnl_primitive_desc_destroy(bwd);
+    dnnl_memory_desc_t mds[] = {user_src, user_dst, user_wei, src, wei, dst, ddst, dsrc, dwei};
+    for (size_t i = 0; i < sizeof mds / sizeof *mds; i++) dnnl_memory_desc_destroy(mds[i]);
+    if (st) {
+        destroy_primitives(s);
+        s->unsupported = st == DN_E_NOTFOUND;
+    }
+    return st;
+}
+
+static int same_shape(const dn_conv_shape *a, const dn_conv_shape *b)
+{
+    return a->batch == b->batch && a->c == b->c && a->h == b->h && a->w == b->w && a->filters == b->filters &&
+           a->size == b->size && a->stride == b->stride && a->pad == b->pad && a->groups == b->groups &&
+           a->out_h == b->out_h && a->out_w == b->out_w;
+}
+
+/* The state, built for this shape, precision and team size, with its layouts fitting the scratch. */
+static dn_status prepare(conv_train_onednn **state, const dn_conv_shape *sh, int bf16, size_t scratch_floats)
+{
+    dn_status st = DN_OK;
+    conv_train_onednn *s = *state;
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s))) return dn_fail(DN_E_NOMEM, "out of memory");
+        *state = s;
+    }
+    if (!s->engine) TRY(dnnl_engine_create(&s->engine, dnnl_cpu, 0));
+    if (!s->stream) TRY(dnnl_stream_create(&s->stream, s->engine, dnnl_stream_default_flags));
+    if ((s->ready || s->unsupported) &&
+        (!same_shape(&s->shape, sh) || s->bf16 != bf16 || s->threads != omp_get_max_threads()))
+        destroy_primitives(s);
+    if (s->unsupported) return dn_fail(DN_E_NOTFOUND, "oneDNN: no training convolution for this layer");
+    if (!s->ready && (st = build(s, sh, bf16))) return st;
+    if (s->scratch_floats > scratch_floats)
+        return dn_fail(DN_E_NOTFOUND, "oneDNN's layouts for this convolution need %zu scratch floats, %zu are there",
+                       s->scratch_floats, scratch_floats);
+fail:
+    return st;
+}
+
+/* Points a at its data for this call: the caller's buffer, or its scratch region filled from the caller's
+ * buffer through user (to_primitive). */
+static dn_status arg_bind(conv_train_onednn *s, const conv_arg *a, dnnl_memory_t user, const float *data,
+                          float *scratch, int to_primitive)
+{
+    dn_status st = DN_OK;
+    if (!a->reorder) {
+        TRY(dnnl_memory_set_data_handle(a->mem, (void *)data));
+        return DN_OK;
+    }
+    TRY(dnnl_memory_set_data_handle(a->mem, scratch + a->offset));
+    if (to_primitive) {
+        TRY(dnnl_memory_set_data_handle(user, (void *)data));
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, a->mem}};
+        TRY(dnnl_primitive_execute(a->reorder, s->stream, 2, args));
+    }
+fail:
+    return st;
+}
+
+/* After the primitive: a's scratch region copied (or added) into the caller's buffer. */
+static dn_status arg_flush(conv_train_onednn *s, const conv_arg *a, dnnl_memory_t user, float *data)
+{
+    dn_status st = DN_OK;
+    if (!a->reorder) return DN_OK;
+    TRY(dnnl_memory_set_data_handle(user, data));
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, a->mem}, {DNNL_ARG_TO, user}};
+    TRY(dnnl_primitive_execute(a->reorder, s->stream, 2, args));
+fail:
+    return st;
+}
+
+dn_status conv_train_onednn_forward(conv_train_onednn **state, const dn_conv_shape *sh, int bf16, const float *in,
+                                    const float *weights, float *out, float *scratch, size_t scratch_floats)
+{
+    dn_status st = prepare(state, sh, bf16, scratch_floats);
+    if (st) return st;
+    conv_train_onednn *s = *state;
+    if ((st = arg_bind(s, &s->fwd_src, s->user_src, in, scratch, 1)) ||
+        (st = arg_bind(s, &s->fwd_wei, s->user_wei, weights, scratch, 1)) ||
+        (st = arg_bind(s, &s->fwd_dst, s->user_dst, out, scratch, 0)))
+        return st;
+    dnnl_exec_arg_t args[3] = {
+        {DNNL_ARG_SRC, s->fwd_src.mem}, {DNNL_ARG_WEIGHTS, s->fwd_wei.mem}, {DNNL_ARG_DST, s->fwd_dst.mem}};
+    TRY(dnnl_primitive_execute(s->fwd, s->stream, 3, args));
+    if ((st = arg_flush(s, &s->fwd_dst, s->user_dst, out))) return st;
+    TRY(dnnl_stream_wait(s->stream));
+fail:
+    return st;
+}
+
+dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_shape *sh, int bf16, const float *in,
+                                     const float *delta, const float *weights, float *weight_updates,
+                                     float *in_delta, float *scratch, size_t scratch_floats)
+{
+    dn_status st = prepare(state, sh, bf16, scratch_floats);
+    if (st) return st;
+    conv_train_onednn *s = *state;
+    /* The input gradient first: region B then takes the input again for the weight gradient. */
+    if (in_delta) {
+        if ((st = arg_bind(s, &s->bwd_ddst, s->user_dst, delta, scratch, 1)) ||
+            (st = arg_bind(s, &s->bwd_wei, s->user_wei, weights, scratch, 1)) ||
+            (st = arg_bind(s, &s->bwd_dsrc, s->user_src, in_delta, scratch, 0)))
+            return st;
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_DIFF_DST, s->bwd_ddst.mem},
+                                   {DNNL_ARG_WEIGHTS, s->bwd_wei.mem},
+                                   {DNNL_ARG_DIFF_SRC, s->bwd_dsrc.mem}};
+        TRY(dnnl_primitive_execute(s->bwd_data, s->stream, 3, args));
+        if ((st = arg_flush(s, &s->bwd_dsrc, s->user_src, in_delta))) return st;
+    }
+    const int ddst_ready = in_delta && s->ddst_shared;
+    if ((st = arg_bind(s, &s->bww_ddst, s->user_dst, delta, scratch, !ddst_ready)) ||
+        (st = arg_bind(s, &s->bww_src, s->user_src, in, scratch, 1)) ||
+        (st = arg_bind(s, &s->bww_dwei, s->user_wei, weight_updates, scratch, 0)))
+        return st;
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, s->bww_src.mem},
+                               {DNNL_ARG_DIFF_DST, s->bww_ddst.mem},
+                               {DNNL_ARG_DIFF_WEIGHTS, s->bww_dwei.mem}};
+    TRY(dnnl_primitive_execute(s->bwd_weights, s->stream, 3, args));
+    if ((st = arg_flush(s, &s->bww_dwei, s->user_wei, weight_updates))) return st;
+    TRY(dnnl_stream_wait(s->stream));
+fail:
+    return st;
+}
+
+#endif
