@@ -5,9 +5,16 @@ parameter gradients (added to what the update buffers hold, over chunks) as the 
 YOLO uses, across resizes and thread counts; bf16 mode close to float32. Skipped without oneDNN."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from conftest import TINY_CFG
 from pydarknet import Network, _ffi
 from pydarknet.network import bf16_supported, onednn_version, set_threads
 
@@ -35,17 +42,6 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, what: st
     assert scale > 0, what
     err = float(np.abs(actual - expected).max())
     assert err <= rtol * scale, f"{what}: max error {err:.3g} against the largest {scale:.3g}"
-
-
-def assert_mostly_close(actual: np.ndarray, expected: np.ndarray, rtol: float, what: str) -> None:
-    """Through a whole network a max pool's argmax can flip between two nearly equal inputs when the sums run in
-    another order (measured: one flip under `make asan`'s build moved 0.17% of yolov3-tiny's gradients by up to
-    0.8% of the largest), routing a gradient elsewhere. So: 99% of the elements within rtol of the largest."""
-    scale = float(np.abs(expected).max())
-    assert scale > 0, what
-    close = np.abs(actual - expected) <= rtol * scale
-    assert close.mean() >= 0.99, (f"{what}: {close.mean():.4f} of the elements within {rtol} of the largest "
-                                  f"{scale:.3g}; max error {float(np.abs(actual - expected).max()):.3g}")
 
 
 def probe(net: Network, x: np.ndarray, delta: np.ndarray):
@@ -90,67 +86,95 @@ def test_grouped_convolutions_keep_the_gemm_path(tmp_path):
     assert net.conv_engines() == {"plain": 1}
 
 
-def tiny_yolo(reference_dir, batch: int, size: int, **options) -> tuple[Network, Network]:
-    cfg = reference_dir / "yolov3-tiny.cfg"
-    if not cfg.is_file():
-        pytest.skip(f"{cfg} not found")
-    nets = pair(cfg, batch, **options)
-    for net in nets:
-        net.resize(size, size)
-    return nets
+def smooth_net(tmp_path) -> Path:
+    """conftest's TINY_CFG (routes that send a layer's output to two consumers, whose input gradients add up; a
+    shortcut, upsampling, two [yolo]) with mish for leaky and a strided convolution for the max pool: no kink
+    (leaky's at 0, a max pool's between near-equal inputs) where summing in another order could flip a gradient,
+    so every element is held to float32's tolerance."""
+    text = TINY_CFG.replace("activation=leaky", "activation=mish")
+    text = text.replace("[maxpool]\nsize=2\nstride=2\n", "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\n"
+                                                         "stride=2\npad=1\nactivation=mish\n", 1)
+    assert "[maxpool]" not in text and "leaky" not in text
+    path = tmp_path / "smooth.cfg"
+    path.write_text(text)
+    return path
 
 
 def train_two_chunks(net: Network, x: np.ndarray, truths: np.ndarray) -> tuple[list[float], np.ndarray]:
     """Two train_chunk calls without an update: the gradients of both add up in the update buffers."""
     _ffi.network_zero_updates(net._handle())
-    losses = [net.train_chunk(x[:1], truths[:1]), net.train_chunk(x[1:], truths[1:])]
+    half = len(x) // 2
+    losses = [net.train_chunk(x[:half], truths[:half]), net.train_chunk(x[half:], truths[half:])]
     updates = np.empty(net.n_params, np.float32)
     _ffi.network_get_updates(net._handle(), updates)
     return losses, updates
 
 
-def random_truths(rng, batch: int) -> np.ndarray:
+def random_truths(rng, batch: int, classes: int) -> np.ndarray:
     truths = np.zeros((batch, 4, 5), np.float32)
     truths[:, :, :2] = rng.uniform(0.2, 0.8, (batch, 4, 2))
     truths[:, :, 2:4] = rng.uniform(0.1, 0.5, (batch, 4, 2))
-    truths[:, :, 4] = rng.integers(0, 80, (batch, 4))
+    truths[:, :, 4] = rng.integers(0, classes, (batch, 4))
     return truths
 
 
-def test_yolov3_tiny_trains_on_onednn_as_on_gemm(reference_dir):
-    """The whole network: routes that feed one output to two layers (their input gradients add up), max pools,
-    upsampling and [yolo]; gradients summed over two chunks; then again after a resize (new primitives) and with
-    one thread instead of two."""
-    onednn, gemm = tiny_yolo(reference_dir, 1, 96)
+def test_a_network_trains_on_onednn_as_on_gemm(tmp_path):
+    """The whole network: input gradients added up where one output feeds two layers, gradients summed over two
+    chunks; then again after a resize (new primitives) and with one thread instead of two."""
+    onednn, gemm = pair(smooth_net(tmp_path), 2)
     rng = np.random.default_rng(5)
-    x = rng.random((2, 3, 96, 96), dtype=np.float32)
-    truths = random_truths(rng, 2)
-    delta = rng.standard_normal(2 * int(np.prod(onednn.layers[-1].output_shape))).astype(np.float32)
+    x = rng.random((4, 3, 64, 64), dtype=np.float32)
+    truths = random_truths(rng, 4, 2)
+    delta = rng.standard_normal(4 * int(np.prod(onednn.layers[-1].output_shape))).astype(np.float32)
+    for net in (onednn, gemm):
+        net.set_batch(4)
+    got, want = probe(onednn, x, delta), probe(gemm, x, delta)
+    assert onednn.conv_engines() == {"onednn": 9}
+    for what, a, b in zip(("output", "input gradient", "parameter gradients"), got, want):
+        assert_close(a, b, F32_RTOL, what)
     for net in (onednn, gemm):
         net.set_batch(2)
-    got, want = probe(onednn, x, delta), probe(gemm, x, delta)
-    assert onednn.conv_engines() == {"onednn": 13}
-    for what, a, b in zip(("output", "input gradient", "parameter gradients"), got, want):
-        assert_mostly_close(a, b, F32_RTOL, what)
-    for net in (onednn, gemm):
-        net.set_batch(1)
     (loss_a, updates_a), (loss_b, updates_b) = train_two_chunks(onednn, x, truths), train_two_chunks(gemm, x, truths)
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
-    assert_mostly_close(updates_a, updates_b, F32_RTOL, "parameter gradients over two chunks")
+    assert_close(updates_a, updates_b, F32_RTOL, "parameter gradients over two chunks")
 
     for net in (onednn, gemm):
-        net.resize(128, 128)
-    x = rng.random((2, 3, 128, 128), dtype=np.float32)
-    previous = onednn.threads if hasattr(onednn, "threads") else None
+        net.resize(96, 96)
+    x = rng.random((4, 3, 96, 96), dtype=np.float32)
     set_threads(1)
     try:
         (loss_a, updates_a), (loss_b, updates_b) = (train_two_chunks(onednn, x, truths),
                                                     train_two_chunks(gemm, x, truths))
     finally:
-        set_threads(previous or 0)
+        set_threads(0)
+    assert onednn.conv_engines() == {"onednn": 9}
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
+    assert_close(updates_a, updates_b, F32_RTOL, "after a resize, one thread")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_yolov3_tiny_trains_every_layer_on_onednn(reference_dir):
+    """yolov3-tiny (leaky, max pools): all 13 convolutions train on oneDNN, the loss is float32's, and the
+    gradients point where the GEMM path's do. Element by element they may not match: an output within ~1e-6 of
+    leaky's kink or of a max pool tie can land on the other side (measured with oneDNN capped at SSE4.1: one
+    output of 5.8e-6 changed its leaky slope and moved 2.6% of the gradients by up to 19% of the largest)."""
+    cfg = reference_dir / "yolov3-tiny.cfg"
+    if not cfg.is_file():
+        pytest.skip(f"{cfg} not found")
+    onednn, gemm = pair(cfg, 2)
+    rng = np.random.default_rng(5)
+    for net in (onednn, gemm):
+        net.resize(96, 96)
+    x = rng.random((2, 3, 96, 96), dtype=np.float32)
+    truths = random_truths(rng, 2, 80)
+    (loss_a, updates_a), (loss_b, updates_b) = train_two_chunks(onednn, x, truths), train_two_chunks(gemm, x, truths)
     assert onednn.conv_engines() == {"onednn": 13}
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
-    assert_mostly_close(updates_a, updates_b, F32_RTOL, "after a resize, one thread")
+    assert cosine(updates_a, updates_b) >= 0.999, cosine(updates_a, updates_b)
 
 
 @pytest.mark.parametrize("name", [name for name, (c, _, _) in LAYERS.items() if c >= 16])
@@ -199,5 +223,22 @@ def test_bf16_training_of_yolov3_tiny_runs_every_wide_layer_in_bfloat16(referenc
     assert nets[0].conv_engines() == {"onednn": 1, "onednn-bf16": 12}
     assert_close(got[0], want[0], 0.05, "bf16 output")
     for what, a, b in zip(("input gradient", "parameter gradients"), got[1:], want[1:]):
-        cosine = float(a.ravel() @ b.ravel()) / float(np.linalg.norm(a) * np.linalg.norm(b))
-        assert cosine >= 0.9, f"bf16 {what}: cosine {cosine:.3f} with float32's"
+        assert cosine(a, b) >= 0.9, f"bf16 {what}: cosine {cosine(a, b):.3f} with float32's"
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "SSE41"])
+def test_training_on_cpus_without_avx512_matches_gemm(isa):
+    """oneDNN picks other layouts and kernels on older CPUs (8-channel blocks on AVX2; its own GEMM-based
+    gradients on SSE4.1): the layer and whole-network comparisons above, rerun in a process whose oneDNN is capped
+    at that instruction set (ONEDNN_MAX_CPU_ISA)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        pytest.skip("already running under a capped instruction set")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
+    tests = "a_layer_trains_on_onednn_as_on_gemm or a_network_trains_on_onednn_as_on_gemm or every_layer_on_onednn"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout, result.stdout[-500:]
+    capped = subprocess.run([sys.executable, "-c", "from pydarknet.network import bf16_supported; "
+                             "print(bf16_supported()[1])"], env=env, capture_output=True, text=True, timeout=60)
+    assert capped.stdout.strip() == isa.lower(), capped.stdout + capped.stderr  # the cap did apply
