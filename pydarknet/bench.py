@@ -8,7 +8,10 @@ between the two engines' [yolo] outputs on the same input.
 
 Training (``--train``): images/s of the compute (``Network.train_chunk`` + ``Network.update`` on batches
 prepared beforehand) and, measured apart, of data loading (``DataLoader`` with the cfg's augmentation over
-generated images), for yolov3-tiny at 416 with batch 8 and for the built-in default cfg.
+generated images), for yolov3-tiny at 416 with batch 8 and for the built-in default cfg. yolov3-tiny trains in
+each precision the CPU offers and, with oneDNN, also in float32 on im2col + GEMM (``conv_algo="gemm"``, the
+training path before oneDNN's convolutions), their iterations interleaved; each row names the engines its
+convolutions ran on.
 
 Validation on real JPEGs (``--valid``): images/s of the whole ``valid`` path (JPEG decoding, letterbox,
 forward, decoding the heads, NMS, writing coco_results.json) for yolov3-tiny over real photos (default: the
