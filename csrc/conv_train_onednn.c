@@ -9,6 +9,7 @@
  *   A  output-sized: the forward's result, then d(out) in the backward;
  *   B  input-sized:  the forward's input, then d(in), then the input again for the weight gradient;
  *   W  the weights in the primitives' layout;  V  the weight gradient before it is added. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,7 +91,7 @@ size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s, int bf16)
     const size_t in = (size_t)s->batch * round_up((size_t)s->c, 16) * s->h * s->w;
     const size_t out = (size_t)s->batch * round_up((size_t)s->filters, 16) * s->out_h * s->out_w;
     const size_t wei = round_up((size_t)s->filters, 64) * round_up((size_t)s->c, 64) * s->size * s->size;
-    return out + in + 2 * wei + REGIONS * ALIGN_FLOATS;
+    return out + in + 2 * wei + (REGIONS + 1) * ALIGN_FLOATS; /* + aligning the start */
 }
 
 static void arg_destroy(conv_arg *a)
@@ -273,11 +274,19 @@ static dn_status prepare(conv_train_onednn **state, const dn_conv_shape *sh, int
         destroy_primitives(s);
     if (s->unsupported) return dn_fail(DN_E_NOTFOUND, "oneDNN: no training convolution for this layer");
     if (!s->ready && (st = build(s, sh, bf16))) return st;
-    if (s->scratch_floats > scratch_floats)
+    if (s->scratch_floats + ALIGN_FLOATS - 1 > scratch_floats)
         return dn_fail(DN_E_NOTFOUND, "oneDNN's layouts for this convolution need %zu scratch floats, %zu are there",
                        s->scratch_floats, scratch_floats);
 fail:
     return st;
+}
+
+/* The scratch from its first 64-byte boundary: oneDNN's AVX-512 kernels load whole cache lines (the caller's
+ * workspace comes from calloc, 16-byte aligned). */
+static float *aligned(float *scratch)
+{
+    const uintptr_t p = (uintptr_t)scratch, bytes = ALIGN_FLOATS * sizeof(float);
+    return (float *)((p + bytes - 1) / bytes * bytes);
 }
 
 /* Points a at its data for this call: the caller's buffer, or its scratch region filled from the caller's
@@ -290,7 +299,7 @@ static dn_status arg_bind(conv_train_onednn *s, const conv_arg *a, dnnl_memory_t
         TRY(dnnl_memory_set_data_handle(a->mem, (void *)data));
         return DN_OK;
     }
-    TRY(dnnl_memory_set_data_handle(a->mem, scratch + a->offset));
+    TRY(dnnl_memory_set_data_handle(a->mem, aligned(scratch) + a->offset));
     if (to_primitive) {
         TRY(dnnl_memory_set_data_handle(user, (void *)data));
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, a->mem}};

@@ -50,9 +50,10 @@ typedef struct dn_network dn_network;
  * ones under AUTO (see layer_convolutional.c), oneDNN for all under ONEDNN. Without oneDNN, AUTO is
  * DN_CONV_FUSED: Winograd for 3x3 stride-1 layers with enough channels (tile chosen by map size), im2col + GEMM
  * elsewhere. Bias, batch norm and activation are fused in every engine.
- * Training on the CPU: AUTO and ONEDNN, with oneDNN, run each convolution's forward and both gradients as
- * oneDNN convolutions (conv_train_onednn.h; grouped ones excepted); the other values, and builds without oneDNN,
- * im2col + GEMM per image. */
+ * Training on the CPU, with oneDNN: a convolution's forward and both gradients run as oneDNN convolutions
+ * (conv_train_onednn.h; grouped ones excepted) under ONEDNN and in bf16 for every layer, under AUTO in float32
+ * for kernels larger than 1x1 (1x1 ones on im2col-free GEMM, as at inference); the other values, and builds
+ * without oneDNN, im2col + GEMM per image. */
 typedef enum dn_conv_algo {
     DN_CONV_AUTO = 0,
     DN_CONV_GEMM = 1,         /* the fused path, but im2col + GEMM for every layer (no Winograd) */
