@@ -20,9 +20,9 @@ int conv_train_onednn_runs_bf16(const dn_conv_shape *s, int bf16) { return bf16 
 
 #ifndef DN_ONEDNN
 
-size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s, int bf16)
+size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s)
 {
-    (void)s, (void)bf16;
+    (void)s;
     return 0;
 }
 
@@ -82,9 +82,8 @@ struct conv_train_onednn {
     int ddst_shared; /* the two gradients read d(out) in one layout: the backward reorders it once */
 };
 
-size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s, int bf16)
+size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s)
 {
-    (void)bf16;
     if (s->groups != 1) return 0;
     /* Activations: blocked by at most 16 channels on this project's CPUs (nChw16c; plain and channels-last
      * layouts are smaller). Weights: AMX layouts pad both channel counts up to 64. */
@@ -92,6 +91,16 @@ size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s, int bf16)
     const size_t out = (size_t)s->batch * round_up((size_t)s->filters, 16) * s->out_h * s->out_w;
     const size_t wei = round_up((size_t)s->filters, 64) * round_up((size_t)s->c, 64) * s->size * s->size;
     return out + in + 2 * wei + (REGIONS + 1) * ALIGN_FLOATS; /* + aligning the start */
+}
+
+#define ARGS 9
+/* The primitives' arguments, into out[ARGS]; returns ARGS. */
+static int all_args(conv_train_onednn *s, conv_arg **out)
+{
+    conv_arg *args[ARGS] = {&s->fwd_src,  &s->fwd_wei, &s->fwd_dst,  &s->bwd_ddst, &s->bwd_wei,
+                            &s->bwd_dsrc, &s->bww_src, &s->bww_ddst, &s->bww_dwei};
+    memcpy(out, args, sizeof args);
+    return ARGS;
 }
 
 static void arg_destroy(conv_arg *a)
@@ -107,9 +116,8 @@ static void destroy_primitives(conv_train_onednn *s)
     dnnl_primitive_destroy(s->bwd_weights);
     dnnl_primitive_destroy(s->bwd_data);
     s->fwd = s->bwd_weights = s->bwd_data = NULL;
-    conv_arg *args[] = {&s->fwd_src, &s->fwd_wei, &s->fwd_dst, &s->bwd_ddst, &s->bwd_wei,
-                        &s->bwd_dsrc, &s->bww_src, &s->bww_ddst, &s->bww_dwei};
-    for (size_t i = 0; i < sizeof args / sizeof *args; i++) arg_destroy(args[i]);
+    conv_arg *args[ARGS];
+    for (int i = 0; i < all_args(s, args); i++) arg_destroy(args[i]);
     dnnl_memory_destroy(s->user_src);
     dnnl_memory_destroy(s->user_dst);
     dnnl_memory_destroy(s->user_wei);
@@ -128,11 +136,14 @@ void conv_train_onednn_free(conv_train_onednn *s)
     free(s);
 }
 
-/* The argument of a primitive whose layout is prim_md, for the caller's plain user_md. to_primitive: the
- * caller's data is read (reorder user -> primitive); else written, added to the caller's buffer (reorder
- * primitive -> user with a sum post-op; always through the scratch). */
+/* How an argument meets the caller's buffer: READ from it, WRITE it, or ADD to it. */
+typedef enum arg_use { ARG_READ, ARG_WRITE, ARG_ADD } arg_use;
+
+/* The argument of a primitive whose layout is prim_md, for the caller's plain user_md: a reorder from the
+ * caller's buffer (READ) or to it (WRITE; ADD with a sum post-op), through the scratch region; none, the
+ * primitive using the caller's buffer itself, when the layouts are equal and nothing is added. */
 static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_desc_t prim_md,
-                          const_dnnl_memory_desc_t user_md, int to_primitive, int region)
+                          const_dnnl_memory_desc_t user_md, arg_use use, int region)
 {
     dn_status st = DN_OK;
     dnnl_primitive_desc_t pd = NULL;
@@ -140,17 +151,19 @@ static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_d
     dnnl_post_ops_t post = NULL;
     a->region = region;
     TRY(dnnl_memory_create(&a->mem, prim_md, s->engine, DNNL_MEMORY_NONE));
-    if (to_primitive && dnnl_memory_desc_equal(prim_md, user_md)) return DN_OK;
+    if (use != ARG_ADD && dnnl_memory_desc_equal(prim_md, user_md)) return DN_OK;
     const size_t floats = round_up((dnnl_memory_desc_get_size(prim_md) + sizeof(float) - 1) / sizeof(float),
                                    ALIGN_FLOATS);
     if (floats > s->region_floats[region]) s->region_floats[region] = floats;
-    if (to_primitive) {
+    if (use == ARG_READ) {
         TRY(dnnl_reorder_primitive_desc_create(&pd, user_md, s->engine, prim_md, s->engine, NULL));
     } else {
-        TRY(dnnl_primitive_attr_create(&attr));
-        TRY(dnnl_post_ops_create(&post));
-        TRY(dnnl_post_ops_append_sum(post, 1.f, 0, dnnl_data_type_undef));
-        TRY(dnnl_primitive_attr_set_post_ops(attr, post));
+        if (use == ARG_ADD) {
+            TRY(dnnl_primitive_attr_create(&attr));
+            TRY(dnnl_post_ops_create(&post));
+            TRY(dnnl_post_ops_append_sum(post, 1.f, 0, dnnl_data_type_undef));
+            TRY(dnnl_primitive_attr_set_post_ops(attr, post));
+        }
         TRY(dnnl_reorder_primitive_desc_create(&pd, prim_md, s->engine, user_md, s->engine, attr));
     }
     TRY(dnnl_primitive_create(&a->reorder, pd));
@@ -202,38 +215,23 @@ static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
     TRY(dnnl_memory_create(&s->user_src, user_src, s->engine, DNNL_MEMORY_NONE));
     TRY(dnnl_memory_create(&s->user_dst, user_dst, s->engine, DNNL_MEMORY_NONE));
     TRY(dnnl_memory_create(&s->user_wei, user_wei, s->engine, DNNL_MEMORY_NONE));
-    if ((st = make_arg(s, &s->fwd_src, QUERY(fwd, dnnl_query_src_md), user_src, 1, REGION_B)) ||
-        (st = make_arg(s, &s->fwd_wei, QUERY(fwd, dnnl_query_weights_md), user_wei, 1, REGION_W)) ||
-        (st = make_arg(s, &s->bwd_ddst, QUERY(bwd, dnnl_query_diff_dst_md), user_dst, 1, REGION_A)) ||
-        (st = make_arg(s, &s->bwd_wei, QUERY(bwd, dnnl_query_weights_md), user_wei, 1, REGION_W)) ||
-        (st = make_arg(s, &s->bwd_dsrc, QUERY(bwd, dnnl_query_diff_src_md), user_src, 0, REGION_B)) ||
-        (st = make_arg(s, &s->bww_src, QUERY(bww, dnnl_query_src_md), user_src, 1, REGION_B)) ||
-        (st = make_arg(s, &s->bww_ddst, QUERY(bww, dnnl_query_diff_dst_md), user_dst, 1, REGION_A)) ||
-        (st = make_arg(s, &s->bww_dwei, QUERY(bww, dnnl_query_diff_weights_md), user_wei, 0, REGION_V)))
+    if ((st = make_arg(s, &s->fwd_src, QUERY(fwd, dnnl_query_src_md), user_src, ARG_READ, REGION_B)) ||
+        (st = make_arg(s, &s->fwd_wei, QUERY(fwd, dnnl_query_weights_md), user_wei, ARG_READ, REGION_W)) ||
+        (st = make_arg(s, &s->fwd_dst, QUERY(fwd, dnnl_query_dst_md), user_dst, ARG_WRITE, REGION_A)) ||
+        (st = make_arg(s, &s->bwd_ddst, QUERY(bwd, dnnl_query_diff_dst_md), user_dst, ARG_READ, REGION_A)) ||
+        (st = make_arg(s, &s->bwd_wei, QUERY(bwd, dnnl_query_weights_md), user_wei, ARG_READ, REGION_W)) ||
+        (st = make_arg(s, &s->bwd_dsrc, QUERY(bwd, dnnl_query_diff_src_md), user_src, ARG_ADD, REGION_B)) ||
+        (st = make_arg(s, &s->bww_src, QUERY(bww, dnnl_query_src_md), user_src, ARG_READ, REGION_B)) ||
+        (st = make_arg(s, &s->bww_ddst, QUERY(bww, dnnl_query_diff_dst_md), user_dst, ARG_READ, REGION_A)) ||
+        (st = make_arg(s, &s->bww_dwei, QUERY(bww, dnnl_query_diff_weights_md), user_wei, ARG_ADD, REGION_V)))
         goto fail;
-    /* The forward's result is written, not added: a plain reorder, through region A when the layouts differ. */
-    {
-        const_dnnl_memory_desc_t dst_md = QUERY(fwd, dnnl_query_dst_md);
-        TRY(dnnl_memory_create(&s->fwd_dst.mem, dst_md, s->engine, DNNL_MEMORY_NONE));
-        s->fwd_dst.region = REGION_A;
-        if (!dnnl_memory_desc_equal(dst_md, user_dst)) {
-            dnnl_primitive_desc_t pd = NULL;
-            const size_t floats = round_up((dnnl_memory_desc_get_size(dst_md) + 3) / 4, ALIGN_FLOATS);
-            if (floats > s->region_floats[REGION_A]) s->region_floats[REGION_A] = floats;
-            TRY(dnnl_reorder_primitive_desc_create(&pd, dst_md, s->engine, user_dst, s->engine, NULL));
-            dnnl_status_t made = dnnl_primitive_create(&s->fwd_dst.reorder, pd);
-            dnnl_primitive_desc_destroy(pd);
-            TRY(made);
-        }
-    }
     s->ddst_shared = s->bwd_ddst.reorder && s->bww_ddst.reorder &&
                      dnnl_memory_desc_equal(QUERY(bwd, dnnl_query_diff_dst_md), QUERY(bww, dnnl_query_diff_dst_md));
     size_t offset = 0, offsets[REGIONS];
     for (int r = 0; r < REGIONS; r++) offsets[r] = offset, offset += s->region_floats[r];
     s->scratch_floats = offset;
-    conv_arg *args[] = {&s->fwd_src, &s->fwd_wei, &s->fwd_dst, &s->bwd_ddst, &s->bwd_wei,
-                        &s->bwd_dsrc, &s->bww_src, &s->bww_ddst, &s->bww_dwei};
-    for (size_t i = 0; i < sizeof args / sizeof *args; i++) args[i]->offset = offsets[args[i]->region];
+    conv_arg *args[ARGS];
+    for (int i = 0; i < all_args(s, args); i++) args[i]->offset = offsets[args[i]->region];
     s->shape = *sh;
     s->bf16 = bf16;
     s->threads = omp_get_max_threads();

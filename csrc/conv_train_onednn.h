@@ -20,9 +20,10 @@
 
 typedef struct conv_train_onednn conv_train_onednn;
 
-/* Scratch floats the calls below may need for shape s (its batch): the upper bound the network's workspace is
- * sized by. 0 when this library was built without oneDNN or the shape is not one it takes (groups). */
-size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s, int bf16);
+/* Scratch floats the calls below may need for shape s (its batch), in either precision: the upper bound the
+ * network's workspace is sized by. 0 when this library was built without oneDNN or the shape is not one it takes
+ * (groups). */
+size_t conv_train_onednn_scratch_floats(const dn_conv_shape *s);
 
 /* Whether a layer of this shape multiplies in bfloat16 when bf16 is asked: with at least 16 input channels per
  * group, as at inference (conv_onednn_runs_bf16). */

@@ -140,7 +140,7 @@ static dn_status conv_reshape(dn_layer *l, dn_network *net)
     if (net->training_buffers && trains_onednn(l, net)) {
         /* oneDNN's layouts of the layer's tensors for the whole batch, in the shared workspace */
         const dn_conv_shape s = conv_shape(l, net->batch);
-        const size_t floats = conv_train_onednn_scratch_floats(&s, net->opt.precision == DN_PRECISION_BF16);
+        const size_t floats = conv_train_onednn_scratch_floats(&s);
         if (floats > l->workspace_floats) l->workspace_floats = floats;
     }
     if (net->planning || l->out_w < 1 || l->out_h < 1) return DN_OK; /* shapes only, or reported by the caller */

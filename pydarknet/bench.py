@@ -421,7 +421,6 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
     from .train import learning_rate  # noqa: PLC0415
 
     nets = {label: Network(cfg, weights, precision=p, conv_algo=algo) for label, p, algo in variants}
-    engines: dict[str, dict[str, int]] = {}
     try:
         net = nets[variants[0][0]]
         opts = net.options

@@ -57,18 +57,31 @@ def pair(cfg, batch: int, **options) -> tuple[Network, Network]:
     return nets
 
 
+def require_bf16() -> None:
+    ok, isa = bf16_supported()
+    if not ok:
+        pytest.skip(f"bf16 needs AMX or AVX512_BF16; this CPU offers {isa}")
+
+
+def probe_layer(tmp_path, name: str, seed: int, layer: str | None = None, **options):
+    """LAYERS[name] (its cfg text replaced by `layer` if given) with `options` and under conv_algo "plain", on
+    the same random input and last delta: the two networks and probe()'s results of each."""
+    c, size, text = LAYERS[name]
+    cfg = tmp_path / "layer.cfg"
+    cfg.write_text(conv_cfg(c, size, layer or text))
+    batch = 3
+    net, gemm = pair(cfg, batch, **options)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, c, size, size)).astype(np.float32)
+    w, h, f = net.layers[0].output_shape
+    delta = rng.standard_normal(batch * w * h * f).astype(np.float32)
+    return net, gemm, probe(net, x, delta), probe(gemm, x, delta)
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_a_layer_trains_on_onednn_as_on_gemm(tmp_path, name):
-    c, size, layer = LAYERS[name]
-    cfg = tmp_path / "layer.cfg"
-    cfg.write_text(conv_cfg(c, size, layer))
-    batch = 3
-    onednn, gemm = pair(cfg, batch, conv_algo="onednn")  # every layer, 1x1 too (AUTO leaves those to GEMM)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((batch, c, size, size)).astype(np.float32)
-    w, h, f = onednn.layers[0].output_shape
-    delta = rng.standard_normal(batch * w * h * f).astype(np.float32)
-    got, want = probe(onednn, x, delta), probe(gemm, x, delta)
+    # every layer, 1x1 too (AUTO leaves those to GEMM)
+    onednn, gemm, got, want = probe_layer(tmp_path, name, 1, conv_algo="onednn")
     assert onednn.conv_engines() == {"onednn": 1}
     assert gemm.conv_engines() == {"plain": 1}
     for what, a, b in zip(("output", "input gradient", "parameter gradients"), got, want):
@@ -181,20 +194,10 @@ def test_yolov3_tiny_trains_on_onednn_and_gemm_by_kernel_size(reference_dir):
 def test_bf16_training_of_a_layer_is_float32_within_bfloat16_rounding(tmp_path, name):
     """precision bf16: a layer with >= 16 input channels trains on bfloat16 operands (8 significant bits) and
     float32 sums: its output and gradients within 1% of float32's largest, and not equal to them."""
-    ok, isa = bf16_supported()
-    if not ok:
-        pytest.skip(f"bf16 needs AMX or AVX512_BF16; this CPU offers {isa}")
-    c, size, layer = LAYERS[name]
-    cfg = tmp_path / "layer.cfg"
+    require_bf16()
     # leaky's kink would turn the rounding of outputs near 0 into 10x gradient differences: linear here
-    cfg.write_text(conv_cfg(c, size, layer.replace("activation=leaky", "activation=linear")))
-    batch = 3
-    bf16, f32 = pair(cfg, batch, precision="bf16")
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((batch, c, size, size)).astype(np.float32)
-    w, h, f = bf16.layers[0].output_shape
-    delta = rng.standard_normal(batch * w * h * f).astype(np.float32)
-    got, want = probe(bf16, x, delta), probe(f32, x, delta)
+    linear = LAYERS[name][2].replace("activation=leaky", "activation=linear")
+    bf16, _, got, want = probe_layer(tmp_path, name, 2, linear, precision="bf16")
     assert bf16.conv_engines() == {"onednn-bf16": 1}
     for what, a, b in zip(("output", "input gradient", "parameter gradients"), got, want):
         assert not np.array_equal(a, b), what
@@ -206,9 +209,7 @@ def test_bf16_training_of_yolov3_tiny_runs_every_wide_layer_in_bfloat16(referenc
     bfloat16 operands. Through 13 layers of batch norm the rounding adds up (the GEMM path's bf16 products
     measured the same: gradients 21-28% off float32's in L2), so the check is the direction: cosine >= 0.9;
     test_bf16.py holds the training itself to float32's losses and weights, and its AP."""
-    ok, isa = bf16_supported()
-    if not ok:
-        pytest.skip(f"bf16 needs AMX or AVX512_BF16; this CPU offers {isa}")
+    require_bf16()
     weights = reference_dir / "yolov3-tiny.weights"
     if not weights.is_file():
         pytest.skip(f"{weights} not found")
