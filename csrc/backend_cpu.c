@@ -28,10 +28,18 @@ static dn_status cpu_copy(dn_backend *be, void *dst, const void *src, size_t byt
     return DN_OK;
 }
 
+/* Large buffers (training zeroes every layer's delta before each chunk) are split across the threads: one core
+ * zeroes memory at about half the bandwidth two do. */
 static dn_status cpu_memset0(dn_backend *be, void *p, size_t bytes)
 {
     (void)be;
-    if (bytes) memset(p, 0, bytes);
+    enum { PIECE = 1 << 20 };
+    const size_t pieces = (bytes + PIECE - 1) / PIECE;
+#pragma omp parallel for schedule(static) if (pieces > 4)
+    for (size_t i = 0; i < pieces; i++) {
+        const size_t at = i * PIECE;
+        memset((char *)p + at, 0, bytes - at < PIECE ? bytes - at : PIECE);
+    }
     return DN_OK;
 }
 

@@ -48,6 +48,7 @@ void conv_train_onednn_free(conv_train_onednn *state) { (void)state; }
 #include <omp.h>
 
 #include "conv_onednn.h"
+#include "layout_pack.h"
 
 #define TRY ONEDNN_TRY
 #define ALIGN_FLOATS 16 /* regions start on 64-byte boundaries */
@@ -56,14 +57,21 @@ static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
 enum { REGION_A, REGION_B, REGION_W, REGION_V, REGIONS };
 
-/* One argument of a primitive. reorder NULL: mem reads or writes the caller's buffer; else mem lives in the
- * scratch at offset and reorder copies it from or to the caller's buffer. */
+/* One argument of a primitive. Neither reorder nor packed: mem reads or writes the caller's buffer; else mem
+ * lives in the scratch at offset, and reorder, or layout_pack.c's kernels (packed: an activation in NHWC or
+ * nChw16c, n images of channels x pixels), copy it from or to the caller's buffer. */
 typedef struct conv_arg {
     dnnl_memory_t mem;
     dnnl_primitive_t reorder;
+    int packed;
+    pack_layout layout;
+    int n, channels;
+    size_t pixels;
     int region;
     size_t offset;
 } conv_arg;
+
+static int in_scratch(const conv_arg *a) { return a->reorder || a->packed; }
 
 struct conv_train_onednn {
     dnnl_engine_t engine;
@@ -139,11 +147,39 @@ void conv_train_onednn_free(conv_train_onednn *s)
 /* How an argument meets the caller's buffer: READ from it, WRITE it, or ADD to it. */
 typedef enum arg_use { ARG_READ, ARG_WRITE, ARG_ADD } arg_use;
 
-/* The argument of a primitive whose layout is prim_md, for the caller's plain user_md: a reorder from the
- * caller's buffer (READ) or to it (WRITE; ADD with a sum post-op), through the scratch region; none, the
+/* An activation argument (dims: n images, channels, h, w) whose layout layout_pack.c copies faster than
+ * oneDNN's reorder: NHWC in bfloat16 to the primitive, NHWC or nChw16c in float32 from it. (oneDNN's own
+ * float32 nChw16c packing was as fast.) Sets a->packed and a->layout. */
+static dn_status match_packed(conv_arg *a, const_dnnl_memory_desc_t prim_md, const dnnl_dims_t dims, arg_use use)
+{
+    dn_status st = DN_OK;
+    dnnl_memory_desc_t nhwc = NULL, blocked = NULL;
+    const int channels = (int)dims[1];
+    const size_t pixels = (size_t)dims[2] * dims[3];
+    const int bf16 = use == ARG_READ;
+    if (!layout_pack_available(bf16)) return DN_OK;
+    TRY(dnnl_memory_desc_create_with_tag(&nhwc, 4, dims, bf16 ? dnnl_bf16 : dnnl_f32, dnnl_nhwc));
+    TRY(dnnl_memory_desc_create_with_tag(&blocked, 4, dims, dnnl_f32, dnnl_nChw16c));
+    a->n = (int)dims[0], a->channels = channels, a->pixels = pixels;
+    if (dnnl_memory_desc_equal(prim_md, nhwc)) {
+        a->packed = 1;
+        a->layout = pack_layout_nhwc(channels, pixels, bf16);
+    } else if (!bf16 && dnnl_memory_desc_equal(prim_md, blocked)) {
+        a->packed = 1;
+        a->layout = pack_layout_nchw16c(channels, pixels);
+    }
+fail:
+    dnnl_memory_desc_destroy(nhwc);
+    dnnl_memory_desc_destroy(blocked);
+    return st;
+}
+
+/* The argument of a primitive whose layout is prim_md, for the caller's plain user_md: a copy from the
+ * caller's buffer (READ) or to it (WRITE; ADD adds to it), through the scratch region, by layout_pack.c for
+ * the activations it takes (dims given), else by a oneDNN reorder (with a sum post-op to add); none, the
  * primitive using the caller's buffer itself, when the layouts are equal and nothing is added. */
 static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_desc_t prim_md,
-                          const_dnnl_memory_desc_t user_md, arg_use use, int region)
+                          const_dnnl_memory_desc_t user_md, arg_use use, int region, const dnnl_dim_t *dims)
 {
     dn_status st = DN_OK;
     dnnl_primitive_desc_t pd = NULL;
@@ -155,6 +191,12 @@ static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_d
     const size_t floats = round_up((dnnl_memory_desc_get_size(prim_md) + sizeof(float) - 1) / sizeof(float),
                                    ALIGN_FLOATS);
     if (floats > s->region_floats[region]) s->region_floats[region] = floats;
+    dnnl_data_type_t type = dnnl_data_type_undef;
+    TRY(dnnl_memory_desc_query(prim_md, dnnl_query_data_type, &type));
+    if (dims && (use == ARG_READ) == (type == dnnl_bf16)) {
+        if ((st = match_packed(a, prim_md, dims, use))) goto fail;
+        if (a->packed) return DN_OK;
+    }
     if (use == ARG_READ) {
         TRY(dnnl_reorder_primitive_desc_create(&pd, user_md, s->engine, prim_md, s->engine, NULL));
     } else {
@@ -215,17 +257,17 @@ static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
     TRY(dnnl_memory_create(&s->user_src, user_src, s->engine, DNNL_MEMORY_NONE));
     TRY(dnnl_memory_create(&s->user_dst, user_dst, s->engine, DNNL_MEMORY_NONE));
     TRY(dnnl_memory_create(&s->user_wei, user_wei, s->engine, DNNL_MEMORY_NONE));
-    if ((st = make_arg(s, &s->fwd_src, QUERY(fwd, dnnl_query_src_md), user_src, ARG_READ, REGION_B)) ||
-        (st = make_arg(s, &s->fwd_wei, QUERY(fwd, dnnl_query_weights_md), user_wei, ARG_READ, REGION_W)) ||
-        (st = make_arg(s, &s->fwd_dst, QUERY(fwd, dnnl_query_dst_md), user_dst, ARG_WRITE, REGION_A)) ||
-        (st = make_arg(s, &s->bwd_ddst, QUERY(bwd, dnnl_query_diff_dst_md), user_dst, ARG_READ, REGION_A)) ||
-        (st = make_arg(s, &s->bwd_wei, QUERY(bwd, dnnl_query_weights_md), user_wei, ARG_READ, REGION_W)) ||
-        (st = make_arg(s, &s->bwd_dsrc, QUERY(bwd, dnnl_query_diff_src_md), user_src, ARG_ADD, REGION_B)) ||
-        (st = make_arg(s, &s->bww_src, QUERY(bww, dnnl_query_src_md), user_src, ARG_READ, REGION_B)) ||
-        (st = make_arg(s, &s->bww_ddst, QUERY(bww, dnnl_query_diff_dst_md), user_dst, ARG_READ, REGION_A)) ||
-        (st = make_arg(s, &s->bww_dwei, QUERY(bww, dnnl_query_diff_weights_md), user_wei, ARG_ADD, REGION_V)))
+    if ((st = make_arg(s, &s->fwd_src, QUERY(fwd, dnnl_query_src_md), user_src, ARG_READ, REGION_B, src_dims)) ||
+        (st = make_arg(s, &s->fwd_wei, QUERY(fwd, dnnl_query_weights_md), user_wei, ARG_READ, REGION_W, NULL)) ||
+        (st = make_arg(s, &s->fwd_dst, QUERY(fwd, dnnl_query_dst_md), user_dst, ARG_WRITE, REGION_A, dst_dims)) ||
+        (st = make_arg(s, &s->bwd_ddst, QUERY(bwd, dnnl_query_diff_dst_md), user_dst, ARG_READ, REGION_A, dst_dims)) ||
+        (st = make_arg(s, &s->bwd_wei, QUERY(bwd, dnnl_query_weights_md), user_wei, ARG_READ, REGION_W, NULL)) ||
+        (st = make_arg(s, &s->bwd_dsrc, QUERY(bwd, dnnl_query_diff_src_md), user_src, ARG_ADD, REGION_B, src_dims)) ||
+        (st = make_arg(s, &s->bww_src, QUERY(bww, dnnl_query_src_md), user_src, ARG_READ, REGION_B, src_dims)) ||
+        (st = make_arg(s, &s->bww_ddst, QUERY(bww, dnnl_query_diff_dst_md), user_dst, ARG_READ, REGION_A, dst_dims)) ||
+        (st = make_arg(s, &s->bww_dwei, QUERY(bww, dnnl_query_diff_weights_md), user_wei, ARG_ADD, REGION_V, NULL)))
         goto fail;
-    s->ddst_shared = s->bwd_ddst.reorder && s->bww_ddst.reorder &&
+    s->ddst_shared = in_scratch(&s->bwd_ddst) && in_scratch(&s->bww_ddst) &&
                      dnnl_memory_desc_equal(QUERY(bwd, dnnl_query_diff_dst_md), QUERY(bww, dnnl_query_diff_dst_md));
     size_t offset = 0, offsets[REGIONS];
     for (int r = 0; r < REGIONS; r++) offsets[r] = offset, offset += s->region_floats[r];
@@ -293,12 +335,15 @@ static dn_status arg_bind(conv_train_onednn *s, const conv_arg *a, dnnl_memory_t
                           float *scratch, int to_primitive)
 {
     dn_status st = DN_OK;
-    if (!a->reorder) {
+    if (!in_scratch(a)) {
         TRY(dnnl_memory_set_data_handle(a->mem, (void *)data));
         return DN_OK;
     }
-    TRY(dnnl_memory_set_data_handle(a->mem, aligned(scratch) + a->offset));
-    if (to_primitive) {
+    float *region = aligned(scratch) + a->offset;
+    TRY(dnnl_memory_set_data_handle(a->mem, region));
+    if (to_primitive && a->packed) {
+        layout_pack(data, a->n, a->channels, a->pixels, &a->layout, region);
+    } else if (to_primitive) {
         TRY(dnnl_memory_set_data_handle(user, (void *)data));
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, a->mem}};
         TRY(dnnl_primitive_execute(a->reorder, s->stream, 2, args));
@@ -308,9 +353,15 @@ fail:
 }
 
 /* After the primitive: a's scratch region copied (or added) into the caller's buffer. */
-static dn_status arg_flush(conv_train_onednn *s, const conv_arg *a, dnnl_memory_t user, float *data)
+static dn_status arg_flush(conv_train_onednn *s, const conv_arg *a, dnnl_memory_t user, float *data, int add)
 {
     dn_status st = DN_OK;
+    if (a->packed) {
+        void *region = NULL;
+        TRY(dnnl_memory_get_data_handle(a->mem, &region));
+        layout_unpack(region, &a->layout, a->n, a->channels, a->pixels, data, add);
+        return DN_OK;
+    }
     if (!a->reorder) return DN_OK;
     TRY(dnnl_memory_set_data_handle(user, data));
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, a->mem}, {DNNL_ARG_TO, user}};
@@ -332,7 +383,7 @@ dn_status conv_train_onednn_forward(conv_train_onednn **state, const dn_conv_sha
     dnnl_exec_arg_t args[3] = {
         {DNNL_ARG_SRC, s->fwd_src.mem}, {DNNL_ARG_WEIGHTS, s->fwd_wei.mem}, {DNNL_ARG_DST, s->fwd_dst.mem}};
     TRY(dnnl_primitive_execute(s->fwd, s->stream, 3, args));
-    if ((st = arg_flush(s, &s->fwd_dst, s->user_dst, out))) return st;
+    if ((st = arg_flush(s, &s->fwd_dst, s->user_dst, out, 0))) return st;
     TRY(dnnl_stream_wait(s->stream));
 fail:
     return st;
@@ -355,7 +406,7 @@ dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_sh
                                    {DNNL_ARG_WEIGHTS, s->bwd_wei.mem},
                                    {DNNL_ARG_DIFF_SRC, s->bwd_dsrc.mem}};
         TRY(dnnl_primitive_execute(s->bwd_data, s->stream, 3, args));
-        if ((st = arg_flush(s, &s->bwd_dsrc, s->user_src, in_delta))) return st;
+        if ((st = arg_flush(s, &s->bwd_dsrc, s->user_src, in_delta, 1))) return st;
     }
     const int ddst_ready = in_delta && s->ddst_shared;
     if ((st = arg_bind(s, &s->bww_ddst, s->user_dst, delta, scratch, !ddst_ready)) ||
@@ -366,7 +417,7 @@ dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_sh
                                {DNNL_ARG_DIFF_DST, s->bww_ddst.mem},
                                {DNNL_ARG_DIFF_WEIGHTS, s->bww_dwei.mem}};
     TRY(dnnl_primitive_execute(s->bwd_weights, s->stream, 3, args));
-    if ((st = arg_flush(s, &s->bww_dwei, s->user_wei, weight_updates))) return st;
+    if ((st = arg_flush(s, &s->bww_dwei, s->user_wei, weight_updates, 1))) return st;
     TRY(dnnl_stream_wait(s->stream));
 fail:
     return st;

@@ -1,0 +1,168 @@
+/* NCHW <-> channel-blocked activations for the training convolutions (see layout_pack.h).
+ *
+ * One 16 x 16 tile at a time: 16 rows of the source (16 channels' runs of 16 pixels when packing, 16 pixels'
+ * 16 channels when unpacking) are loaded, transposed in registers, and stored as the 16 rows of the other side.
+ * Partial tiles (the last pixels of an image, the last channels of a count that is not a multiple of 16) go
+ * through the same code with masked loads and stores, so there is no scalar path. Threads take runs of
+ * PIXELS_PER_TASK pixels of one image, all their channels: each writes whole NHWC rows. */
+#include "layout_pack.h"
+
+#include <stdint.h>
+
+#define PIXELS_PER_TASK 64
+
+pack_layout pack_layout_nhwc(int channels, size_t pixels, int bf16)
+{
+    return (pack_layout){.image = (size_t)channels * pixels, .block = 16, .pixel = (size_t)channels, .bf16 = bf16};
+}
+
+pack_layout pack_layout_nchw16c(int channels, size_t pixels)
+{
+    const size_t blocks = ((size_t)channels + 15) / 16;
+    return (pack_layout){.image = blocks * 16 * pixels, .block = 16 * pixels, .pixel = 16, .bf16 = 0};
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+
+#include <immintrin.h>
+
+int layout_pack_available(int bf16)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && (!bf16 || __builtin_cpu_supports("avx512bf16"));
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+
+/* r[j] = column j of the 16 x 16 matrix whose rows were r[0..15]. */
+static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int k = 0; k < 8; k++) { /* pairs of rows interleaved element by element, within 128-bit lanes */
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int g = 0; g < 4; g++) { /* u[4g + m], lane L: column 4L + m of rows 4g..4g+3 */
+        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int m = 0; m < 4; m++) { /* the lanes gathered: column 4L + m = lane L of u[m], u[4+m], u[8+m], u[12+m] */
+        const __m512 va = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), vb = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd);
+        const __m512 wa = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+        const __m512 wb = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
+        r[m] = _mm512_shuffle_f32x4(va, wa, 0x88);
+        r[8 + m] = _mm512_shuffle_f32x4(va, wa, 0xdd);
+        r[4 + m] = _mm512_shuffle_f32x4(vb, wb, 0x88);
+        r[12 + m] = _mm512_shuffle_f32x4(vb, wb, 0xdd);
+    }
+}
+
+static inline __mmask16 first_lanes(int count) { return count >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << count) - 1); }
+
+/* Runs over the (image, pixel run) tasks of n images, in parallel unless small; body(image, first pixel, pixels
+ * in the run). */
+#define FOR_EACH_TASK(n, channels, pixels, body)                                                                            \
+    do {                                                                                                          \
+        const size_t runs_ = ((pixels) + PIXELS_PER_TASK - 1) / PIXELS_PER_TASK;                                 \
+        const long tasks_ = (long)(n) * (long)runs_;                                                              \
+        _Pragma("omp parallel for schedule(static) if (tasks_ > 1 && (size_t)(n) * (channels) * (pixels) > 32768)")\
+        for (long t_ = 0; t_ < tasks_; t_++) {                                                                    \
+            const int img_ = (int)(t_ / (long)runs_);                                                             \
+            const size_t p0_ = (size_t)(t_ % (long)runs_) * PIXELS_PER_TASK;                                     \
+            const size_t np_ = (pixels) - p0_ < PIXELS_PER_TASK ? (pixels) - p0_ : PIXELS_PER_TASK;              \
+            body(img_, p0_, np_);                                                                                 \
+        }                                                                                                         \
+    } while (0)
+
+static void pack_run(const float *src, int channels, size_t pixels, const pack_layout *L, void *dst, int img,
+                     size_t p0, size_t np)
+{
+    /* nChw16c's padding lanes are written (zeros); NHWC's lanes past the channels belong to the next pixel */
+    const int padded = L->pixel == 16;
+    for (int c0 = 0; c0 < channels; c0 += 16) {
+        const int valid = channels - c0 < 16 ? channels - c0 : 16;
+        const __mmask16 lanes = padded ? (__mmask16)0xffff : first_lanes(valid);
+        const float *in = src + ((size_t)img * channels + c0) * pixels;
+        const size_t out0 = img * L->image + (size_t)(c0 / 16) * L->block;
+        for (size_t p = p0; p < p0 + np; p += 16) {
+            const int count = p0 + np - p < 16 ? (int)(p0 + np - p) : 16;
+            const __mmask16 px = first_lanes(count);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < valid ? _mm512_maskz_loadu_ps(px, in + (size_t)i * pixels + p) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int j = 0; j < count; j++) {
+                const size_t at = out0 + (p + j) * L->pixel;
+                if (L->bf16)
+                    _mm256_mask_storeu_epi16((uint16_t *)dst + at, lanes, (__m256i)_mm512_cvtneps_pbh(r[j]));
+                else
+                    _mm512_mask_storeu_ps((float *)dst + at, lanes, r[j]);
+            }
+        }
+    }
+}
+
+static void unpack_run(const float *src, const pack_layout *L, int channels, size_t pixels, float *dst, int add,
+                       int img, size_t p0, size_t np)
+{
+    for (int c0 = 0; c0 < channels; c0 += 16) {
+        const int valid = channels - c0 < 16 ? channels - c0 : 16;
+        const __mmask16 lanes = first_lanes(valid);
+        const float *in = src + img * L->image + (size_t)(c0 / 16) * L->block;
+        float *out = dst + ((size_t)img * channels + c0) * pixels;
+        for (size_t p = p0; p < p0 + np; p += 16) {
+            const int count = p0 + np - p < 16 ? (int)(p0 + np - p) : 16;
+            const __mmask16 px = first_lanes(count);
+            __m512 r[16];
+            for (int j = 0; j < 16; j++)
+                r[j] = j < count ? _mm512_maskz_loadu_ps(lanes, in + (p + j) * L->pixel) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int i = 0; i < valid; i++) {
+                float *o = out + (size_t)i * pixels + p;
+                const __m512 v = add ? _mm512_add_ps(_mm512_maskz_loadu_ps(px, o), r[i]) : r[i];
+                _mm512_mask_storeu_ps(o, px, v);
+            }
+        }
+    }
+}
+
+#define PACK_BODY(img, p0, np) pack_run(src, channels, pixels, L, dst, img, p0, np)
+#define UNPACK_BODY(img, p0, np) unpack_run((const float *)src, L, channels, pixels, dst, add, img, p0, np)
+
+void layout_pack(const float *src, int n, int channels, size_t pixels, const pack_layout *L, void *dst)
+{
+    FOR_EACH_TASK(n, channels, pixels, PACK_BODY);
+}
+
+void layout_unpack(const void *src, const pack_layout *L, int n, int channels, size_t pixels, float *dst, int add)
+{
+    FOR_EACH_TASK(n, channels, pixels, UNPACK_BODY);
+}
+
+#pragma GCC pop_options
+
+#else /* no AVX-512 code: the callers keep oneDNN's reorders */
+
+int layout_pack_available(int bf16)
+{
+    (void)bf16;
+    return 0;
+}
+
+void layout_pack(const float *src, int n, int channels, size_t pixels, const pack_layout *L, void *dst)
+{
+    (void)src, (void)n, (void)channels, (void)pixels, (void)L, (void)dst;
+}
+
+void layout_unpack(const void *src, const pack_layout *L, int n, int channels, size_t pixels, float *dst, int add)
+{
+    (void)src, (void)L, (void)n, (void)channels, (void)pixels, (void)dst, (void)add;
+}
+
+#endif
