@@ -10,9 +10,10 @@
  * trains in 0.42-0.45 of the float32 GEMM path's time.
  *
  * The caller's buffers stay Darknet's: NCHW float32 activations and deltas, oihw float32 weights and weight
- * updates. Each call reorders what it reads into the primitive's layout (and to bfloat16 in bf16 mode) inside
+ * updates. Each call copies what it reads into the primitive's layout (and to bfloat16 in bf16 mode) inside
  * the caller's scratch, and the results back; the gradients are added to what the caller's buffers hold
- * (in_delta +=, weight_updates +=), as the GEMM path does. */
+ * (in_delta +=, weight_updates +=), as the GEMM path does. The activations' copies are layout_pack.c's where it
+ * is faster than oneDNN's reorders (NHWC both ways, nChw16c back to NCHW), the weights' oneDNN reorders. */
 #ifndef DN_CONV_TRAIN_ONEDNN_H
 #define DN_CONV_TRAIN_ONEDNN_H
 

@@ -53,6 +53,11 @@ ISSUE_FIGURES = {
     },
     "train_s_per_image_minimum": 0.49,  # must be below
     "train_s_per_image_goal": 0.25,  # at most
+    # pydarknet when the CPU-speed issue was filed (float32, 416, 2 threads): inference s per call, and
+    # fine-tuning yolov3-tiny on the real images, s per image
+    "pydarknet_before_inference_s": {"yolov3-tiny batch 1": [0.065, 0.074], "yolov3-tiny batch 4": [0.23, 0.23],
+                                     "yolov3 batch 1": [0.38, 0.42]},
+    "pydarknet_before_realdata_train_s_per_image": 0.17,
 }
 
 # Prefix of the "what ran" column when pydarknet ran the whole network as one oneDNN network (net_onednn.c).
@@ -791,11 +796,15 @@ def _training_notes(rows: list[dict]) -> list[str]:
              "   serial = compute + data loading in one process, i.e. training with workers=0)",
              "  issue figures, seconds per image training yolov3-tiny at 416: "
              + ", ".join(f"{k} {v}" for k, v in fig["train_s_per_image"].items())]
-    tiny = {r["variant"]: r["compute_s_per_image"] for r in rows if r["model"] == "yolov3-tiny"}
+    tiny = {r["variant"]: r for r in rows if r["model"] == "yolov3-tiny"}
     for label, over in (("bf16", "f32"), ("f32", "f32 gemm"), ("bf16", "f32 gemm")):
         if label in tiny and over in tiny:
-            lines.append(f"  yolov3-tiny training {label} / {over} time: {tiny[label] / tiny[over]:.2f} "
-                         "(interleaved iterations on the same batches)")
+            ours, theirs = tiny[label]["compute_iteration_runs_s"], tiny[over]["compute_iteration_runs_s"]
+            low, high = ratio_interval(ours, theirs)
+            lines.append(f"  yolov3-tiny training {label} / {over} time: "
+                         f"{tiny[label]['compute_s_per_image'] / tiny[over]['compute_s_per_image']:.2f} "
+                         f"(95% interval {low:.2f}-{high:.2f} over {len(ours)} interleaved iterations on the same "
+                         "batches)")
     for r in rows:
         if r["model"] == "yolov3-tiny" and r["variant"] == "f32":
             s, minimum, goal = r["compute_s_per_image"], fig["train_s_per_image_minimum"], fig["train_s_per_image_goal"]
@@ -804,9 +813,45 @@ def _training_notes(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _per_image_inference(inference: list[dict], model: str, engine: str) -> tuple[int, float] | None:
+    """(batch, seconds per image) of the engine's largest timed batch for the model, or None."""
+    best = None
+    for r in inference:
+        e = r.get("engines", {}).get(engine)
+        if r["model"] == model and e is not None and (best is None or r["batch"] > best[0]):
+            best = (r["batch"], e["s"] / r["batch"])
+    return best
+
+
+def _training_beside_inference(inference: list[dict], training: list[dict], reals: list[dict]) -> list[str]:
+    """yolov3-tiny's training time per image over its inference time per image, in each precision (a
+    forward + backward + update costs about 3 forwards in multiply-adds), and both against pydarknet when the
+    CPU-speed issue was filed: whether training gained in proportion to inference."""
+    fig = ISSUE_FIGURES
+    lines = []
+    tiny = {r["variant"]: r for r in training if r["model"] == "yolov3-tiny"}
+    real = {r["precision"]: r for r in reals}
+    before_batch4 = fig["pydarknet_before_inference_s"]["yolov3-tiny batch 4"][0] / 4
+    for precision, engine in (("f32", "pydarknet"), ("bf16", "pydarknet-bf16")):
+        inf = _per_image_inference(inference, "yolov3-tiny", engine)
+        if inf is None or precision not in tiny:
+            continue
+        batch, s_inf = inf
+        s_train = tiny[precision]["compute_s_per_image"]
+        line = (f"  yolov3-tiny {precision}: training {s_train:.4f} s/image = {s_train / s_inf:.1f}x inference's "
+                f"{s_inf:.4f} s/image (batch {batch})")
+        if batch == 4:
+            line += f"; since the issue, inference {s_inf / before_batch4:.2f}x"
+            if precision in real:
+                line += (f", training on real data {real[precision]['s_per_image'] / fig['pydarknet_before_realdata_train_s_per_image']:.2f}x"
+                         " (the issue's float32 figures)")
+        lines.append(line)
+    return lines
+
+
 def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: int = 10, threads: int = 2,
                    train: bool = False, *, batches: Sequence[int] = (1, 4), size: int = 416, warmup: int = 2,
-                   train_iterations: int = 3, loader_workers: Sequence[int] = (0, 2), peers: bool = True,
+                   train_iterations: int = 5, loader_workers: Sequence[int] = (0, 2), peers: bool = True,
                    valid: bool = False, valid_images: str | os.PathLike | None = None, valid_limit: int | None = 20,
                    json_path: str | os.PathLike | None = None, stream: IO[str] | None = None) -> dict:
     """Run the benchmarks, print a table to `stream` (stdout) and return the figures (see module doc).
@@ -888,6 +933,8 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
                     f"backward as 2x forward); convolutions: {_engines_text(real['engines'])}")
             if reals:
                 say("  issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet before 0.17 s/image")
+            for line in _training_beside_inference(report["inference"], report["training"], reals):
+                say(line)
     finally:
         set_threads(previous[0])
         cv2.setNumThreads(previous[1])

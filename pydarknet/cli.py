@@ -142,6 +142,8 @@ def export(cfg, weights, out, batch, dynamic_batch, opset, decode):
 @click.option("--threads", default=2, show_default=True)
 @click.option("--models", default="yolov3-tiny,yolov3", show_default=True)
 @click.option("--train/--no-train", default=False, help="Also time training (images/s).")
+@click.option("--train-iterations", default=5, show_default=True, type=click.IntRange(1),
+              help="Timed training iterations per variant (after one warm-up).")
 @click.option("--valid", is_flag=True, help="Also time `valid` on real JPEGs (decoding included).")
 @click.option("--valid-images", type=click.Path(exists=True),
               help="Folder of JPEGs or image list for --valid (default: ../shared/realdata's COCO val slice).")
@@ -151,7 +153,8 @@ def export(cfg, weights, out, batch, dynamic_batch, opset, decode):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 @click.option("--dist", is_flag=True, help="Instead: data-parallel training (2 MPI ranks against 1 process) and "
                                            "the multi-GPU scaling model.")
-def bench(repeat, threads, models, train, valid, valid_images, valid_limit, batches, peers, json_path, dist):
+def bench(repeat, threads, models, train, train_iterations, valid, valid_images, valid_limit, batches, peers, json_path,
+          dist):
     """Time inference (and training, and valid on real JPEGs) against OpenCV DNN, ONNX Runtime and OpenVINO in
     the same run."""
     if dist:
@@ -166,7 +169,8 @@ def bench(repeat, threads, models, train, valid, valid_images, valid_limit, batc
     except ValueError:
         raise click.BadParameter(f"{batches!r}: comma-separated integers", param_hint="--batches") from None
     run_benchmarks(models=models.split(","), repeat=repeat, threads=threads, train=train, batches=batch_list,
-                   peers=peers, valid=valid, valid_images=valid_images, valid_limit=valid_limit, json_path=json_path)
+                   train_iterations=train_iterations, peers=peers, valid=valid, valid_images=valid_images,
+                   valid_limit=valid_limit, json_path=json_path)
 
 
 def _darknet_args(args: list[str], flags: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:
