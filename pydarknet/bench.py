@@ -420,13 +420,17 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
                     paths: Sequence[str], iterations: int, loader_workers: Sequence[int],
                     variants: Sequence[tuple[str, str, str]] = (("f32", "f32", "auto"),)) -> list[dict]:
     """One row per variant (label, precision, conv_algo); their iterations interleaved on the same prepared
-    batches."""
+    batches. Each default-path variant (conv_algo "auto") also times an inference forward of the same batch, on
+    a second network of its precision, within each iteration: training beside inference in the same moments
+    of this machine's drifting speed."""
     from .data import Augment  # noqa: PLC0415
     from .network import Network  # noqa: PLC0415
     from .train import learning_rate  # noqa: PLC0415
 
     nets = {label: Network(cfg, weights, precision=p, conv_algo=algo) for label, p, algo in variants}
+    inference_nets = {}
     try:
+        inference_nets = {label: Network(cfg, weights, precision=p) for label, p, algo in variants if algo == "auto"}
         net = nets[variants[0][0]]
         opts = net.options
         if batch is None:  # the cfg's own batch and subdivisions
@@ -435,7 +439,7 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
         else:
             chunk, subdivisions = batch, 1
         per_iteration = chunk * subdivisions
-        for n in nets.values():
+        for n in [*nets.values(), *inference_nets.values()]:
             n.set_batch(chunk)
         jitter = net.yolo_layers[-1].jitter
         aug = Augment.from_net_options(opts, jitter=min(jitter, 0.49))
@@ -452,6 +456,7 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
             _, prepared = _loader_rate(paths, net, chunk, aug, 0, need, keep=need)
         # Compute: train_chunk + update on the prepared batches; one warm-up iteration.
         times: dict[str, list[float]] = {p: [] for p in nets}
+        inference_times: dict[str, list[float]] = {p: [] for p in inference_nets}
         for it in range(iterations + 1):
             for p, n in nets.items():
                 start = time.perf_counter()
@@ -462,11 +467,17 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
                 n.update(lr, opts["momentum"], opts["decay"], per_iteration)
                 if it > 0:
                     times[p].append(time.perf_counter() - start)
+                if p in inference_nets:
+                    start = time.perf_counter()
+                    for k in range(subdivisions):
+                        inference_nets[p].forward(prepared[it * subdivisions + k][0])
+                    if it > 0:
+                        inference_times[p].append(time.perf_counter() - start)
         bflops = net.bflops  # per image, forward at the training size
         shape = f"{net.width}x{net.height}"
         engines = {label: n.conv_engines() for label, n in nets.items()}
     finally:
-        for n in nets.values():
+        for n in [*nets.values(), *inference_nets.values()]:
             n.close()
     results = []
     for label, p, algo in variants:
@@ -479,6 +490,9 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
             "compute_images_per_s": per_iteration / seconds, "compute_iteration_runs_s": times[label],
             "data_images_per_s": {str(w): r for w, r in rates.items()},
         }
+        if label in inference_times:
+            result["inference_s_per_image"] = statistics.median(inference_times[label]) / per_iteration
+            result["inference_iteration_runs_s"] = inference_times[label]
         if 0 in rates:
             result["data_s_per_image_one_process"] = 1.0 / rates[0]
             # Loading in the training process itself (workers=0) adds its time to the compute.
@@ -813,38 +827,43 @@ def _training_notes(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _per_image_inference(inference: list[dict], model: str, engine: str) -> tuple[int, float] | None:
-    """(batch, seconds per image) of the engine's largest timed batch for the model, or None."""
-    best = None
+def _per_image_inference(inference: list[dict], model: str, engine: str, batch: int) -> float | None:
+    """Seconds per image of the engine's inference at that batch in the inference table, or None."""
     for r in inference:
         e = r.get("engines", {}).get(engine)
-        if r["model"] == model and e is not None and (best is None or r["batch"] > best[0]):
-            best = (r["batch"], e["s"] / r["batch"])
-    return best
+        if r["model"] == model and r["batch"] == batch and e is not None:
+            return e["s"] / batch
+    return None
 
 
 def _training_beside_inference(inference: list[dict], training: list[dict], reals: list[dict]) -> list[str]:
-    """yolov3-tiny's training time per image over its inference time per image, in each precision (a
-    forward + backward + update costs about 3 forwards in multiply-adds), and both against pydarknet when the
-    CPU-speed issue was filed: whether training gained in proportion to inference."""
+    """yolov3-tiny's training time per image over the inference time per image timed in the same iterations, in
+    each precision (a forward + backward + update costs about 3 forwards in multiply-adds), and both against
+    pydarknet when the CPU-speed issue was filed (its float32 inference at batch 4 and real-data training):
+    whether training gained in proportion to inference."""
     fig = ISSUE_FIGURES
     lines = []
-    tiny = {r["variant"]: r for r in training if r["model"] == "yolov3-tiny"}
     real = {r["precision"]: r for r in reals}
     before_batch4 = fig["pydarknet_before_inference_s"]["yolov3-tiny batch 4"][0] / 4
-    for precision, engine in (("f32", "pydarknet"), ("bf16", "pydarknet-bf16")):
-        inf = _per_image_inference(inference, "yolov3-tiny", engine)
-        if inf is None or precision not in tiny:
+    for row in training:
+        if row["model"] != "yolov3-tiny" or "inference_s_per_image" not in row:
             continue
-        batch, s_inf = inf
-        s_train = tiny[precision]["compute_s_per_image"]
-        line = (f"  yolov3-tiny {precision}: training {s_train:.4f} s/image = {s_train / s_inf:.1f}x inference's "
-                f"{s_inf:.4f} s/image (batch {batch})")
-        if batch == 4:
-            line += f"; since the issue, inference {s_inf / before_batch4:.2f}x"
-            if precision in real:
-                line += (f", training on real data {real[precision]['s_per_image'] / fig['pydarknet_before_realdata_train_s_per_image']:.2f}x"
-                         " (the issue's float32 figures)")
+        precision = row["precision"]
+        s_train, s_inf = row["compute_s_per_image"], row["inference_s_per_image"]
+        low, high = ratio_interval(row["compute_iteration_runs_s"], row["inference_iteration_runs_s"])
+        line = (f"  yolov3-tiny {precision}: training {s_train:.4f} s/image = {s_train / s_inf:.1f}x (95% interval "
+                f"{low:.1f}-{high:.1f}) the inference forward's {s_inf:.4f} s/image, batch {row['batch']}, timed in "
+                "the same iterations")
+        since = []
+        table = _per_image_inference(inference, "yolov3-tiny", "pydarknet" if precision == "f32" else
+                                     "pydarknet-bf16", 4)
+        if table is not None:
+            since.append(f"inference at batch 4 {table / before_batch4:.2f}x")
+        if precision in real:
+            since.append(f"training on real data "
+                         f"{real[precision]['s_per_image'] / fig['pydarknet_before_realdata_train_s_per_image']:.2f}x")
+        if since:
+            line += "; against pydarknet's float32 when the issue was filed: " + ", ".join(since)
         lines.append(line)
     return lines
 

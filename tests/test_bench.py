@@ -175,6 +175,10 @@ def test_training_rows_name_their_variant_and_the_convolutions_that_ran(tiny_cfg
     for row in rows:
         assert row["compute_s_per_image"] > 0 and len(row["compute_iteration_runs_s"]) == 1
         assert sum(row["engines"].values()) == layers
+        # the default path's rows also time an inference forward of the same batch in the same iterations
+        assert ("inference_s_per_image" in row) == (row["conv_algo"] == "auto")
+        if row["conv_algo"] == "auto":
+            assert 0 < row["inference_s_per_image"] < row["compute_s_per_image"]
     by = {r["variant"]: r["engines"] for r in rows}
     if onednn_version():
         wide = 4  # its convolutions larger than 1x1: on oneDNN under AUTO, the 1x1 ones on GEMM
@@ -185,31 +189,37 @@ def test_training_rows_name_their_variant_and_the_convolutions_that_ran(tiny_cfg
 
 
 def test_training_is_reported_beside_inference():
-    """The training-beside-inference lines: yolov3-tiny's training time per image over its inference time per
-    image at the largest timed batch, and both against pydarknet when the CPU-speed issue was filed (inference
-    at batch 4 0.23 s, fine-tuning on the real images 0.17 s per image)."""
+    """The training-beside-inference lines: yolov3-tiny's training time per image over the inference time per
+    image timed in the same iterations, and both against pydarknet when the CPU-speed issue was filed (float32
+    inference at batch 4 0.23 s, fine-tuning on the real images 0.17 s per image)."""
     from pydarknet.bench import _training_beside_inference
 
     def inference(batch, f32_s, bf16_s):
         return {"model": "yolov3-tiny", "batch": batch,
                 "engines": {"pydarknet": {"s": f32_s}, "pydarknet-bf16": {"s": bf16_s}}}
 
-    inf = [inference(1, 0.05, 0.02), inference(4, 0.1, 0.04), {"model": "yolov3", "batch": 8, "engines": {}}]
-    training = [{"model": "yolov3-tiny", "variant": "f32", "compute_s_per_image": 0.075},
-                {"model": "yolov3-tiny", "variant": "bf16", "compute_s_per_image": 0.04},
-                {"model": "yolov3-tiny", "variant": "f32 gemm", "compute_s_per_image": 0.15}]
+    def row(variant, precision, train_s, infer_s=None):
+        r = {"model": "yolov3-tiny", "variant": variant, "precision": precision, "batch": 8,
+             "compute_s_per_image": train_s, "compute_iteration_runs_s": [8 * train_s] * 3}
+        if infer_s is not None:
+            r.update(inference_s_per_image=infer_s, inference_iteration_runs_s=[8 * infer_s] * 3)
+        return r
+
+    inf = [inference(1, 0.05, 0.02), inference(4, 0.1, 0.04), {"model": "yolov3", "batch": 4, "engines": {}}]
+    training = [row("f32", "f32", 0.075, 0.025), row("bf16", "bf16", 0.04, 0.01), row("f32 gemm", "f32", 0.15)]
     reals = [{"precision": "f32", "s_per_image": 0.085}, {"precision": "bf16", "s_per_image": 0.034}]
     f32, bf16 = _training_beside_inference(inf, training, reals)
-    # 0.075 s / (0.1 s / 4) = 3.0; 0.025 / (0.23 / 4) = 0.43; 0.085 / 0.17 = 0.50
-    assert f32.startswith("  yolov3-tiny f32: training 0.0750 s/image = 3.0x inference's 0.0250 s/image (batch 4)")
-    assert "since the issue, inference 0.43x, training on real data 0.50x" in f32
+    # 0.075 / 0.025 = 3.0; (0.1 / 4) / (0.23 / 4) = 0.43; 0.085 / 0.17 = 0.50
+    assert f32.startswith("  yolov3-tiny f32: training 0.0750 s/image = 3.0x (95% interval 3.0-3.0) the inference "
+                          "forward's 0.0250 s/image, batch 8, timed in the same iterations")
+    assert f32.endswith("when the issue was filed: inference at batch 4 0.43x, training on real data 0.50x")
     # 0.04 / 0.01 = 4.0; 0.01 / 0.0575 = 0.17; 0.034 / 0.17 = 0.20
-    assert bf16.startswith("  yolov3-tiny bf16: training 0.0400 s/image = 4.0x inference's 0.0100 s/image")
-    assert "since the issue, inference 0.17x, training on real data 0.20x" in bf16
-    # without batch 4 (nothing from the issue to compare with) or without inference rows
-    only_one = _training_beside_inference(inf[:1], training, reals)
-    assert only_one[0].endswith("= 1.5x inference's 0.0500 s/image (batch 1)")
-    assert _training_beside_inference([], training, reals) == []
+    assert bf16.startswith("  yolov3-tiny bf16: training 0.0400 s/image = 4.0x")
+    assert bf16.endswith("inference at batch 4 0.17x, training on real data 0.20x")
+    # without the inference table nor real data: the ratio alone; rows without an inference timing: no line
+    alone = _training_beside_inference([], training, [])
+    assert len(alone) == 2 and alone[0].endswith("timed in the same iterations")
+    assert _training_beside_inference(inf, training[2:], reals) == []
 
 
 def test_bench_command_checks_its_training_iterations():
