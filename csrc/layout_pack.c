@@ -63,22 +63,10 @@ static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
     }
 }
 
-static inline __mmask16 first_lanes(int count) { return count >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << count) - 1); }
-
-/* Runs over the (image, pixel run) tasks of n images, in parallel unless small; body(image, first pixel, pixels
- * in the run). */
-#define FOR_EACH_TASK(n, channels, pixels, body)                                                                            \
-    do {                                                                                                          \
-        const size_t runs_ = ((pixels) + PIXELS_PER_TASK - 1) / PIXELS_PER_TASK;                                 \
-        const long tasks_ = (long)(n) * (long)runs_;                                                              \
-        _Pragma("omp parallel for schedule(static) if (tasks_ > 1 && (size_t)(n) * (channels) * (pixels) > 32768)")\
-        for (long t_ = 0; t_ < tasks_; t_++) {                                                                    \
-            const int img_ = (int)(t_ / (long)runs_);                                                             \
-            const size_t p0_ = (size_t)(t_ % (long)runs_) * PIXELS_PER_TASK;                                     \
-            const size_t np_ = (pixels) - p0_ < PIXELS_PER_TASK ? (pixels) - p0_ : PIXELS_PER_TASK;              \
-            body(img_, p0_, np_);                                                                                 \
-        }                                                                                                         \
-    } while (0)
+static inline __mmask16 first_lanes(int count)
+{
+    return count >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << count) - 1);
+}
 
 static void pack_run(const float *src, int channels, size_t pixels, const pack_layout *L, void *dst, int img,
                      size_t p0, size_t np)
@@ -132,17 +120,45 @@ static void unpack_run(const float *src, const pack_layout *L, int channels, siz
     }
 }
 
-#define PACK_BODY(img, p0, np) pack_run(src, channels, pixels, L, dst, img, p0, np)
-#define UNPACK_BODY(img, p0, np) unpack_run((const float *)src, L, channels, pixels, dst, add, img, p0, np)
+/* One copy: pack (src NCHW, dst layout L) or unpack (src layout L, dst NCHW, added to when add). */
+typedef struct copy_job {
+    const void *src;
+    void *dst;
+    const pack_layout *L;
+    int n, channels;
+    size_t pixels;
+    int unpack, add;
+} copy_job;
+
+/* The (image, pixel run) tasks of the job, in parallel unless it is small. */
+static void run_tasks(const copy_job *j)
+{
+    const size_t runs = (j->pixels + PIXELS_PER_TASK - 1) / PIXELS_PER_TASK;
+    const long tasks = (long)j->n * (long)runs;
+    const int parallel = tasks > 1 && (size_t)j->n * j->channels * j->pixels > 32768;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (long t = 0; t < tasks; t++) {
+        const int img = (int)(t / (long)runs);
+        const size_t p0 = (size_t)(t % (long)runs) * PIXELS_PER_TASK;
+        const size_t np = j->pixels - p0 < PIXELS_PER_TASK ? j->pixels - p0 : PIXELS_PER_TASK;
+        if (j->unpack)
+            unpack_run(j->src, j->L, j->channels, j->pixels, j->dst, j->add, img, p0, np);
+        else
+            pack_run(j->src, j->channels, j->pixels, j->L, j->dst, img, p0, np);
+    }
+}
 
 void layout_pack(const float *src, int n, int channels, size_t pixels, const pack_layout *L, void *dst)
 {
-    FOR_EACH_TASK(n, channels, pixels, PACK_BODY);
+    const copy_job j = {.src = src, .dst = dst, .L = L, .n = n, .channels = channels, .pixels = pixels};
+    run_tasks(&j);
 }
 
 void layout_unpack(const void *src, const pack_layout *L, int n, int channels, size_t pixels, float *dst, int add)
 {
-    FOR_EACH_TASK(n, channels, pixels, UNPACK_BODY);
+    const copy_job j = {.src = src, .dst = dst, .L = L, .n = n, .channels = channels, .pixels = pixels,
+                        .unpack = 1, .add = add};
+    run_tasks(&j);
 }
 
 #pragma GCC pop_options
