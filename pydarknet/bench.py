@@ -523,9 +523,9 @@ def _training_runs(iterations: int, loader_workers: Sequence[int], say, precisio
         data_file = ensure_dataset(folder, n_train=128, n_valid=1)
         paths = read_list(read_data_file(data_file)["train"])
         tiny = _resolve_model("yolov3-tiny", 416, folder)
-        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights; "
-            f"{', '.join(v[0] for v in _training_variants(precisions))}) ...")
         variants = _training_variants(precisions)
+        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights; "
+            f"{', '.join(v[0] for v in variants)}) ...")
         results += _bench_training("yolov3-tiny", tiny.cfg, tiny.weights, tiny.weights_kind, 8, paths,
                                    iterations, loader_workers, variants)
         cfg = default_cfg_path()
@@ -951,7 +951,8 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
                     f"{real['images_per_s']:.2f} images/s ({real['train_gflops_per_s']:.1f} GFLOP/s counting "
                     f"backward as 2x forward); convolutions: {_engines_text(real['engines'])}")
             if reals:
-                say("  issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet before 0.17 s/image")
+                say("  issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet before "
+                    f"{ISSUE_FIGURES['pydarknet_before_realdata_train_s_per_image']} s/image")
             for line in _training_beside_inference(report["inference"], report["training"], reals):
                 say(line)
     finally:

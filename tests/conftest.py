@@ -1,7 +1,10 @@
 """Shared fixtures and helpers: the reference data folder, a small generic cfg, an easy training set."""
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -181,6 +184,21 @@ def tiny_cfg(tmp_path) -> Path:
 
 # An easy detection set for training tests: one white and one red square per image (tests/test_train.py, the
 # board's end-to-end test).
+def build_c_library(tmp_path_factory, source: Path, what: str, flags: list[str], libs: tuple[str, ...] = ()) \
+        -> ctypes.CDLL:
+    """One C file of csrc compiled on its own into a shared library (for the tests that call its functions
+    directly), with the common warnings as errors, `flags`, and `libs` linked; skipped without a C compiler.
+    $PYDARKNET_KERNEL_HOST_CFLAGS adds flags, e.g. "-fsanitize=address,undefined" for a sanitizer run."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip(f"no C compiler (cc) to build {what}")
+    out = tmp_path_factory.mktemp(source.stem) / f"lib{source.stem}.so"
+    extra = os.environ.get("PYDARKNET_KERNEL_HOST_CFLAGS", "").split()
+    subprocess.run([cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", *flags, *extra,
+                    "-o", str(out), str(source), *libs], check=True)
+    return ctypes.CDLL(str(out))
+
+
 def make_dataset(root: Path, *, n: int = 8, size: int = 64, prefix: str = "run", seed: int = 0) -> Path:
     """`n` images with one white (class 0) and one red (class 1) square each on a dark background, written in
     Darknet's layout; returns the .data file (backup=<root>/backup, prefix=<prefix>)."""

@@ -10,9 +10,6 @@ geometry, block reductions and cuBLAS/cuDNN calls are checked on a GPU by tests/
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import pytest
 
 from pydarknet import Network
 from pydarknet.network import get_threads, set_threads
+from conftest import build_c_library
 from test_gradients import CONV_CASES, conv, make_net, param_layout, randomize, write_cfg, yolo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,15 +53,8 @@ RETURNS_STATUS = {"hk_batchnorm_forward", "hk_bias_gradient", "hk_batchnorm_back
 
 @pytest.fixture(scope="module")
 def hk(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) to build the host version of the CUDA kernels")
-    out = tmp_path_factory.mktemp("kernel_host") / "libdn_kernel_host.so"
-    # $PYDARKNET_KERNEL_HOST_CFLAGS adds flags, e.g. "-fsanitize=address,undefined" for a sanitizer run
-    extra = os.environ.get("PYDARKNET_KERNEL_HOST_CFLAGS", "").split()
-    subprocess.run([cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
-                    "-fno-fast-math", "-ffp-contract=off", *extra, "-o", str(out), str(SOURCE), "-lm"], check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = build_c_library(tmp_path_factory, SOURCE, "the host version of the CUDA kernels",
+                          ["-Wno-unused-parameter", "-fno-fast-math", "-ffp-contract=off"], libs=("-lm",))
     for name, args in SIGNATURES.items():
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = ctypes.c_int if name in RETURNS_STATUS else None

@@ -8,13 +8,11 @@ shape below runs whole tiles, partial pixel tiles and partial channel blocks. Th
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_c_library
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "csrc" / "layout_pack.c"
@@ -27,14 +25,7 @@ class Layout(ctypes.Structure):
 
 @pytest.fixture(scope="module")
 def lp(tmp_path_factory):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) to build csrc/layout_pack.c")
-    out = tmp_path_factory.mktemp("layout_pack") / "liblayout_pack.so"
-    extra = os.environ.get("PYDARKNET_KERNEL_HOST_CFLAGS", "").split()
-    subprocess.run([cc, "-std=c11", "-O2", "-fPIC", "-shared", "-fopenmp", "-Wall", "-Wextra", "-Werror", *extra,
-                    "-o", str(out), str(SOURCE)], check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = build_c_library(tmp_path_factory, SOURCE, "csrc/layout_pack.c", ["-fopenmp"])
     lib.layout_pack_available.argtypes = [ctypes.c_int]
     lib.pack_layout_nhwc.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
     lib.pack_layout_nhwc.restype = Layout
