@@ -91,6 +91,13 @@ const char *conv_onednn_version(void)
     return text;
 }
 
+int onednn_is_reference(const_dnnl_primitive_desc_t pd)
+{
+    const char *impl = NULL;
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    return impl && strncmp(impl, "ref", 3) == 0;
+}
+
 dn_status onednn_error(const char *what, dnnl_status_t s)
 {
     if (s == dnnl_out_of_memory) return dn_fail(DN_E_NOMEM, "oneDNN: out of memory in %s", what);

@@ -39,6 +39,8 @@ void conv_onednn_free(conv_onednn *state);
 
 /* A dn_status (message set) for a failed oneDNN call: DN_E_NOTFOUND when oneDNN has no implementation. */
 dn_status onednn_error(const char *what, dnnl_status_t s);
+/* 1 when pd runs oneDNN's reference implementation (plain loops: far slower than the caller's own path). */
+int onednn_is_reference(const_dnnl_primitive_desc_t pd);
 /* In a function with `dn_status st` and a `fail:` label: a failed call sets st and jumps there. */
 #define ONEDNN_TRY(call)                                                                                       \
     do {                                                                                                       \

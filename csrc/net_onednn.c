@@ -156,13 +156,6 @@ fail:
     return st;
 }
 
-static int is_reference(const_dnnl_primitive_desc_t pd)
-{
-    const char *impl = NULL;
-    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
-    return impl && strncmp(impl, "ref", 3) == 0;
-}
-
 /* The attributes every primitive gets: a user scratchpad, and as post-ops the activation (linear: none), times
  * `scale` when it is not 1; with add_md, then + that tensor (the binary post-op's source) and act_after. */
 static dn_status make_attr(dnnl_primitive_attr_t *attr, dn_activation activation, float scale,
@@ -238,7 +231,7 @@ static dn_status node_pd(net_onednn *p, int i, const_dnnl_memory_desc_t dst, con
     default:
         break;
     }
-    if (s == dnnl_success && is_reference(*pd) && nd->kind == NODE_CONV) s = dnnl_unimplemented;
+    if (s == dnnl_success && onednn_is_reference(*pd) && nd->kind == NODE_CONV) s = dnnl_unimplemented;
     if (s != dnnl_success) {
         dnnl_primitive_desc_destroy(*pd);
         *pd = NULL;

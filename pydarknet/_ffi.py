@@ -59,17 +59,31 @@ ffi = FFI()
 ffi.cdef(_cdef_from_header(_header_text()))
 
 
+_blas_handle: ctypes.CDLL | None = None
+
+
 def _preload_blas() -> None:
     """Load the scipy-openblas32 wheel's library globally so libdarknet's dependency resolves to it,
     whatever rpath the build had (an isolated pip build env is deleted after the build)."""
+    global _blas_handle
     try:
         import scipy_openblas32  # noqa: PLC0415
     except ImportError:
         return
     libdir = Path(scipy_openblas32.get_lib_dir())
     for candidate in sorted(libdir.glob("libscipy_openblas*.so*")):
-        ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
+        _blas_handle = ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
         return
+
+
+def blas_core() -> str | None:
+    """The kernels OpenBLAS chose for this CPU (e.g. "SkylakeX", "Haswell"), when the scipy-openblas32 wheel's
+    library is the one loaded; None otherwise."""
+    get = getattr(_blas_handle, "scipy_openblas_get_corename", None)
+    if get is None:
+        return None
+    get.restype = ctypes.c_char_p
+    return get().decode("ascii", "replace")
 
 
 # NVIDIA's wheels (pip install ".[cuda]"): the CUDA runtime and cuBLAS in nvidia/cu13/lib, cuDNN in nvidia/cudnn/lib.
@@ -186,9 +200,13 @@ lib = _load()
 def build_info() -> dict:
     """What the loaded libdarknet.so was built with: ``cuda`` (the CUDA runtime version it was compiled
     against, e.g. 13000, or 0 for a CPU-only build), ``cudnn`` (version or 0), ``cublas``, ``cuda_archs``,
-    ``blas``, ``openmp``, ``abi``, and ``library`` (its path). Later builds may add keys."""
+    ``blas`` (and ``blas_core``: the kernels OpenBLAS chose, where the wheel's library is loaded), ``openmp``,
+    ``abi``, and ``library`` (its path). Later builds may add keys."""
     info = _parse_build_info(ffi.string(lib.dn_build_info()).decode("utf-8", "replace"))
     info["library"] = str(library_path())
+    core = blas_core()
+    if core:
+        info["blas_core"] = core
     return info
 
 

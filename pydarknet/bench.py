@@ -763,6 +763,18 @@ def _inference_table(rows: list[dict], peak: float | None = None) -> list[str]:
     return lines
 
 
+def _blas_text(core: str | None, coretype_env: str | None) -> str:
+    """Which OpenBLAS kernels pydarknet's GEMM path (and numpy's, for the SGEMM peak) runs on this machine: an
+    OPENBLAS_CORETYPE in the environment picks them for every OpenBLAS in the run, whatever the CPU offers."""
+    if core is None:
+        return "  BLAS: not the scipy-openblas32 wheel's OpenBLAS (its kernels are not reported)"
+    text = f"  BLAS: OpenBLAS with its {core} kernels"
+    if coretype_env:
+        text += (f", chosen by OPENBLAS_CORETYPE={coretype_env} in the environment (the GEMM path and the SGEMM "
+                 "peak run on those kernels, not necessarily the CPU's best)")
+    return text
+
+
 def _inference_notes(rows: list[dict], peak: float | None = None) -> list[str]:
     fig = ISSUE_FIGURES
     lines = ["  (medians of interleaved calls in one run; GFLOP/s = Darknet's BFLOPs x batch / median s; "
@@ -884,6 +896,7 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
     """
     import cv2  # noqa: PLC0415
 
+    from ._ffi import blas_core  # noqa: PLC0415
     from .network import get_threads, onednn_version, set_threads  # noqa: PLC0415
 
     if repeat < 1 or threads < 1 or not batches or min(batches) < 1:
@@ -911,6 +924,8 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
         say(f"pydarknet bench: {os.cpu_count()} CPUs, {threads} threads for every engine, OpenCV {cv2.__version__}, "
             + (f"oneDNN {onednn_version()}" if onednn_version() else
                "no oneDNN in this build (pydarknet runs its hand-written convolutions)"))
+        report["machine"].update(blas_core=blas_core(), openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
+        say(_blas_text(report["machine"]["blas_core"], report["machine"]["openblas_coretype"]))
         report["machine"]["sgemm_peak_gflops"] = peak = sgemm_peak(threads)
         say(f"inference at {size}x{size}, batches {', '.join(map(str, batches))}: {warmup} warm-up runs, then "
             f"medians of {repeat} runs per engine, interleaved call by call (the order shuffled every round)")

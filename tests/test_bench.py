@@ -72,9 +72,24 @@ def test_run_benchmarks_tiny(tmp_path):
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
     text = out.getvalue()
     assert report["machine"]["sgemm_peak_gflops"] > 0
+    assert report["machine"]["openblas_coretype"] == os.environ.get("OPENBLAS_CORETYPE")
     for expected in ("median s", "time / pydarknet", "GFLOP/s", "of peak", "SGEMM peak", "yolov3-tiny",
                      "sanity yolov3-tiny", "0.027", "pydarknet-fused", "opencv"):
         assert expected in text, text
+
+
+def test_bench_names_the_blas_kernels_and_who_chose_them(monkeypatch):
+    """The SGEMM peak and the GEMM path run on whichever OpenBLAS kernels an OPENBLAS_CORETYPE in the environment
+    forces (some machines set one): the report says which, so a peak below oneDNN's rate is not misread."""
+    from pydarknet._ffi import blas_core, build_info
+    from pydarknet.bench import _blas_text
+
+    core = blas_core()
+    if build_info()["blas"].startswith("OpenBLAS (scipy"):
+        assert core and build_info()["blas_core"] == core
+    assert "Haswell kernels, chosen by OPENBLAS_CORETYPE=Haswell" in _blas_text("Haswell", "Haswell")
+    assert _blas_text("SkylakeX", None) == "  BLAS: OpenBLAS with its SkylakeX kernels"
+    assert "not reported" in _blas_text(None, None)
 
 
 def test_bench_command_writes_json(tmp_path):
