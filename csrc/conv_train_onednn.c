@@ -220,7 +220,8 @@ fail:
 #define QUERY(pd, what) dnnl_primitive_desc_query_md(pd, what, 0)
 
 /* The three primitive descriptors of sh, the activations (and their gradients) in layout `act` (a format tag, or
- * "any" to let oneDNN choose), the weights in oneDNN's choice. On failure the caller destroys what was made. */
+ * "any" to let oneDNN choose), the weights in oneDNN's choice; the data gradient's operands in data_grad_operand,
+ * its layouts oneDNN's choice when that differs from `operand`. On failure the caller destroys what was made. */
 static dn_status make_descs(conv_train_onednn *s, const dn_conv_shape *sh, dnnl_data_type_t operand,
                             dnnl_data_type_t data_grad_operand, dnnl_format_tag_t act, dnnl_primitive_desc_t *fwd,
                             dnnl_primitive_desc_t *bww, dnnl_primitive_desc_t *bwd)
@@ -238,10 +239,12 @@ static dn_status make_descs(conv_train_onednn *s, const dn_conv_shape *sh, dnnl_
     TRY(dnnl_memory_desc_create_with_tag(&wei, 4, wei_dims, operand, any));
     TRY(dnnl_memory_desc_create_with_tag(&dst, 4, dst_dims, dnnl_f32, act));
     TRY(dnnl_memory_desc_create_with_tag(&ddst, 4, dst_dims, operand, act));
-    TRY(dnnl_memory_desc_create_with_tag(&dsrc, 4, src_dims, dnnl_f32, act));
+    TRY(dnnl_memory_desc_create_with_tag(&dsrc, 4, src_dims, dnnl_f32, data_grad_operand == operand ? act : any));
     TRY(dnnl_memory_desc_create_with_tag(&dwei, 4, wei_dims, dnnl_f32, any));
     TRY(dnnl_memory_desc_create_with_tag(&bwd_wei, 4, wei_dims, data_grad_operand, any));
-    TRY(dnnl_memory_desc_create_with_tag(&bwd_ddst, 4, dst_dims, data_grad_operand, act));
+    /* a float32 data gradient of a bfloat16 layer: its layouts oneDNN's choice */
+    const dnnl_format_tag_t data_grad_act = data_grad_operand == operand ? act : any;
+    TRY(dnnl_memory_desc_create_with_tag(&bwd_ddst, 4, dst_dims, data_grad_operand, data_grad_act));
     TRY(dnnl_convolution_forward_primitive_desc_create(fwd, s->engine, dnnl_forward_training,
                                                        dnnl_convolution_direct, src, wei, NULL, dst, strides,
                                                        dilates, pad, pad, NULL));
@@ -273,23 +276,33 @@ static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
         return dn_fail(DN_E_NOTFOUND, "oneDNN training convolutions: grouped convolutions are not taken");
     }
     const dnnl_data_type_t operand = conv_train_onednn_runs_bf16(sh, bf16) ? dnnl_bf16 : dnnl_f32;
-    /* The data gradient multiplies in bfloat16 only on AMX CPUs. With AVX512_BF16 alone (oneDNN's jit_bf16 and
-     * brgemm kernels on AMD Zen 5), a backward wholly in bfloat16 cost COCO AP: 0.1694-0.1698 against float32's
-     * 0.1748 after tests/test_bf16.py's fine-tuning (3 runs), where AMX gave 0.1742 against 0.1749. With the data
-     * gradient in float32 it gave 0.1740 (the weight gradient in float32 instead: 0.1745), for 1.22x the time of
-     * a training iteration wholly in bfloat16 (still 0.8x float32's). */
+    /* Without AMX, the data gradient of a layer whose input planes hold at least 64x64 pixels multiplies in
+     * float32. With AVX512_BF16 alone (oneDNN's jit_bf16 and brgemm kernels on AMD Zen 5), a backward wholly in
+     * bfloat16 cost COCO AP after tests/test_bf16.py's fine-tuning: 0.1694-0.1698 against float32's 0.1748 (3
+     * runs), where AMX gave 0.1742 against 0.1749. The loss came from the high-resolution layers: float32 data
+     * gradients in yolov3-tiny's layers with 16 and 32 input channels (inputs 208x208, 104x104) gave 0.1743 (this
+     * rule: 0.1741), in the 16-channel one alone 0.1703, in the 32- and 64-channel ones 0.1696, in the 64-channel
+     * one 0.1694, in every layer 0.1740 (at 1.22x the time of an iteration). This rule takes 1.02x the time of a
+     * yolov3-tiny batch-8 iteration wholly in bfloat16, 1.05x for yolov3 batch 2 (in-process A/B, paired
+     * medians). Why bfloat16 data gradients cost more here than on AMX is not known. */
+    const int planes_wide = sh->h * sh->w >= 64 * 64;
     const dnnl_data_type_t data_grad_operand =
-        operand == dnnl_bf16 && dnnl_get_effective_cpu_isa() < dnnl_cpu_isa_avx512_core_amx ? dnnl_f32 : operand;
+        operand == dnnl_bf16 && planes_wide && dnnl_get_effective_cpu_isa() < dnnl_cpu_isa_avx512_core_amx
+            ? dnnl_f32
+            : operand;
     const dnnl_dims_t src_dims = {sh->batch, sh->c, sh->h, sh->w};
     const dnnl_dims_t dst_dims = {sh->batch, sh->filters, sh->out_h, sh->out_w};
     const dnnl_dims_t wei_dims = {sh->filters, sh->c, sh->size, sh->size};
     TRY(dnnl_memory_desc_create_with_tag(&user_src, 4, src_dims, dnnl_f32, dnnl_nchw));
     TRY(dnnl_memory_desc_create_with_tag(&user_dst, 4, dst_dims, dnnl_f32, dnnl_nchw));
     TRY(dnnl_memory_desc_create_with_tag(&user_wei, 4, wei_dims, dnnl_f32, dnnl_oihw));
-    /* bfloat16 layers ask for channels-last activations. On AMX CPUs oneDNN picks that layout itself; on CPUs with
-     * AVX512_BF16 alone "any" picks nChw16c and the older jit_bf16 kernels, while channels-last gets the brgemm
-     * forward and data gradient (measured: 0.975 of the time per yolov3-tiny batch-8 training iteration, 0.957 for
-     * yolov3 batch 2, in-process A/B). A layout without a fast kernel falls back to oneDNN's own choice. */
+    /* bfloat16 layers ask for channels-last activations (a float32 data gradient excepted, see make_descs). On AMX
+     * CPUs oneDNN picks that layout itself; on CPUs with AVX512_BF16 alone "any" picks nChw16c and the older
+     * jit_bf16 kernels, while channels-last gets the brgemm forward and data gradient. Measured on AMD Zen 5 with
+     * the float32 data gradients above (in-process A/B, oneDNN's own choice against this): 1.044x the time per
+     * yolov3-tiny batch-8 training iteration, 1.008x for yolov3 batch 2; with float32 data gradients in
+     * channels-last too, yolov3 took 0.97x, hence their exception. A layout without a fast kernel falls back to
+     * oneDNN's own choice. */
     if (operand == dnnl_bf16) {
         st = make_descs(s, sh, operand, data_grad_operand, dnnl_nhwc, &fwd, &bww, &bwd);
         if (st || onednn_is_reference(fwd) || onednn_is_reference(bww) || onednn_is_reference(bwd)) {

@@ -70,8 +70,13 @@ def test_bf16_costs_at_most_half_a_point_of_coco_ap(reference_dir, tmp_path):
 def test_bf16_training_tracks_float32(reference_dir):
     """Training with precision="bf16" (the convolutions' products in bfloat16, float32 sums, weights and batch
     norm): from the pretrained yolov3-tiny on the reference photos, six iterations of train_chunk + update give
-    losses within 2% of float32's at every step, yet not the same ones (the products did run in bfloat16), and
-    weights within 1e-3 of float32's (relative to the largest)."""
+    losses within 1% of float32's on average over the steps and within 3% at every step, yet not the same ones
+    (the products did run in bfloat16), and weights within 1e-3 of float32's (relative to the largest).
+
+    Why not 2% at every step: the deviation grows from step to step and its size at the sixth step is chaotic.
+    Measured on an AVX512_BF16 machine (AMD Zen 5) over six equally valid choices of oneDNN layouts and of which
+    data gradients run in float32, the sixth step deviated 0.3-2.4% and the mean 0.4-0.8%, while the weights
+    deviated 2.0-2.6e-4 in every one; two float32 paths (AUTO against im2col + GEMM) deviate at most 0.17%."""
     ok, isa = bf16_supported()
     if not ok:
         pytest.skip(f"bf16 needs oneDNN and AMX or AVX512_BF16; this build/CPU offers {isa}")
@@ -100,7 +105,8 @@ def test_bf16_training_tracks_float32(reference_dir):
                 net.update(0.001, 0.9, 0.0005, batch)
         f32, bf16 = np.array(losses["f32"]), np.array(losses["bf16"])
         assert not np.array_equal(f32, bf16)
-        np.testing.assert_allclose(bf16, f32, rtol=0.02)
+        deviation = np.abs(bf16 - f32) / np.abs(f32)
+        assert deviation.mean() <= 0.01 and deviation.max() <= 0.03, deviation
         a, b = nets["f32"].params(), nets["bf16"].params()
         assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
     finally:
