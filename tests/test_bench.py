@@ -78,7 +78,7 @@ def test_run_benchmarks_tiny(tmp_path):
         assert expected in text, text
 
 
-def test_bench_names_the_blas_kernels_and_who_chose_them(monkeypatch):
+def test_bench_names_the_blas_kernels_and_who_chose_them():
     """The SGEMM peak and the GEMM path run on whichever OpenBLAS kernels an OPENBLAS_CORETYPE in the environment
     forces (some machines set one): the report says which, so a peak below oneDNN's rate is not misread."""
     from pydarknet._ffi import blas_core, build_info
