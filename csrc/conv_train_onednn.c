@@ -277,14 +277,15 @@ static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
     }
     const dnnl_data_type_t operand = conv_train_onednn_runs_bf16(sh, bf16) ? dnnl_bf16 : dnnl_f32;
     /* Without AMX, the data gradient of a layer whose input planes hold at least 64x64 pixels multiplies in
-     * float32. With AVX512_BF16 alone (oneDNN's jit_bf16 and brgemm kernels on AMD Zen 5), a backward wholly in
-     * bfloat16 cost COCO AP after tests/test_bf16.py's fine-tuning: 0.1694-0.1698 against float32's 0.1748 (3
-     * runs), where AMX gave 0.1742 against 0.1749. The loss came from the high-resolution layers: float32 data
-     * gradients in yolov3-tiny's layers with 16 and 32 input channels (inputs 208x208, 104x104) gave 0.1743 (this
-     * rule: 0.1741), in the 16-channel one alone 0.1703, in the 32- and 64-channel ones 0.1696, in the 64-channel
-     * one 0.1694, in every layer 0.1740 (at 1.22x the time of an iteration). This rule takes 1.02x the time of a
+     * float32. Measured with tests/test_bf16.py's fine-tuning on AMD Zen 5 (AVX512_BF16, no AMX), COCO AP minus
+     * float32's over three data orders (seeds 1, 2, 3): a backward wholly in bfloat16 -0.0052, +0.0010,
+     * -0.0044; this rule -0.0007, +0.0005, -0.0032; two float32 paths (AUTO, GEMM) differ by 0.0003-0.0015
+     * among themselves (on AMX the wholly-bf16 backward gave -0.0007 at seed 1). The outcome of so short a
+     * fine-tuning moves with small arithmetic changes (seed 1's bf16 variants fell near either 0.1695 or 0.1742),
+     * so the rule is a measured improvement, not an explained one; with the data gradient in float32 in every
+     * layer, seed 1 gave -0.0008 or -0.0053 depending on its layouts. The rule takes 1.02x the time of a
      * yolov3-tiny batch-8 iteration wholly in bfloat16, 1.05x for yolov3 batch 2 (in-process A/B, paired
-     * medians). Why bfloat16 data gradients cost more here than on AMX is not known. */
+     * medians); the data gradient in float32 in every layer took 1.22x. */
     const int planes_wide = sh->h * sh->w >= 64 * 64;
     const dnnl_data_type_t data_grad_operand =
         operand == dnnl_bf16 && planes_wide && dnnl_get_effective_cpu_isa() < dnnl_cpu_isa_avx512_core_amx
