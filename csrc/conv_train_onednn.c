@@ -234,16 +234,16 @@ static dn_status make_descs(conv_train_onednn *s, const dn_conv_shape *sh, dnnl_
     const dnnl_dims_t wei_dims = {sh->filters, sh->c, sh->size, sh->size};
     const dnnl_dims_t strides = {sh->stride, sh->stride}, dilates = {0, 0}, pad = {sh->pad, sh->pad};
     const dnnl_format_tag_t any = dnnl_format_tag_any;
+    /* a float32 data gradient of a bfloat16 layer: its layouts oneDNN's choice */
+    const dnnl_format_tag_t data_grad_act = data_grad_operand == operand ? act : any;
     /* operands in `operand`, results in float32: the forward's output and both gradients stay float32 */
     TRY(dnnl_memory_desc_create_with_tag(&src, 4, src_dims, operand, act));
     TRY(dnnl_memory_desc_create_with_tag(&wei, 4, wei_dims, operand, any));
     TRY(dnnl_memory_desc_create_with_tag(&dst, 4, dst_dims, dnnl_f32, act));
     TRY(dnnl_memory_desc_create_with_tag(&ddst, 4, dst_dims, operand, act));
-    TRY(dnnl_memory_desc_create_with_tag(&dsrc, 4, src_dims, dnnl_f32, data_grad_operand == operand ? act : any));
+    TRY(dnnl_memory_desc_create_with_tag(&dsrc, 4, src_dims, dnnl_f32, data_grad_act));
     TRY(dnnl_memory_desc_create_with_tag(&dwei, 4, wei_dims, dnnl_f32, any));
     TRY(dnnl_memory_desc_create_with_tag(&bwd_wei, 4, wei_dims, data_grad_operand, any));
-    /* a float32 data gradient of a bfloat16 layer: its layouts oneDNN's choice */
-    const dnnl_format_tag_t data_grad_act = data_grad_operand == operand ? act : any;
     TRY(dnnl_memory_desc_create_with_tag(&bwd_ddst, 4, dst_dims, data_grad_operand, data_grad_act));
     TRY(dnnl_convolution_forward_primitive_desc_create(fwd, s->engine, dnnl_forward_training,
                                                        dnnl_convolution_direct, src, wei, NULL, dst, strides,

@@ -182,8 +182,6 @@ def tiny_cfg(tmp_path) -> Path:
     return path
 
 
-# An easy detection set for training tests: one white and one red square per image (tests/test_train.py, the
-# board's end-to-end test).
 def build_c_library(tmp_path_factory, source: Path, what: str, flags: list[str], libs: tuple[str, ...] = ()) \
         -> ctypes.CDLL:
     """One C file of csrc compiled on its own into a shared library (for the tests that call its functions
@@ -199,6 +197,8 @@ def build_c_library(tmp_path_factory, source: Path, what: str, flags: list[str],
     return ctypes.CDLL(str(out))
 
 
+# An easy detection set for training tests: one white and one red square per image (tests/test_train.py, the
+# board's end-to-end test).
 def make_dataset(root: Path, *, n: int = 8, size: int = 64, prefix: str = "run", seed: int = 0) -> Path:
     """`n` images with one white (class 0) and one red (class 1) square each on a dark background, written in
     Darknet's layout; returns the .data file (backup=<root>/backup, prefix=<prefix>)."""
