@@ -149,16 +149,17 @@ void conv_train_onednn_free(conv_train_onednn *s)
 typedef enum arg_use { ARG_READ, ARG_WRITE, ARG_ADD } arg_use;
 
 /* An activation argument (dims: n images, channels, h, w) whose layout layout_pack.c copies faster than
- * oneDNN's reorder: NHWC in bfloat16 to the primitive, NHWC or nChw16c in float32 from it. (oneDNN's own
- * float32 nChw16c packing was as fast.) Sets a->packed and a->layout. */
-static dn_status match_packed(conv_arg *a, const_dnnl_memory_desc_t prim_md, const dnnl_dims_t dims, arg_use use)
+ * oneDNN's reorder: NHWC (to the primitive in bfloat16 or float32, from it in float32) or float32 nChw16c.
+ * (oneDNN's float32 NCHW -> NHWC reorders ran at about 13 GB/s on Xeon Ice Lake; its nChw16c packing was as
+ * fast as layout_pack.c's.) Sets a->packed and a->layout. */
+static dn_status match_packed(conv_arg *a, const_dnnl_memory_desc_t prim_md, const dnnl_dims_t dims, arg_use use,
+                              int bf16)
 {
     dn_status st = DN_OK;
     dnnl_memory_desc_t nhwc = NULL, blocked = NULL;
     const int channels = (int)dims[1];
     const size_t pixels = (size_t)dims[2] * dims[3];
-    const int bf16 = use == ARG_READ;
-    if (!layout_pack_available(bf16)) return DN_OK;
+    if ((bf16 && use != ARG_READ) || !layout_pack_available(bf16)) return DN_OK;
     TRY(dnnl_memory_desc_create_with_tag(&nhwc, 4, dims, bf16 ? dnnl_bf16 : dnnl_f32, dnnl_nhwc));
     TRY(dnnl_memory_desc_create_with_tag(&blocked, 4, dims, dnnl_f32, dnnl_nChw16c));
     a->n = (int)dims[0], a->channels = channels, a->pixels = pixels;
@@ -194,8 +195,8 @@ static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_d
     if (floats > s->region_floats[region]) s->region_floats[region] = floats;
     dnnl_data_type_t type = dnnl_data_type_undef;
     TRY(dnnl_memory_desc_query(prim_md, dnnl_query_data_type, &type));
-    if (dims && (use == ARG_READ) == (type == dnnl_bf16)) {
-        if ((st = match_packed(a, prim_md, dims, use))) goto fail;
+    if (dims) {
+        if ((st = match_packed(a, prim_md, dims, use, type == dnnl_bf16))) goto fail;
         if (a->packed) return DN_OK;
     }
     if (use == ARG_READ) {
@@ -297,14 +298,19 @@ static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
     TRY(dnnl_memory_desc_create_with_tag(&user_src, 4, src_dims, dnnl_f32, dnnl_nchw));
     TRY(dnnl_memory_desc_create_with_tag(&user_dst, 4, dst_dims, dnnl_f32, dnnl_nchw));
     TRY(dnnl_memory_desc_create_with_tag(&user_wei, 4, wei_dims, dnnl_f32, dnnl_oihw));
-    /* bfloat16 layers ask for channels-last activations (a float32 data gradient excepted, see make_descs). On AMX
-     * CPUs oneDNN picks that layout itself; on CPUs with AVX512_BF16 alone "any" picks nChw16c and the older
-     * jit_bf16 kernels, while channels-last gets the brgemm forward and data gradient. Measured on AMD Zen 5 with
-     * the float32 data gradients above (in-process A/B, oneDNN's own choice against this): 1.044x the time per
-     * yolov3-tiny batch-8 training iteration, 1.008x for yolov3 batch 2; with float32 data gradients in
-     * channels-last too, yolov3 took 0.97x, hence their exception. A layout without a fast kernel falls back to
-     * oneDNN's own choice. */
-    if (operand == dnnl_bf16) {
+    /* Activations in channels-last (a float32 data gradient of a bfloat16 layer excepted, see make_descs), where
+     * layout_pack.c copies them and oneDNN runs AVX-512 kernels; a layout without a fast kernel falls back to oneDNN's own choice.
+     * - bfloat16: on AMX CPUs oneDNN picks that layout itself; on CPUs with AVX512_BF16 alone "any" picks nChw16c
+     *   and the older jit_bf16 kernels, while channels-last gets the brgemm forward and data gradient. Measured on
+     *   AMD Zen 5 (in-process A/B, oneDNN's own choice against this): 1.044x the time per yolov3-tiny batch-8
+     *   iteration, 1.008x for yolov3 batch 2; with float32 data gradients in channels-last too, yolov3 took
+     *   0.97x, hence their exception.
+     * - float32: without AMX "any" picks nChw16c and the older jit kernels (115-190 GFLOP/s on Xeon Ice Lake,
+     *   2 threads), channels-last the brgemm forward and data gradient and a faster weight gradient (155-230).
+     *   Per training iteration there, channels-last took 0.85x the time for yolov3-tiny batch 8, 0.88x for
+     *   yolov3 batch 4 (in-process A/B). */
+    const int avx512 = layout_pack_available(0) && dnnl_get_effective_cpu_isa() >= dnnl_cpu_isa_avx512_core;
+    if (operand == dnnl_bf16 || avx512) {
         st = make_descs(s, sh, operand, data_grad_operand, dnnl_nhwc, &fwd, &bww, &bwd);
         if (st || onednn_is_reference(fwd) || onednn_is_reference(bww) || onednn_is_reference(bwd)) {
             destroy_descs(&fwd, &bww, &bwd);
