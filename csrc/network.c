@@ -247,6 +247,10 @@ static dn_status check_options(const dn_options *o)
         return dn_fail(DN_E_ARG, "unknown precision %d (0 = float32, 1 = bfloat16)", o->precision);
     if (o->precision == DN_PRECISION_BF16) {
         const char *isa = NULL;
+        /* the options' own consistency first, then what this build and machine offer */
+        if (o->conv_algo != DN_CONV_AUTO && o->conv_algo != DN_CONV_ONEDNN)
+            return dn_fail(DN_E_ARG, "precision bf16 runs its convolutions through oneDNN: use conv_algo auto or "
+                           "onednn, not %d", o->conv_algo);
         if (o->device >= 0)
             return dn_fail(DN_E_ARG, "precision bf16 is a CPU mode; CUDA device %d runs float32", o->device);
         if (!conv_onednn_built())
@@ -255,9 +259,6 @@ static dn_status check_options(const dn_options *o)
         if (!conv_onednn_bf16_supported(&isa))
             return dn_fail(DN_E_ARG, "precision bf16 needs a CPU with AMX or AVX512_BF16; this one offers %s "
                            "(oneDNN's instruction set name)", isa);
-        if (o->conv_algo != DN_CONV_AUTO && o->conv_algo != DN_CONV_ONEDNN)
-            return dn_fail(DN_E_ARG, "precision bf16 runs its convolutions through oneDNN: use conv_algo auto or "
-                           "onednn, not %d", o->conv_algo);
     }
     if (o->conv_algo == DN_CONV_ONEDNN && !conv_onednn_built())
         dn_log(DN_LOG_WARNING, "conv_algo onednn: this library was built without oneDNN; using the hand-written "

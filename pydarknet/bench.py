@@ -11,7 +11,9 @@ prepared beforehand) and, measured apart, of data loading (``DataLoader`` with t
 generated images), for yolov3-tiny at 416 with batch 8 and for the built-in default cfg. yolov3-tiny trains in
 each precision the CPU offers and, with oneDNN, also in float32 on im2col + GEMM (``conv_algo="gemm"``, the
 training path before oneDNN's convolutions), their iterations interleaved; each row names the engines its
-convolutions ran on.
+convolutions ran on. With the peers and PyTorch installed, PyTorch trains the same network (bench_torch.py:
+eager, NCHW and channels-last) in the same iterations, and each engine's training is reported beside its own
+inference forward.
 
 Validation on real JPEGs (``--valid``): images/s of the whole ``valid`` path (JPEG decoding, letterbox,
 forward, decoding the heads, NMS, writing coco_results.json) for yolov3-tiny over real photos (default: the
@@ -418,17 +420,20 @@ def _engines_text(engines: dict[str, int]) -> str:
 
 def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: str, batch: int | None,
                     paths: Sequence[str], iterations: int, loader_workers: Sequence[int],
-                    variants: Sequence[tuple[str, str, str]] = (("f32", "f32", "auto"),)) -> list[dict]:
+                    variants: Sequence[tuple[str, str, str]] = (("f32", "f32", "auto"),),
+                    torch_peers: Sequence[bool] = (), threads: int = 2) -> list[dict]:
     """One row per variant (label, precision, conv_algo); their iterations interleaved on the same prepared
     batches. Each default-path variant (conv_algo "auto") also times an inference forward of the same batch, on
     a second network of its precision, within each iteration: training beside inference in the same moments
-    of this machine's drifting speed."""
+    of this machine's drifting speed. torch_peers: PyTorch peers (bench_torch.TorchPeer; True = channels-last)
+    stepped in the same iterations, a row each."""
     from .data import Augment  # noqa: PLC0415
     from .network import Network  # noqa: PLC0415
     from .train import learning_rate  # noqa: PLC0415
 
     nets = {label: Network(cfg, weights, precision=p, conv_algo=algo) for label, p, algo in variants}
     inference_nets = {}
+    peers = {}
     try:
         inference_nets = {label: Network(cfg, weights, precision=p) for label, p, algo in variants if algo == "auto"}
         net = nets[variants[0][0]]
@@ -441,6 +446,11 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
         per_iteration = chunk * subdivisions
         for n in [*nets.values(), *inference_nets.values()]:
             n.set_batch(chunk)
+        if torch_peers:
+            from .bench_torch import TorchPeer  # noqa: PLC0415
+
+            peers = {("pytorch-cl" if cl else "pytorch"): TorchPeer(net, threads, channels_last=cl)
+                     for cl in torch_peers}
         jitter = net.yolo_layers[-1].jitter
         aug = Augment.from_net_options(opts, jitter=min(jitter, 0.49))
         # Data loading, measured apart; the in-process batches (workers=0) are kept to train on.
@@ -473,6 +483,12 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
                         inference_nets[p].forward(prepared[it * subdivisions + k][0])
                     if it > 0:
                         inference_times[p].append(time.perf_counter() - start)
+            for label, peer in peers.items():
+                seconds = sum(peer.train_step(prepared[it * subdivisions + k][0]) for k in range(subdivisions))
+                inference = sum(peer.inference(prepared[it * subdivisions + k][0]) for k in range(subdivisions))
+                if it > 0:
+                    times.setdefault(label, []).append(seconds)
+                    inference_times.setdefault(label, []).append(inference)
         bflops = net.bflops  # per image, forward at the training size
         shape = f"{net.width}x{net.height}"
         engines = {label: n.conv_engines() for label, n in nets.items()}
@@ -498,6 +514,19 @@ def _bench_training(name: str, cfg: Path, weights: Path | None, weights_kind: st
             # Loading in the training process itself (workers=0) adds its time to the compute.
             result["serial_s_per_image"] = result["compute_s_per_image"] + 1.0 / rates[0]
         results.append(result)
+    for label, peer in peers.items():
+        seconds = statistics.median(times[label])
+        results.append({
+            "model": name, "variant": label, "peer": True, "precision": "f32", "conv_algo": "", "input": shape,
+            "batch": per_iteration, "subdivisions": subdivisions, "weights": weights_kind, "bflops": bflops,
+            "iterations": iterations, "engines": {f"PyTorch {peer.version}" + (" channels-last" if peer.channels_last
+                                                                               else ""): 1},
+            "compute_s_per_iteration": seconds, "compute_s_per_image": seconds / per_iteration,
+            "compute_images_per_s": per_iteration / seconds, "compute_iteration_runs_s": times[label],
+            "inference_s_per_image": statistics.median(inference_times[label]) / per_iteration,
+            "inference_iteration_runs_s": inference_times[label],
+            "loss": "half the sum of squares of the raw heads (stands in for the YOLO loss)",
+        })
     return results
 
 
@@ -510,7 +539,19 @@ def _training_precisions(say) -> tuple[str, ...]:
     return ("f32", "bf16") if ok else ("f32",)
 
 
-def _training_runs(iterations: int, loader_workers: Sequence[int], say, precisions: Sequence[str]) -> list[dict]:
+def _torch_peers(say) -> tuple[bool, ...]:
+    """The PyTorch training peers (False: its default NCHW tensors, True: channels-last), none when PyTorch is
+    not installed."""
+    from .bench_torch import import_torch  # noqa: PLC0415
+
+    if import_torch() is None:
+        say("training peer PyTorch skipped: not installed (pip install torch, its CPU build)")
+        return ()
+    return (False, True)
+
+
+def _training_runs(iterations: int, loader_workers: Sequence[int], say, precisions: Sequence[str],
+                   torch_peers: Sequence[bool] = (), threads: int = 2) -> list[dict]:
     from .data import read_list  # noqa: PLC0415
     from .datafile import read_data_file  # noqa: PLC0415
     from .synth import ensure_dataset  # noqa: PLC0415
@@ -524,10 +565,10 @@ def _training_runs(iterations: int, loader_workers: Sequence[int], say, precisio
         paths = read_list(read_data_file(data_file)["train"])
         tiny = _resolve_model("yolov3-tiny", 416, folder)
         variants = _training_variants(precisions)
-        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights; "
-            f"{', '.join(v[0] for v in variants)}) ...")
+        labels = [v[0] for v in variants] + [("pytorch-cl" if cl else "pytorch") for cl in torch_peers]
+        say(f"training yolov3-tiny 416, batch 8 ({tiny.weights_kind} weights; {', '.join(labels)}) ...")
         results += _bench_training("yolov3-tiny", tiny.cfg, tiny.weights, tiny.weights_kind, 8, paths,
-                                   iterations, loader_workers, variants)
+                                   iterations, loader_workers, variants, torch_peers, threads)
         cfg = default_cfg_path()
         say(f"training {cfg.stem} (its cfg's batch and size) ...")
         results += _bench_training(cfg.stem, cfg, None, "random", None, paths, iterations, loader_workers)
@@ -801,7 +842,7 @@ def _inference_notes(rows: list[dict], peak: float | None = None) -> list[str]:
 
 
 def _training_table(rows: list[dict]) -> list[str]:
-    workers = sorted({w for r in rows for w in r["data_images_per_s"]}, key=int)
+    workers = sorted({w for r in rows for w in r.get("data_images_per_s", {})}, key=int)
     head = (f"{'model':<22}{'variant':>10}{'input':>9}{'batch':>6}{'compute s/img':>15}{'compute img/s':>15}"
             + "".join(f"{'data img/s w=' + w:>16}" for w in workers) + f"{'serial s/img':>14}  convolutions")
     lines = [head]
@@ -809,7 +850,7 @@ def _training_table(rows: list[dict]) -> list[str]:
         lines.append(f"{r['model']:<22}{r['variant']:>10}{r['input']:>9}{r['batch']:>6}"
                      f"{r['compute_s_per_image']:>15.4f}"
                      f"{r['compute_images_per_s']:>15.2f}"
-                     + "".join(f"{r['data_images_per_s'].get(w, float('nan')):>16.1f}" for w in workers)
+                     + "".join(f"{r.get('data_images_per_s', {}).get(w, float('nan')):>16.1f}" for w in workers)
                      + f"{r.get('serial_s_per_image', float('nan')):>14.4f}  {_engines_text(r['engines'])}")
     return lines
 
@@ -823,7 +864,8 @@ def _training_notes(rows: list[dict]) -> list[str]:
              "  issue figures, seconds per image training yolov3-tiny at 416: "
              + ", ".join(f"{k} {v}" for k, v in fig["train_s_per_image"].items())]
     tiny = {r["variant"]: r for r in rows if r["model"] == "yolov3-tiny"}
-    for label, over in (("bf16", "f32"), ("f32", "f32 gemm"), ("bf16", "f32 gemm")):
+    for label, over in (("bf16", "f32"), ("f32", "f32 gemm"), ("bf16", "f32 gemm"), ("f32", "pytorch"),
+                        ("f32", "pytorch-cl")):
         if label in tiny and over in tiny:
             ours, theirs = tiny[label]["compute_iteration_runs_s"], tiny[over]["compute_iteration_runs_s"]
             low, high = ratio_interval(ours, theirs)
@@ -863,9 +905,12 @@ def _training_beside_inference(inference: list[dict], training: list[dict], real
         precision = row["precision"]
         s_train, s_inf = row["compute_s_per_image"], row["inference_s_per_image"]
         low, high = ratio_interval(row["compute_iteration_runs_s"], row["inference_iteration_runs_s"])
-        line = (f"  yolov3-tiny {precision}: training {s_train:.4f} s/image = {s_train / s_inf:.1f}x (95% interval "
-                f"{low:.1f}-{high:.1f}) the inference forward's {s_inf:.4f} s/image, batch {row['batch']}, timed in "
-                "the same iterations")
+        line = (f"  yolov3-tiny {row['variant']}: training {s_train:.4f} s/image = {s_train / s_inf:.1f}x (95% "
+                f"interval {low:.1f}-{high:.1f}) the inference forward's {s_inf:.4f} s/image, batch {row['batch']}, "
+                "timed in the same iterations")
+        if row.get("peer"):  # PyTorch: its own ratio alone
+            lines.append(line)
+            continue
         since = []
         table = _per_image_inference(inference, "yolov3-tiny", "pydarknet" if precision == "f32" else
                                      "pydarknet-bf16", 4)
@@ -889,7 +934,8 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
 
     `models`: names of cfgs in cfg/ (``yolov3-tiny`` uses the reference weights when present) or .cfg paths;
     `batches`: images per forward; `repeat`: timed runs per engine after `warmup` runs; `threads`: for every
-    engine; `peers`: also ONNX Runtime and OpenVINO on the project's ONNX export; `train`: also time training
+    engine; `peers`: also ONNX Runtime and OpenVINO on the project's ONNX export, and in training PyTorch (eager,
+    NCHW and channels-last; bench_torch.py); `train`: also time training
     (`train_iterations` timed iterations after one warm-up, per cfg, and the real-data fine-tune);
     `valid`: also time `valid` on the first `valid_limit` real JPEGs of `valid_images` (a folder or a list
     file; default the COCO slice in ../shared/realdata), `repeat` passes per engine (at most 3).
@@ -950,7 +996,9 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
         if train:
             say()
             precisions = _training_precisions(say)
-            report["training"] = _training_runs(train_iterations, loader_workers, say, precisions)
+            torch_peers = _torch_peers(say) if peers else ()
+            report["training"] = _training_runs(train_iterations, loader_workers, say, precisions, torch_peers,
+                                                threads)
             reals = [_bench_realdata_training(max(train_iterations, 3), 1, say, p) for p in precisions]
             reals = [r for r in reals if r is not None]
             report["training_realdata"] = reals[0] if reals else None

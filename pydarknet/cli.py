@@ -149,7 +149,7 @@ def export(cfg, weights, out, batch, dynamic_batch, opset, decode):
               help="Folder of JPEGs or image list for --valid (default: ../shared/realdata's COCO val slice).")
 @click.option("--valid-limit", default=20, show_default=True, help="Images used by --valid.")
 @click.option("--batches", default="1,4", show_default=True, help="Images per forward, comma-separated.")
-@click.option("--peers/--no-peers", default=True, help="Also ONNX Runtime and OpenVINO on the ONNX export.")
+@click.option("--peers/--no-peers", default=True, help="Also ONNX Runtime and OpenVINO on the ONNX export, and PyTorch in training (each when installed).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 @click.option("--dist", is_flag=True, help="Instead: data-parallel training (2 MPI ranks against 1 process) and "
                                            "the multi-GPU scaling model.")

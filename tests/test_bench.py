@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,70 @@ def test_training_is_reported_beside_inference():
 def test_bench_command_checks_its_training_iterations():
     result = CliRunner().invoke(main, ["bench", "--train", "--train-iterations", "0"])
     assert result.exit_code != 0 and "--train-iterations" in result.output
+
+
+def test_a_pytorch_peer_row_is_reported_with_its_own_ratio_and_against_pydarknet():
+    """A PyTorch row (bench_torch.py) gets its training over its own inference, without the since-filing figures
+    (those are pydarknet's), and the notes give pydarknet's training time over PyTorch's in the same iterations."""
+    from pydarknet.bench import _training_beside_inference, _training_notes, _training_table
+
+    def row(variant, train_s, infer_s, peer=False):
+        return {"model": "yolov3-tiny", "variant": variant, "precision": "f32", "batch": 8, "input": "416x416",
+                "conv_algo": "" if peer else "auto", "peer": peer, "engines": {variant: 1},
+                "compute_s_per_image": train_s, "compute_images_per_s": 1 / train_s,
+                "compute_iteration_runs_s": [8 * train_s] * 3, "inference_s_per_image": infer_s,
+                "inference_iteration_runs_s": [8 * infer_s] * 3}
+
+    rows = [row("f32", 0.1, 0.025), row("pytorch", 0.4, 0.125, peer=True)]
+    ours, theirs = _training_beside_inference([], rows, [{"precision": "f32", "s_per_image": 0.085}])
+    assert ours.startswith("  yolov3-tiny f32: training 0.1000 s/image = 4.0x") and "real data 0.50x" in ours
+    # 0.4 / 0.125 = 3.2, and nothing about pydarknet's past
+    assert theirs == ("  yolov3-tiny pytorch: training 0.4000 s/image = 3.2x (95% interval 3.2-3.2) the inference "
+                      "forward's 0.1250 s/image, batch 8, timed in the same iterations")
+    notes = _training_notes(rows)
+    assert any(line.startswith("  yolov3-tiny training f32 / pytorch time: 0.25 (95% interval 0.25-0.25") for line in notes)
+    assert "pytorch" in "\n".join(_training_table(rows))  # a row without data-loading figures
+
+
+def test_the_pytorch_peer_computes_the_same_network(reference_dir, tmp_path):
+    """bench_torch builds the Darknet network in PyTorch with its weights: in eval mode its raw heads equal
+    pydarknet's (yolov3-tiny with the pretrained weights: max pools with Darknet's padding, route, upsample;
+    yolov3 with random weights: shortcuts), and a bench row times its training beside its inference."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed: the bench's training peer is optional")
+    import numpy as np
+
+    from conftest import make_dataset
+    from pydarknet.bench import _bench_training
+    from pydarknet.bench_torch import build_module
+    from pydarknet.data import read_list
+    from pydarknet.datafile import read_data_file
+    from pydarknet.network import Network
+
+    weights = reference_dir / "yolov3-tiny.weights"
+    if not weights.is_file():
+        pytest.skip(f"{weights} not found")
+    cfgs = [(reference_dir / "yolov3-tiny.cfg", weights), (Path(__file__).parents[1] / "cfg" / "yolov3.cfg", None)]
+    rng = np.random.default_rng(3)
+    for cfg, w in cfgs:
+        with Network(cfg, w, batch=2) as net:
+            net.resize(160, 160)
+            if w is None:
+                net.init_params(seed=4)
+            x = rng.random((2, 3, 160, 160), dtype=np.float32)
+            net.forward(x)
+            ours = [net.layer_output(layer.index - 1) for layer in net.yolo_layers]
+            module = build_module(net).eval()
+            with torch.inference_mode():
+                theirs = [head.numpy() for head in module(torch.from_numpy(x))]
+            assert len(theirs) == len(ours) == len(net.yolo_layers)
+            for a, b in zip(ours, theirs):
+                a = a.reshape(b.shape)
+                assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max()), (cfg.name, np.abs(a - b).max())
+    paths = read_list(read_data_file(make_dataset(tmp_path, n=4))["train"])
+    rows = _bench_training("yolov3-tiny", reference_dir / "yolov3-tiny.cfg", weights, "reference", 2, paths, 1, (0,),
+                           torch_peers=(False, True))
+    peers = {r["variant"]: r for r in rows if r.get("peer")}
+    assert sorted(peers) == ["pytorch", "pytorch-cl"]
+    for r in peers.values():
+        assert 0 < r["inference_s_per_image"] < r["compute_s_per_image"]
+        assert len(r["compute_iteration_runs_s"]) == 1
