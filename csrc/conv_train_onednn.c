@@ -299,7 +299,8 @@ static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
     TRY(dnnl_memory_desc_create_with_tag(&user_dst, 4, dst_dims, dnnl_f32, dnnl_nchw));
     TRY(dnnl_memory_desc_create_with_tag(&user_wei, 4, wei_dims, dnnl_f32, dnnl_oihw));
     /* Activations in channels-last (a float32 data gradient of a bfloat16 layer excepted, see make_descs), where
-     * layout_pack.c copies them and oneDNN runs AVX-512 kernels; a layout without a fast kernel falls back to oneDNN's own choice.
+     * layout_pack.c copies them and oneDNN runs AVX-512 kernels; a layout without a fast kernel falls back to
+     * oneDNN's own choice.
      * - bfloat16: on AMX CPUs oneDNN picks that layout itself; on CPUs with AVX512_BF16 alone "any" picks nChw16c
      *   and the older jit_bf16 kernels, while channels-last gets the brgemm forward and data gradient. Measured on
      *   AMD Zen 5 (in-process A/B, oneDNN's own choice against this): 1.044x the time per yolov3-tiny batch-8
@@ -307,8 +308,9 @@ static dn_status build(conv_train_onednn *s, const dn_conv_shape *sh, int bf16)
      *   0.97x, hence their exception.
      * - float32: without AMX "any" picks nChw16c and the older jit kernels (115-190 GFLOP/s on Xeon Ice Lake,
      *   2 threads), channels-last the brgemm forward and data gradient and a faster weight gradient (155-230).
-     *   Per training iteration there, channels-last took 0.85x the time for yolov3-tiny batch 8, 0.88x for
-     *   yolov3 batch 4 (in-process A/B). */
+     *   Per training iteration there (in-process A/B, paired medians): 0.85x the time of nChw16c for
+     *   yolov3-tiny batch 8, both copied by layout_pack.c; 0.89x the previous library's (nChw16c, oneDNN's
+     *   reorders into the primitives) for yolov3-tiny batch 8, 0.86x for yolov3 batch 4. */
     const int avx512 = layout_pack_available(0) && dnnl_get_effective_cpu_isa() >= dnnl_cpu_isa_avx512_core;
     if (operand == dnnl_bf16 || avx512) {
         st = make_descs(s, sh, operand, data_grad_operand, dnnl_nhwc, &fwd, &bww, &bwd);

@@ -262,7 +262,8 @@ def test_a_pytorch_peer_row_is_reported_with_its_own_ratio_and_against_pydarknet
     assert theirs == ("  yolov3-tiny pytorch: training 0.4000 s/image = 3.2x (95% interval 3.2-3.2) the inference "
                       "forward's 0.1250 s/image, batch 8, timed in the same iterations")
     notes = _training_notes(rows)
-    assert any(line.startswith("  yolov3-tiny training f32 / pytorch time: 0.25 (95% interval 0.25-0.25") for line in notes)
+    assert any(line.startswith("  yolov3-tiny training f32 / pytorch time: 0.25 (95% interval 0.25-0.25")
+               for line in notes)
     assert "pytorch" in "\n".join(_training_table(rows))  # a row without data-loading figures
 
 
