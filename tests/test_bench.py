@@ -20,7 +20,7 @@ from pydarknet.cli import main
 from pydarknet.network import get_threads, onednn_version
 
 # The peer engines (OpenVINO, ONNX Runtime) abort inside their own code when `make asan` preloads the sanitizer
-# runtimes into the process: there only pydarknet and OpenCV are timed.
+# runtimes into the process: there only pydarknet and OpenCV are timed (and PyTorch's peer is not built).
 PEERS = "libasan" not in os.environ.get("LD_PRELOAD", "")
 
 
@@ -271,6 +271,8 @@ def test_the_pytorch_peer_computes_the_same_network(reference_dir, tmp_path):
     """bench_torch builds the Darknet network in PyTorch with its weights: in eval mode its raw heads equal
     pydarknet's (yolov3-tiny with the pretrained weights: max pools with Darknet's padding, route, upsample;
     yolov3 with random weights: shortcuts), and a bench row times its training beside its inference."""
+    if not PEERS:
+        pytest.skip("PyTorch, like the other peers, is not run under the sanitizers' preloaded runtimes")
     torch = pytest.importorskip("torch", reason="PyTorch is not installed: the bench's training peer is optional")
     import numpy as np
 
