@@ -60,11 +60,12 @@ enum { REGION_A, REGION_B, REGION_W, REGION_V, REGIONS };
 
 /* One argument of a primitive. Neither reorder nor packed: mem reads or writes the caller's buffer; else mem
  * lives in the scratch at offset, and reorder, or layout_pack.c's kernels (packed: an activation in NHWC or
- * nChw16c, n images of channels x pixels), copy it from or to the caller's buffer. */
+ * nChw16c, n images of channels x pixels; weights_16b16a: a weight gradient in ABcd16b16a, n outputs x
+ * channels inputs x pixels kernel pixels), copy it from or to the caller's buffer. */
 typedef struct conv_arg {
     dnnl_memory_t mem;
     dnnl_primitive_t reorder;
-    int packed;
+    int packed, weights_16b16a;
     pack_layout layout;
     int n, channels;
     size_t pixels;
@@ -72,7 +73,7 @@ typedef struct conv_arg {
     size_t offset;
 } conv_arg;
 
-static int in_scratch(const conv_arg *a) { return a->reorder || a->packed; }
+static int in_scratch(const conv_arg *a) { return a->reorder || a->packed || a->weights_16b16a; }
 
 struct conv_train_onednn {
     dnnl_engine_t engine;
@@ -176,6 +177,28 @@ fail:
     return st;
 }
 
+/* A weight gradient (prim_md, float32) in ABcd16b16a, the layout of oneDNN's AVX-512 weight gradients:
+ * layout_pack.c copies it to the caller's OIHW (user_md) at 4-10x the speed of oneDNN's reorder with a sum
+ * (1024 x 512 x 3 x 3 on Xeon Ice Lake: 13 ms a call, 1.5-4.4 GB/s). Sets a->weights_16b16a. */
+static dn_status match_weights_16b16a(conv_arg *a, const_dnnl_memory_desc_t prim_md, const_dnnl_memory_desc_t user_md)
+{
+    dn_status st = DN_OK;
+    dnnl_memory_desc_t blocked = NULL;
+    const dnnl_dims_t *dims = NULL;
+    int ndims = 0;
+    TRY(dnnl_memory_desc_query(user_md, dnnl_query_ndims_s32, &ndims));
+    if (ndims != 4) return DN_OK;
+    TRY(dnnl_memory_desc_query(user_md, dnnl_query_dims, &dims));
+    TRY(dnnl_memory_desc_create_with_tag(&blocked, 4, *dims, dnnl_f32, dnnl_ABcd16b16a));
+    if (dnnl_memory_desc_equal(prim_md, blocked)) {
+        a->weights_16b16a = 1;
+        a->n = (int)(*dims)[0], a->channels = (int)(*dims)[1], a->pixels = (size_t)(*dims)[2] * (*dims)[3];
+    }
+fail:
+    dnnl_memory_desc_destroy(blocked);
+    return st;
+}
+
 /* The argument of a primitive whose layout is prim_md, for the caller's plain user_md: a copy from the
  * caller's buffer (READ) or to it (WRITE; ADD adds to it), through the scratch region, by layout_pack.c for
  * the activations it takes (dims given), else by a oneDNN reorder (with a sum post-op to add); none, the
@@ -198,6 +221,9 @@ static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_d
     if (dims) {
         if ((st = match_packed(a, prim_md, dims, use, type == dnnl_bf16))) goto fail;
         if (a->packed) return DN_OK;
+    } else if (use != ARG_READ && type == dnnl_f32) {
+        if ((st = match_weights_16b16a(a, prim_md, user_md))) goto fail;
+        if (a->weights_16b16a) return DN_OK;
     }
     if (use == ARG_READ) {
         TRY(dnnl_reorder_primitive_desc_create(&pd, user_md, s->engine, prim_md, s->engine, NULL));
@@ -424,10 +450,13 @@ fail:
 static dn_status arg_flush(conv_train_onednn *s, const conv_arg *a, dnnl_memory_t user, float *data, int add)
 {
     dn_status st = DN_OK;
-    if (a->packed) {
+    if (a->packed || a->weights_16b16a) {
         void *region = NULL;
         TRY(dnnl_memory_get_data_handle(a->mem, &region));
-        layout_unpack(region, &a->layout, a->n, a->channels, a->pixels, data, add);
+        if (a->packed)
+            layout_unpack(region, &a->layout, a->n, a->channels, a->pixels, data, add);
+        else
+            layout_unpack_weights_16b16a(region, a->n, a->channels, (int)a->pixels, data, add);
         return DN_OK;
     }
     if (!a->reorder) return DN_OK;

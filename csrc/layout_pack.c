@@ -22,6 +22,35 @@ pack_layout pack_layout_nchw16c(int channels, size_t pixels)
     return (pack_layout){.image = blocks * 16 * pixels, .block = 16 * pixels, .pixel = 16, .bf16 = 0};
 }
 
+/* Weights: one (16 outputs x 16 inputs) block of ABcd16b16a holds kernel_pixels tiles of [input][output],
+ * contiguous; its part of OIHW is 16 rows (outputs) of 16 x kernel_pixels contiguous floats. Scalar loops over a
+ * block that stays in L1 (9 KB for 3x3): compilers vectorise the inner run; threads take blocks. */
+void layout_unpack_weights_16b16a(const float *src, int outputs, int inputs, int kernel_pixels, float *dst, int add)
+{
+    const int out_blocks = (outputs + 15) / 16, in_blocks = (inputs + 15) / 16;
+    const long blocks = (long)out_blocks * in_blocks;
+    const size_t block_floats = (size_t)256 * kernel_pixels;
+    const int parallel = (size_t)outputs * inputs * kernel_pixels > 65536;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (long b = 0; b < blocks; b++) {
+        const int ob = (int)(b / in_blocks), ib = (int)(b % in_blocks);
+        const float *blk = src + (size_t)b * block_floats;
+        const int o_n = outputs - ob * 16 < 16 ? outputs - ob * 16 : 16;
+        const int i_n = inputs - ib * 16 < 16 ? inputs - ib * 16 : 16;
+        for (int o = 0; o < o_n; o++) {
+            float *row = dst + ((size_t)(ob * 16 + o) * inputs + (size_t)ib * 16) * kernel_pixels;
+            for (int i = 0; i < i_n; i++) {
+                float *out = row + (size_t)i * kernel_pixels;
+                const float *in = blk + i * 16 + o;
+                if (add)
+                    for (int k = 0; k < kernel_pixels; k++) out[k] += in[(size_t)k * 256];
+                else
+                    for (int k = 0; k < kernel_pixels; k++) out[k] = in[(size_t)k * 256];
+            }
+        }
+    }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 
 #include <immintrin.h>

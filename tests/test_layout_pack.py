@@ -35,6 +35,8 @@ def lp(tmp_path_factory):
                                 ctypes.POINTER(Layout), ctypes.c_void_p]
     lib.layout_unpack.argtypes = [ctypes.c_void_p, ctypes.POINTER(Layout), ctypes.c_int, ctypes.c_int,
                                   ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int]
+    lib.layout_unpack_weights_16b16a.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                                 ctypes.c_void_p, ctypes.c_int]
     if not lib.layout_pack_available(0):
         pytest.skip("this CPU lacks AVX-512: the training convolutions keep oneDNN's reorders")
     return lib
@@ -110,3 +112,25 @@ def test_pack_bfloat16_rounds_to_nearest_even(lp, shape):
     assert (got[want.size:] == 0xFFFF).all(), "wrote past the layout's end"
     halfway = as_blocked(x, "nhwc").ravel() == np.float32(1.0) + np.float32(2.0 ** -8)
     assert halfway.any() and (got[:want.size][halfway] == 0x3F80).all()  # 1.0, the even neighbour
+
+
+@pytest.mark.parametrize("outputs,inputs,kernel_pixels", [(32, 16, 9), (48, 80, 9), (255, 40, 1), (20, 3, 9),
+                                                          (1, 1, 25)])
+def test_weight_gradients_unpack_from_abcd16b16a(lp, outputs, inputs, kernel_pixels):
+    """A weight gradient in oneDNN's ABcd16b16a (blocks of 16 outputs x 16 inputs, each kernel pixel a 16 x 16
+    tile of [input][output], counts padded to 16) copied, or added, to OIHW: numpy's transpose of the same
+    blocks. The padding lanes hold garbage that must not leak in."""
+    rng = np.random.default_rng(outputs * 7 + inputs)
+    w = rng.standard_normal((outputs, inputs, kernel_pixels)).astype(np.float32)
+    ob, ib = -(-outputs // 16), -(-inputs // 16)
+    padded = rng.standard_normal((ob * 16, ib * 16, kernel_pixels)).astype(np.float32) * 1e6
+    padded[:outputs, :inputs] = w
+    # [ob][ib][k][input lane][output lane]
+    blocked = np.ascontiguousarray(padded.reshape(ob, 16, ib, 16, kernel_pixels).transpose(0, 2, 4, 3, 1))
+    dst = np.full((outputs, inputs, kernel_pixels), np.nan, np.float32)
+    lp.layout_unpack_weights_16b16a(blocked.ctypes.data, outputs, inputs, kernel_pixels, dst.ctypes.data, 0)
+    np.testing.assert_array_equal(dst, w)
+    base = rng.standard_normal(dst.shape).astype(np.float32)
+    acc = base.copy()
+    lp.layout_unpack_weights_16b16a(blocked.ctypes.data, outputs, inputs, kernel_pixels, acc.ctypes.data, 1)
+    np.testing.assert_array_equal(acc, base + w)
