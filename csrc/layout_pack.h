@@ -35,7 +35,7 @@ void layout_unpack(const void *src, const pack_layout *L, int n, int channels, s
 /* dst (OIHW float32, outputs x inputs x kernel_pixels) = src (oneDNN's ABcd16b16a float32: blocks of 16 outputs x 16
  * inputs, each kernel_pixels tiles of [input][output]; the padding of counts that are not multiples of 16 is
  * skipped), or += when add. Portable C: the weight gradients of oneDNN's AVX-512 training convolutions come in
- * this layout, and oneDNN's reorder with a sum to OIHW ran at 1.5-4.4 GB/s on Xeon Ice Lake. */
+ * this layout, and oneDNN's reorder with a sum to OIHW ran at about 4.4 GB/s on Xeon Ice Lake. */
 void layout_unpack_weights_16b16a(const float *src, int outputs, int inputs, int kernel_pixels, float *dst, int add);
 
 #endif
