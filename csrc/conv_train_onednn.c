@@ -201,8 +201,9 @@ fail:
 
 /* The argument of a primitive whose layout is prim_md, for the caller's plain user_md: a copy from the
  * caller's buffer (READ) or to it (WRITE; ADD adds to it), through the scratch region, by layout_pack.c for
- * the activations it takes (dims given), else by a oneDNN reorder (with a sum post-op to add); none, the
- * primitive using the caller's buffer itself, when the layouts are equal and nothing is added. */
+ * the activations it takes (dims given) and float32 weight gradients in ABcd16b16a, else by a oneDNN reorder
+ * (with a sum post-op to add); none, the primitive using the caller's buffer itself, when the layouts are equal
+ * and nothing is added. */
 static dn_status make_arg(conv_train_onednn *s, conv_arg *a, const_dnnl_memory_desc_t prim_md,
                           const_dnnl_memory_desc_t user_md, arg_use use, int region, const dnnl_dim_t *dims)
 {
