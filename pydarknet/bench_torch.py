@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-FLT_LOWEST = float(np.finfo(np.float32).min)
+from .onnx_export import BN_EPS, FLT_LOWEST, maxpool_padding
 
 
 def import_torch():
@@ -28,6 +28,13 @@ def import_torch():
         import torch  # noqa: PLC0415
     except ImportError:
         return None
+    return torch
+
+
+def _require_torch():
+    torch = import_torch()
+    if torch is None:
+        raise ImportError("PyTorch is not installed (pip install torch, its CPU build)")
     return torch
 
 
@@ -44,14 +51,12 @@ def _activation(torch, name: str, layer):
     return table[name]()
 
 
-def build_module(network, bn_eps: float = 1e-6):
+def build_module(network, bn_eps: float = float(BN_EPS)):
     """A ``torch.nn.Module`` computing ``network`` (a pydarknet.Network) with its current parameters. Its
     forward takes NCHW float32 and returns the raw input of every [yolo] layer. Darknet normalises by
     sqrt(var) + eps, PyTorch by sqrt(var + eps): with eps 1e-6 the two differ by under 1e-6 relative where the
     variance exceeds 1e-6."""
-    torch = import_torch()
-    if torch is None:
-        raise ImportError("PyTorch is not installed")
+    torch = _require_torch()
     nn = torch.nn
     layers = network.layers
     params = network.params()
@@ -60,14 +65,9 @@ def build_module(network, bn_eps: float = 1e-6):
     class Maxpool(nn.Module):
         def __init__(self, layer):
             super().__init__()
-            k, s = layer.size, layer.stride
-            begin = layer.padding // 2
-            in_w, in_h, _ = layer.input_shape
-            out_w, out_h, _ = layer.output_shape
-            end_h = max(0, (out_h - 1) * s + k - in_h - begin)
-            end_w = max(0, (out_w - 1) * s + k - in_w - begin)
-            self.pads = (begin, end_w, begin, end_h)
-            self.k, self.s = k, s
+            begin, end_h, end_w = maxpool_padding(layer)
+            self.pads = (begin, end_w, begin, end_h)  # F.pad's order: left, right, top, bottom
+            self.k, self.s = layer.size, layer.stride
 
         def forward(self, x):
             if any(self.pads):
@@ -155,9 +155,7 @@ class TorchPeer:
 
     def __init__(self, network, threads: int, channels_last: bool = False, learning_rate: float = 1e-4,
                  momentum: float = 0.9, decay: float = 5e-4):
-        torch = import_torch()
-        if torch is None:
-            raise ImportError("PyTorch is not installed")
+        torch = _require_torch()
         torch.set_num_threads(threads)
         self.torch = torch
         self.version = torch.__version__

@@ -127,14 +127,20 @@ def _conv(g: _Graph, layer, x: str, outputs: list, params: np.ndarray) -> str:
     return _activation(g, y, layer.activation, layer)
 
 
-def _maxpool(g: _Graph, layer, x: str, outputs: list, params) -> str:
+def maxpool_padding(layer) -> tuple[int, int, int]:
+    """A [maxpool] layer's padding as (top and left, bottom, right): windows start at -padding/2, and the
+    bottom/right padding is the least that gives Darknet's output size (the last window must fit). The bench's
+    PyTorch peer pads the same way."""
     k, s = layer.size, layer.stride
     begin = layer.padding // 2
     in_w, in_h, _ = layer.input_shape
     out_w, out_h, _ = layer.output_shape
-    # The least right/bottom padding that gives Darknet's output size: the last window must fit.
-    end_h = max(0, (out_h - 1) * s + k - in_h - begin)
-    end_w = max(0, (out_w - 1) * s + k - in_w - begin)
+    return begin, max(0, (out_h - 1) * s + k - in_h - begin), max(0, (out_w - 1) * s + k - in_w - begin)
+
+
+def _maxpool(g: _Graph, layer, x: str, outputs: list, params) -> str:
+    k, s = layer.size, layer.stride
+    begin, end_h, end_w = maxpool_padding(layer)
     hint = f"l{layer.index}_maxpool"
     if begin < k and end_h < k and end_w < k:
         return g.op("MaxPool", [x], hint, kernel_shape=[k, k], strides=[s, s], pads=[begin, begin, end_h, end_w])
