@@ -33,6 +33,8 @@ extern "C" {
 typedef struct dn_backend dn_backend;
 
 /* The shape of one convolution, for the kernels that take a whole convolution (cuDNN). */
+struct pack_layout; /* layout_pack.h */
+
 typedef struct dn_conv_shape {
     int batch;                 /* images */
     int c, h, w;               /* input */
@@ -135,9 +137,16 @@ typedef struct dn_kernels {
                                 const float *scales, const float *biases, float *mean, float *variance,
                                 float *rolling_mean, float *rolling_variance, int update_rolling, int activation,
                                 float *out);
+    /* With packed (a leaky, relu or linear activation; host backends whose layout_pack_available(0)), d(x) goes
+     * there in `layout` (layout_pack.h) and delta keeps d(out). */
     dn_status (*bn_act_backward)(dn_backend *be, float *delta, const float *out, const float *x, const float *mean,
-                                 const float *variance, const float *scales, int activation, int batch, int filters,
-                                 size_t spatial, float *bias_updates, float *scale_updates);
+                                 const float *variance, const float *scales, const float *biases, int activation,
+                                 int batch, int filters, size_t spatial, float *bias_updates, float *scale_updates,
+                                 float *packed, const struct pack_layout *layout);
+    /* Optional (NULL on CUDA): maxpool_backward that sets in_delta, every element (zero where no maximum came
+     * from), for a layer_sets_in_delta layer; each channel plane is zeroed while it is in the cache. */
+    dn_status (*maxpool_backward_set)(dn_backend *be, const float *delta, const int *argmax, int batch, int channels,
+                                      size_t outputs, size_t inputs, float *in_delta);
 } dn_kernels;
 
 struct dn_backend {

@@ -34,12 +34,19 @@ dn_status conv_train_onednn_forward(conv_train_onednn **state, const dn_conv_sha
     return dn_fail(DN_E_NOTFOUND, "this library was built without oneDNN");
 }
 
+float *conv_train_onednn_packed_delta(conv_train_onednn *state, const dn_conv_shape *s, int bf16, int with_in_delta,
+                                      float *scratch, struct pack_layout *layout)
+{
+    (void)state, (void)s, (void)bf16, (void)with_in_delta, (void)scratch, (void)layout;
+    return NULL;
+}
+
 dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_shape *s, int bf16, const float *in,
                                      const float *delta, const float *weights, float *weight_updates,
-                                     float *in_delta, float *scratch, size_t scratch_floats)
+                                     float *in_delta, int set_in_delta, float *scratch, size_t scratch_floats)
 {
     (void)state, (void)s, (void)bf16, (void)in, (void)delta, (void)weights, (void)weight_updates, (void)in_delta;
-    (void)scratch, (void)scratch_floats;
+    (void)set_in_delta, (void)scratch, (void)scratch_floats;
     return dn_fail(DN_E_NOTFOUND, "this library was built without oneDNN");
 }
 
@@ -487,16 +494,29 @@ fail:
     return st;
 }
 
+float *conv_train_onednn_packed_delta(conv_train_onednn *s, const dn_conv_shape *sh, int bf16, int with_in_delta,
+                                      float *scratch, pack_layout *layout)
+{
+    if (!s || !s->ready || !same_shape(&s->shape, sh) || s->bf16 != bf16 || s->threads != omp_get_max_threads())
+        return NULL;
+    const conv_arg *a = &s->bww_ddst;
+    if (!a->packed || a->layout.bf16 || (with_in_delta && !s->ddst_shared)) return NULL;
+    *layout = a->layout;
+    return aligned(scratch) + a->offset;
+}
+
 dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_shape *sh, int bf16, const float *in,
                                      const float *delta, const float *weights, float *weight_updates,
-                                     float *in_delta, float *scratch, size_t scratch_floats)
+                                     float *in_delta, int set_in_delta, float *scratch, size_t scratch_floats)
 {
     dn_status st = prepare(state, sh, bf16, scratch_floats);
+    if (st == DN_E_NOTFOUND && !delta) /* conv_train_onednn_packed_delta said yes: the state cannot have gone */
+        return dn_fail(DN_E_ARG, "oneDNN training convolution: d(out) was packed for primitives that are gone");
     if (st) return st;
     conv_train_onednn *s = *state;
     /* The input gradient first: region B then takes the input again for the weight gradient. */
     if (in_delta) {
-        if ((st = arg_bind(s, &s->bwd_ddst, s->user_dst, delta, scratch, 1)) ||
+        if ((st = arg_bind(s, &s->bwd_ddst, s->user_dst, delta, scratch, delta != NULL)) ||
             (st = arg_bind(s, &s->bwd_wei, s->user_wei, weights, scratch, 1)) ||
             (st = arg_bind(s, &s->bwd_dsrc, s->user_src, in_delta, scratch, 0)))
             return st;
@@ -504,9 +524,14 @@ dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_sh
                                    {DNNL_ARG_WEIGHTS, s->bwd_wei.mem},
                                    {DNNL_ARG_DIFF_SRC, s->bwd_dsrc.mem}};
         TRY(dnnl_primitive_execute(s->bwd_data, s->stream, 3, args));
-        if ((st = arg_flush(s, &s->bwd_dsrc, s->user_src, in_delta, 1))) return st;
+        /* set: in_delta holds stale values; the packed copy overwrites it, a reorder (with its sum) adds to zeros */
+        if (set_in_delta && !s->bwd_dsrc.packed) {
+            TRY(dnnl_stream_wait(s->stream));
+            memset(in_delta, 0, sizeof(float) * (size_t)sh->batch * sh->c * sh->h * sh->w);
+        }
+        if ((st = arg_flush(s, &s->bwd_dsrc, s->user_src, in_delta, !set_in_delta))) return st;
     }
-    const int ddst_ready = in_delta && s->ddst_shared;
+    const int ddst_ready = !delta || (in_delta && s->ddst_shared);
     if ((st = arg_bind(s, &s->bww_ddst, s->user_dst, delta, scratch, !ddst_ready)) ||
         (st = arg_bind(s, &s->bww_src, s->user_src, in, scratch, 1)) ||
         (st = arg_bind(s, &s->bww_dwei, s->user_wei, weight_updates, scratch, 0)))

@@ -36,11 +36,19 @@ int conv_train_onednn_runs_bf16(const dn_conv_shape *s, int bf16);
 dn_status conv_train_onednn_forward(conv_train_onednn **state, const dn_conv_shape *s, int bf16, const float *in,
                                     const float *weights, float *out, float *scratch, size_t scratch_floats);
 
-/* weight_updates += delta (x) in; in_delta (may be NULL) += W^T (x) delta. delta is d(out), after the batch
- * norm and activation gradients. */
+/* Where the backward of a float32 layer reads d(out) for both gradients when that is layout_pack.c's channel-last
+ * (or nChw16c) float32 layout in the scratch, *layout set: a caller that makes d(out) may write it there and pass
+ * delta = NULL to conv_train_onednn_backward. NULL otherwise, or before the forward has prepared the layer. */
+struct pack_layout;
+float *conv_train_onednn_packed_delta(conv_train_onednn *state, const dn_conv_shape *s, int bf16, int with_in_delta,
+                                      float *scratch, struct pack_layout *layout);
+
+/* weight_updates += delta (x) in; in_delta (may be NULL) += W^T (x) delta, or = when set_in_delta (its old
+ * values are ignored). delta is d(out), after the batch norm and activation gradients; NULL: already written where
+ * conv_train_onednn_packed_delta said. */
 dn_status conv_train_onednn_backward(conv_train_onednn **state, const dn_conv_shape *s, int bf16, const float *in,
                                      const float *delta, const float *weights, float *weight_updates,
-                                     float *in_delta, float *scratch, size_t scratch_floats);
+                                     float *in_delta, int set_in_delta, float *scratch, size_t scratch_floats);
 
 void conv_train_onednn_free(conv_train_onednn *state);
 

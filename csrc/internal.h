@@ -122,6 +122,8 @@ typedef struct layer_build {
  * NULL. */
 typedef struct layer_ops {
     const char *type;            /* as dn_layer_info.type: "conv", "max", ... */
+    int sources_only;            /* reads only its dn_layer_info.sources, not the previous layer ([route]) */
+    int can_set_in_delta;        /* backward sets in_delta, not adds to it, when layer_sets_in_delta says so */
     /* Reads the section's keys into l (input shape already set) and sets n_params. */
     dn_status (*make)(layer_build *b, dn_layer *l);
     /* From the input shape (w, h, c) compute the output shape and (re)allocate batch-sized buffers. */
@@ -163,6 +165,9 @@ struct dn_layer {
     double bflops;
     int filters, size, stride, groups; /* for the layer table */
     size_t workspace_floats;     /* scratch this layer needs from net->workspace */
+    /* Training on the host: the next layer is this delta's only writer and sets it in its backward (a conv or a
+     * max pool), so the training forward leaves it unzeroed (network.c mark_delta_writers). */
+    int delta_set_by_next;
     void *priv;                  /* layer-specific fields */
 };
 
@@ -183,6 +188,7 @@ struct dn_network {
     /* Backends without host memory only: the input (batch images) and, for training, its delta. */
     float *input, *input_delta;
     int train;                   /* 1 during a training forward/backward */
+    int backward_follows;        /* this training forward is followed by a backward pass (which sets deltas) */
     int update_rolling;          /* batch norm updates its rolling statistics (not in dn_network_loss) */
     int training_buffers;        /* deltas and training caches allocated */
     int planning;                /* 1 while reshape computes shapes only: layers allocate nothing */
@@ -192,6 +198,13 @@ struct dn_network {
     int onednn_declined;         /* that declined this network's layers (until the shapes change) */
     int ran_whole_onednn;        /* the last forward went through it */
 };
+
+/* Whether layer l's backward sets (=) its in_delta rather than adding to it: the previous layer's delta was left
+ * unzeroed by the training forward because l is its only writer. */
+static inline int layer_sets_in_delta(const dn_network *net, const dn_layer *l)
+{
+    return net->backward_follows && l->index > 0 && net->layers[l->index - 1].delta_set_by_next;
+}
 
 /* (Re)allocate a zeroed batch-sized buffer through the network's backend; keeps nothing. */
 dn_status layer_alloc(dn_network *net, float **buf, size_t count);

@@ -9,6 +9,7 @@
 
 #include "elementwise.h"
 #include "internal.h"
+#include "layout_pack.h"
 #include "yolo_loss.h"
 
 static dn_status cpu_gemm(dn_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
@@ -102,8 +103,24 @@ static dn_status cpu_affine_inference(dn_backend *be, float *x, int batch, int f
     return DN_OK;
 }
 
-/* Batch statistics (Darknet: unbiased variance). Each image's row is summed in float (vectorised), the rows in
- * double. */
+/* Sums of one plane, in float (vectorised; the callers add the planes in double): of v, and of (v - m)^2. */
+static DN_VEC_CLONES float plane_sum(const float *v, size_t n)
+{
+    float r = 0;
+#pragma omp simd reduction(+:r)
+    for (size_t i = 0; i < n; i++) r += v[i];
+    return r;
+}
+
+static DN_VEC_CLONES float plane_sq_dev(const float *v, size_t n, float m)
+{
+    float r = 0;
+#pragma omp simd reduction(+:r)
+    for (size_t i = 0; i < n; i++) r += (v[i] - m) * (v[i] - m);
+    return r;
+}
+
+/* Batch statistics (Darknet: unbiased variance), two passes: the mean, then the squares about it. */
 static void bn_batch_stats(const float *x, int batch, int filters, size_t spatial, float *mean, float *variance)
 {
     const size_t outputs = (size_t)filters * spatial;
@@ -111,22 +128,9 @@ static void bn_batch_stats(const float *x, int batch, int filters, size_t spatia
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < filters; c++) {
         double sum = 0, sq = 0;
-        for (int b = 0; b < batch; b++) {
-            const float *v = x + b * outputs + c * spatial;
-            float row = 0;
-#pragma omp simd reduction(+:row)
-            for (size_t i = 0; i < spatial; i++) row += v[i];
-            sum += row;
-        }
-        const double m = sum / count;
-        const float mean_f = (float)m;
-        for (int b = 0; b < batch; b++) {
-            const float *v = x + b * outputs + c * spatial;
-            float row = 0;
-#pragma omp simd reduction(+:row)
-            for (size_t i = 0; i < spatial; i++) row += (v[i] - mean_f) * (v[i] - mean_f);
-            sq += row;
-        }
+        for (int b = 0; b < batch; b++) sum += plane_sum(x + b * outputs + c * spatial, spatial);
+        const float mean_f = (float)(sum / count);
+        for (int b = 0; b < batch; b++) sq += plane_sq_dev(x + b * outputs + c * spatial, spatial, mean_f);
         mean[c] = mean_f;
         variance[c] = count > 1 ? (float)(sq / (count - 1)) : 0.f;
     }
@@ -141,10 +145,36 @@ static void bn_rolling_update(int filters, const float *mean, const float *varia
     }
 }
 
-/* One plane of out = act((v - m) * inv * scale + bias), the activation a compile-time constant where inlined. */
+/* Batch norm's output before the activation, z = x_norm * scale + bias, as the fused forward rounds it (the
+ * fused backward makes it again, to take the activation's gradient from its sign). */
+static inline float bn_pre_act(float v, float m, float inv, float scale, float bias)
+{
+    return (v - m) * inv * scale + bias;
+}
+
+/* One plane of out = act(z), the activation a compile-time constant where inlined. */
 static inline void bn_act_plane(const float *v, float *o, size_t n, float m, float inv, float scale, float bias, int a)
 {
-    for (size_t i = 0; i < n; i++) o[i] = dn_activate_one((v[i] - m) * inv * scale + bias, a);
+    for (size_t i = 0; i < n; i++) o[i] = dn_activate_one(bn_pre_act(v[i], m, inv, scale, bias), a);
+}
+
+/* One plane of the training forward: x_norm kept (xn given) and out = x_norm * scale + bias, or out = act(z). */
+static DN_VEC_CLONES void bn_forward_plane(const float *v, float *xn, float *o, size_t n, float m, float inv,
+                                           float scale, float bias, int a)
+{
+    if (xn) {
+        for (size_t i = 0; i < n; i++) {
+            xn[i] = (v[i] - m) * inv;
+            o[i] = xn[i] * scale + bias;
+        }
+        return;
+    }
+    switch (a) { /* the common ones with the activation inlined as a constant */
+    case DN_ACT_LEAKY: bn_act_plane(v, o, n, m, inv, scale, bias, DN_ACT_LEAKY); break;
+    case DN_ACT_LINEAR: bn_act_plane(v, o, n, m, inv, scale, bias, DN_ACT_LINEAR); break;
+    case DN_ACT_RELU: bn_act_plane(v, o, n, m, inv, scale, bias, DN_ACT_RELU); break;
+    default: bn_act_plane(v, o, n, m, inv, scale, bias, a); break;
+    }
 }
 
 /* Training batch norm: the batch statistics (and rolling averages), then per plane either x_norm and
@@ -161,24 +191,9 @@ static void bn_forward(const float *x, int batch, int filters, size_t spatial, c
     for (int b = 0; b < batch; b++) {
         for (int c = 0; c < filters; c++) {
             const size_t at = b * outputs + c * spatial;
-            const float *v = x + at;
-            float *o = out + at;
             const float inv = 1.f / (sqrtf(variance[c]) + DN_BN_EPS);
-            const float m = mean[c], scale = scales[c], bias = biases[c];
-            if (x_norm) {
-                float *xn = x_norm + at;
-                for (size_t i = 0; i < spatial; i++) {
-                    xn[i] = (v[i] - m) * inv;
-                    o[i] = xn[i] * scale + bias;
-                }
-                continue;
-            }
-            switch (activation) { /* the common ones with the activation inlined as a constant */
-            case DN_ACT_LEAKY: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_LEAKY); break;
-            case DN_ACT_LINEAR: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_LINEAR); break;
-            case DN_ACT_RELU: bn_act_plane(v, o, spatial, m, inv, scale, bias, DN_ACT_RELU); break;
-            default: bn_act_plane(v, o, spatial, m, inv, scale, bias, activation); break;
-            }
+            bn_forward_plane(x + at, x_norm ? x_norm + at : NULL, out + at, spatial, mean[c], inv, scales[c],
+                             biases[c], activation);
         }
     }
 }
@@ -225,15 +240,24 @@ static dn_status cpu_bias_gradient(dn_backend *be, const float *delta, int batch
     return DN_OK;
 }
 
-/* Batch norm's backward after its sums, for filter c: delta holds g = d(out) * scale; it becomes d(x) through
- * x_norm = (x - mean) / (sigma + eps). */
-static void bn_back_apply(float *delta, const float *x, int batch, size_t outputs, size_t spatial, int c, float m,
-                          float sigma, double sum_g, double sum_gx, double count)
+/* Batch norm's backward after its sums, for a filter: through x_norm = (x - mean) / (sigma + eps), g = d(out) *
+ * scale becomes d(x) = (g - mean_g) * inv_s + k * (x - mean); the factors from the sums of g and g * (x - mean). */
+static void bn_back_factors(float sigma, double sum_g, double sum_gx, double count, float *mean_g, float *inv_s,
+                            float *k)
 {
     const float s = sigma + DN_BN_EPS;
     const double dsigma = -sum_gx / ((double)s * s);
-    const float mean_g = (float)(sum_g / count), inv_s = 1.f / s;
-    const float k = (float)((sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0);
+    *mean_g = (float)(sum_g / count);
+    *inv_s = 1.f / s;
+    *k = (float)((sigma > 0 && count > 1) ? dsigma / (sigma * (count - 1)) : 0.0);
+}
+
+/* That for filter c, delta holding g. */
+static void bn_back_apply(float *delta, const float *x, int batch, size_t outputs, size_t spatial, int c, float m,
+                          float sigma, double sum_g, double sum_gx, double count)
+{
+    float mean_g, inv_s, k;
+    bn_back_factors(sigma, sum_g, sum_gx, count, &mean_g, &inv_s, &k);
     for (int b = 0; b < batch; b++) {
         float *d = delta + b * outputs + c * spatial;
         const float *v = x + b * outputs + c * spatial;
@@ -278,53 +302,91 @@ static dn_status cpu_batchnorm_backward(dn_backend *be, float *delta, const floa
     return DN_OK;
 }
 
-/* One plane of bn_act_backward's first pass: delta through the activation (from the output), then g = that *
- * scale in place, and the plane's four sums. */
+/* One plane of bn_act_backward: d(out) through the activation, d0 = d * act'. For leaky, relu and linear act' is
+ * taken from the pre-activation z, made again from x as the forward made it (bn_pre_act; z > 0 exactly when the
+ * output is), so the output need not be read; for the others from the output y. */
+static inline float bn_act_back_d0(float d, const float *y, float v, size_t i, float m, float inv, float scale,
+                                   float bias, int a)
+{
+    if (a == DN_ACT_LEAKY || a == DN_ACT_RELU || a == DN_ACT_LINEAR)
+        return d * dn_gradient_one(bn_pre_act(v, m, inv, scale, bias), 0.f, a);
+    return d * dn_gradient_one(y[i], 0.f, a);
+}
+
+/* The first pass over a plane: its four sums, delta unchanged (the second pass makes d0 again). */
 typedef struct bn_act_sums { float bias, scale, g, gx; } bn_act_sums;
 
-static inline bn_act_sums bn_act_back_plane(float *d, const float *y, const float *v, size_t n, float m, float inv,
-                                            float scale, int a)
+static inline bn_act_sums bn_act_back_sums(const float *d, const float *y, const float *v, size_t n, float m,
+                                           float inv, float scale, float bias, int a)
 {
     float r_bias = 0, r_scale = 0, r_g = 0, r_gx = 0;
 #pragma omp simd reduction(+:r_bias, r_scale, r_g, r_gx)
     for (size_t i = 0; i < n; i++) {
-        const float d0 = d[i] * dn_gradient_one(y[i], 0.f, a);
+        const float d0 = bn_act_back_d0(d[i], y, v[i], i, m, inv, scale, bias, a);
         const float xn = (v[i] - m) * inv; /* x_norm's float, as the forward rounded it */
         const float g = d0 * scale;
         r_bias += d0;
         r_scale += d0 * xn;
         r_g += g;
         r_gx += g * (v[i] - m);
-        d[i] = g;
     }
     return (bn_act_sums){r_bias, r_scale, r_g, r_gx};
 }
 
+/* The second pass: d(x) = (g - mean_g) / (sigma + eps) + k (x - mean), g = d0 * scale (bn_back_apply's formula). */
+static inline void bn_act_back_apply(float *d, const float *y, const float *v, size_t n, float m, float inv,
+                                     float scale, float bias, int a, float mean_g, float inv_s, float k)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        const float g = bn_act_back_d0(d[i], y, v[i], i, m, inv, scale, bias, a) * scale;
+        d[i] = (g - mean_g) * inv_s + k * (v[i] - m);
+    }
+}
+
+/* bn_act_back_sums or bn_act_back_apply (apply: sums NULL) over a plane, the common activations inlined as
+ * constants. */
+static DN_VEC_CLONES void bn_act_back_plane(float *d, const float *y, const float *v, size_t n, float m, float inv,
+                                            float scale, float bias, int a, bn_act_sums *sums, float mean_g,
+                                            float inv_s, float k)
+{
+#define BN_ACT_BACK_CASE(A)                                                                                    \
+    if (sums) *sums = bn_act_back_sums(d, y, v, n, m, inv, scale, bias, A);                                      \
+    else bn_act_back_apply(d, y, v, n, m, inv, scale, bias, A, mean_g, inv_s, k);                               \
+    break;
+    switch (a) {
+    case DN_ACT_LEAKY: BN_ACT_BACK_CASE(DN_ACT_LEAKY)
+    case DN_ACT_LINEAR: BN_ACT_BACK_CASE(DN_ACT_LINEAR)
+    case DN_ACT_RELU: BN_ACT_BACK_CASE(DN_ACT_RELU)
+    default: BN_ACT_BACK_CASE(a)
+    }
+#undef BN_ACT_BACK_CASE
+}
+
 static dn_status cpu_bn_act_backward(dn_backend *be, float *delta, const float *out, const float *x, const float *mean,
-                                     const float *variance, const float *scales, int activation, int batch,
-                                     int filters, size_t spatial, float *bias_updates, float *scale_updates)
+                                     const float *variance, const float *scales, const float *biases, int activation,
+                                     int batch, int filters, size_t spatial, float *bias_updates,
+                                     float *scale_updates, float *packed, const pack_layout *layout)
 {
     (void)be;
     const size_t outputs = (size_t)filters * spatial;
     const double count = (double)batch * spatial;
+    bn_back_channel *f = malloc(sizeof *f * (size_t)filters);
+    if (!f) return dn_fail(DN_E_NOMEM, "out of memory for batch norm's backward (%d filters)", filters);
+    /* as cpu_gradient, cpu_bias_gradient and cpu_batchnorm_backward in a row: two passes instead of five, the
+     * first reading delta and x (and, for other activations, the output) for the sums, the second making d(x) */
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < filters; c++) {
-        /* as cpu_gradient, cpu_bias_gradient and cpu_batchnorm_backward in a row, two passes instead of five */
+        bn_back_channel *fc = &f[c];
         const float sigma = sqrtf(variance[c]);
-        const float inv = 1.f / (sigma + DN_BN_EPS); /* the forward's, bit for bit */
-        const float scale = scales[c], m = mean[c];
+        fc->inv = 1.f / (sigma + DN_BN_EPS); /* the forward's, bit for bit */
+        fc->scale = scales[c], fc->bias = biases[c], fc->mean = mean[c];
         double dbias = 0, dscale = 0, sum_g = 0, sum_gx = 0;
         for (int b = 0; b < batch; b++) {
             const size_t at = b * outputs + c * spatial;
-            float *d = delta + at;
-            const float *y = out + at, *v = x + at;
             bn_act_sums r;
-            switch (activation) { /* the common ones with the activation inlined as a constant */
-            case DN_ACT_LEAKY: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, DN_ACT_LEAKY); break;
-            case DN_ACT_LINEAR: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, DN_ACT_LINEAR); break;
-            case DN_ACT_RELU: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, DN_ACT_RELU); break;
-            default: r = bn_act_back_plane(d, y, v, spatial, m, inv, scale, activation); break;
-            }
+            bn_act_back_plane(delta + at, out + at, x + at, spatial, fc->mean, fc->inv, fc->scale, fc->bias,
+                              activation, &r, 0, 0, 0);
             dbias += r.bias;
             dscale += r.scale;
             sum_g += r.g;
@@ -332,8 +394,21 @@ static dn_status cpu_bn_act_backward(dn_backend *be, float *delta, const float *
         }
         bias_updates[c] += (float)dbias;
         scale_updates[c] += (float)dscale;
-        bn_back_apply(delta, x, batch, outputs, spatial, c, m, sigma, sum_g, sum_gx, count);
+        bn_back_factors(sigma, sum_g, sum_gx, count, &fc->mean_g, &fc->inv_s, &fc->k);
     }
+    if (packed) {
+        layout_pack_bn_backward(delta, x, f, activation, batch, filters, spatial, layout, packed);
+    } else {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int b = 0; b < batch; b++)
+            for (int c = 0; c < filters; c++) {
+                const bn_back_channel *fc = &f[c];
+                const size_t at = b * outputs + c * spatial;
+                bn_act_back_plane(delta + at, out + at, x + at, spatial, fc->mean, fc->inv, fc->scale, fc->bias,
+                                  activation, NULL, fc->mean_g, fc->inv_s, fc->k);
+            }
+    }
+    free(f);
     return DN_OK;
 }
 
@@ -496,6 +571,26 @@ static dn_status cpu_maxpool_backward(dn_backend *be, const float *delta, const 
     return DN_OK;
 }
 
+static dn_status cpu_maxpool_backward_set(dn_backend *be, const float *delta, const int *argmax, int batch,
+                                          int channels, size_t outputs, size_t inputs, float *in_delta)
+{
+    (void)be;
+    /* a channel's maxima come from its own input plane: planes are independent */
+    const size_t out_plane = outputs / channels, in_plane = inputs / channels;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)batch * outputs > 65536)
+    for (int b = 0; b < batch; b++)
+        for (int c = 0; c < channels; c++) {
+            float *d_in = in_delta + (size_t)b * inputs;
+            memset(d_in + c * in_plane, 0, sizeof(float) * in_plane);
+            const size_t o0 = (size_t)b * outputs + c * out_plane;
+            for (size_t i = o0; i < o0 + out_plane; i++) {
+                const int j = argmax[i];
+                if (j >= 0) d_in[j] += delta[i];
+            }
+        }
+    return DN_OK;
+}
+
 static dn_status cpu_upsample_forward(dn_backend *be, const float *in, int batch, int channels, int height, int width,
                                       int stride, float scale, float *out)
 {
@@ -553,6 +648,7 @@ const dn_kernels dn_cpu_kernels = {
     .batchnorm_backward = cpu_batchnorm_backward,
     .bn_act_forward = cpu_bn_act_forward,
     .bn_act_backward = cpu_bn_act_backward,
+    .maxpool_backward_set = cpu_maxpool_backward_set,
     .sgd_update = cpu_sgd_update,
     .maxpool_forward = cpu_maxpool_forward,
     .maxpool_backward = cpu_maxpool_backward,

@@ -14,6 +14,7 @@
 #include "elementwise.h"
 #include "internal.h"
 #include "layer_node.h"
+#include "layout_pack.h"
 
 typedef struct conv_priv {
     int pad;
@@ -345,9 +346,21 @@ static dn_status conv_backward(dn_layer *l, dn_network *net, const float *in, fl
     const size_t spatial = (size_t)l->out_w * l->out_h;
     const size_t total = (size_t)batch * l->outputs;
     dn_status st;
+    const int on_onednn = p->engine == DN_ENGINE_ONEDNN || p->engine == DN_ENGINE_ONEDNN_BF16;
+    const float *delta = l->delta; /* d(out) for the convolution's gradients; NULL: packed for them already */
     if (fused_bn_act(p, net)) {
-        st = k->bn_act_backward(be, l->delta, l->output, p->x, p->mean, p->variance, v.scales, p->activation, batch,
-                                f, spatial, v.bias_updates, v.scale_updates);
+        /* d(x) straight into the oneDNN backward's channel-last buffer: one pass over it saved */
+        pack_layout layout;
+        float *packed = NULL;
+        const dn_conv_shape s = conv_shape(l, batch);
+        const int act = p->activation;
+        if (on_onednn && (act == DN_ACT_LEAKY || act == DN_ACT_RELU || act == DN_ACT_LINEAR))
+            packed = conv_train_onednn_packed_delta(p->train_onednn, &s, net->opt.precision == DN_PRECISION_BF16,
+                                                    in_delta != NULL, net->workspace, &layout);
+        st = k->bn_act_backward(be, l->delta, l->output, p->x, p->mean, p->variance, v.scales, v.biases,
+                                p->activation, batch, f, spatial, v.bias_updates, v.scale_updates, packed,
+                                packed ? &layout : NULL);
+        if (packed) delta = NULL;
     } else {
         st = k->gradient(be, l->output, p->raw, total, p->activation, l->delta);
         if (!st) st = k->bias_gradient(be, l->delta, batch, f, spatial, v.bias_updates);
@@ -357,13 +370,17 @@ static dn_status conv_backward(dn_layer *l, dn_network *net, const float *in, fl
     }
     if (st) return st;
 
-    if (p->engine == DN_ENGINE_ONEDNN || p->engine == DN_ENGINE_ONEDNN_BF16) {
+    const int set_in_delta = in_delta && layer_sets_in_delta(net, l);
+    if (on_onednn) {
         /* the forward ran on oneDNN's training primitives: so do the gradients */
         const dn_conv_shape s = conv_shape(l, batch);
-        st = conv_train_onednn_backward(&p->train_onednn, &s, net->opt.precision == DN_PRECISION_BF16, in, l->delta,
-                                        v.weights, v.weight_updates, in_delta, net->workspace, net->workspace_floats);
+        st = conv_train_onednn_backward(&p->train_onednn, &s, net->opt.precision == DN_PRECISION_BF16, in, delta,
+                                        v.weights, v.weight_updates, in_delta, set_in_delta, net->workspace,
+                                        net->workspace_floats);
         if (st != DN_E_NOTFOUND) return st;
     }
+    /* the paths below add to in_delta */
+    if (set_in_delta && (st = be->memset0(be, in_delta, sizeof(float) * (size_t)batch * l->inputs))) return st;
     if (k->conv_backward_filter && k->conv_backward_data) {
         const dn_conv_shape s = conv_shape(l, batch);
         st = k->conv_backward_filter(be, &s, in, l->delta, v.weight_updates);
@@ -434,6 +451,7 @@ static dn_status make_convolutional(layer_build *b, dn_layer *l);
 const layer_ops conv_ops = {
     .private_bytes = conv_private_bytes,
     .type = "conv",
+    .can_set_in_delta = 1,
     .make = make_convolutional,
     .reshape = conv_reshape,
     .forward = conv_forward,

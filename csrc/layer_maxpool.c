@@ -49,7 +49,14 @@ static dn_status maxpool_backward(dn_layer *l, dn_network *net, const float *in,
     (void)in;
     maxpool_priv *p = l->priv;
     if (!in_delta) return DN_OK;
-    return net->be->k->maxpool_backward(net->be, l->delta, p->argmax, batch, l->outputs, l->inputs, in_delta);
+    const dn_kernels *k = net->be->k;
+    if (layer_sets_in_delta(net, l)) {
+        if (k->maxpool_backward_set)
+            return k->maxpool_backward_set(net->be, l->delta, p->argmax, batch, l->c, l->outputs, l->inputs, in_delta);
+        dn_status st = net->be->memset0(net->be, in_delta, sizeof(float) * (size_t)batch * l->inputs);
+        if (st) return st;
+    }
+    return k->maxpool_backward(net->be, l->delta, p->argmax, batch, l->outputs, l->inputs, in_delta);
 }
 
 static double maxpool_private_bytes(const dn_layer *l, const dn_network *net, size_t workspace_floats)
@@ -91,6 +98,7 @@ const layer_ops maxpool_ops = {
     .info = maxpool_info,
     .private_bytes = maxpool_private_bytes,
     .type = "max",
+    .can_set_in_delta = 1,
     .make = make_maxpool,
     .reshape = maxpool_reshape,
     .forward = maxpool_forward,

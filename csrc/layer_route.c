@@ -85,6 +85,7 @@ static dn_status route_node(dn_layer *l, dn_network *net, layer_node *out)
 
 const layer_ops route_ops = {
     .type = "route",
+    .sources_only = 1,
     .make = make_route,
     .reshape = route_reshape,
     .forward = route_forward,

@@ -32,6 +32,21 @@ void layout_pack(const float *src, int n, int channels, size_t pixels, const pac
 /* dst (NCHW float32) = src (layout L, float32), or += when add. */
 void layout_unpack(const void *src, const pack_layout *L, int n, int channels, size_t pixels, float *dst, int add);
 
+/* One channel's numbers for layout_pack_bn_backward: the forward's batch statistics (mean, inv = 1 / (sigma +
+ * eps)), its scale and bias, and the factors of d(x) made from the sums of the first backward pass. */
+typedef struct bn_back_channel {
+    float mean, inv, scale, bias;
+    float mean_g, inv_s, k;
+} bn_back_channel;
+
+/* dst (layout L, float32) = d(x) of a training batch norm followed by a leaky, relu or linear activation (the
+ * DN_ACT_ codes of elementwise.h), from delta = d(out) and x (both NCHW float32), channel c's numbers in f[c]:
+ * z = (x - mean) * inv * scale + bias (as the forward rounds it), d0 = delta * act'(z), g = d0 * scale,
+ * d(x) = (g - mean_g) * inv_s + k * (x - mean). The second pass of the CPU's bn_act_backward, writing straight into
+ * a training convolution's channel-last d(out) instead of back into delta. */
+void layout_pack_bn_backward(const float *delta, const float *x, const bn_back_channel *f, int activation, int n,
+                             int channels, size_t pixels, const pack_layout *L, float *dst);
+
 /* dst (OIHW float32, outputs x inputs x kernel_pixels) = src (oneDNN's ABcd16b16a float32: blocks of 16 outputs x 16
  * inputs, each kernel_pixels tiles of [input][output]; the padding of counts that are not multiples of 16 is
  * skipped), or += when add. Portable C: the weight gradients of oneDNN's AVX-512 training convolutions come in

@@ -274,6 +274,28 @@ DN_EXPORT dn_status dn_network_load_cfg(const char *cfg_path, int batch, dn_netw
     return dn_network_load(cfg_path, batch, NULL, out);
 }
 
+/* Sets delta_set_by_next where the next layer's backward is the only one that writes a layer's delta and can set
+ * it: the training forward then need not zero it (on the host, a pass over every such delta: 1.8% of a yolov3-tiny
+ * iteration in perf), and the writer stores instead of adding. Host-memory backends only. */
+static void mark_delta_writers(dn_network *net)
+{
+    int *writers = net->be->host_memory ? calloc((size_t)net->n, sizeof *writers) : NULL;
+    if (!writers) return; /* every delta zeroed, as before */
+    for (int j = 0; j < net->n; j++) {
+        const dn_layer *l = &net->layers[j];
+        dn_layer_info info;
+        dn_network_layer_info(net, j, &info);
+        if (j > 0 && !l->ops->sources_only) writers[j - 1]++;
+        for (int k = 0; k < info.n_sources && k < 4; k++)
+            if (info.sources[k] >= 0 && info.sources[k] < net->n) writers[info.sources[k]]++;
+    }
+    for (int i = 0; i + 1 < net->n; i++) {
+        const layer_ops *next = net->layers[i + 1].ops;
+        net->layers[i].delta_set_by_next = writers[i] == 1 && next->can_set_in_delta && !next->sources_only;
+    }
+    free(writers);
+}
+
 DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_options *options, dn_network **out)
 {
     if (!out) return dn_fail(DN_E_ARG, "out pointer is NULL");
@@ -362,6 +384,7 @@ DN_EXPORT dn_status dn_network_load(const char *cfg_path, int batch, const dn_op
     }
     if (net->max_boxes == 0) net->max_boxes = 90;
     net->info.n_layers = net->n;
+    mark_delta_writers(net);
     if ((st = dn_network_reshape(net))) goto fail;
     if ((st = dn_network_init_params(net, 0x5eedULL))) goto fail;
     net->update_rolling = 1;
@@ -460,7 +483,8 @@ static dn_status forward_layers(dn_network *net, const float *in, int n)
     net_onednn_outputs_plain(net);
     for (int i = 0; i < net->n && !st; i++) {
         dn_layer *l = &net->layers[i];
-        if (net->train && l->delta) st = net->be->memset0(net->be, l->delta, sizeof(float) * (size_t)n * l->outputs);
+        if (net->train && l->delta && !(net->backward_follows && l->delta_set_by_next))
+            st = net->be->memset0(net->be, l->delta, sizeof(float) * (size_t)n * l->outputs);
         if (!st) st = l->ops->forward(l, net, in, n);
         in = l->output;
     }
@@ -593,10 +617,12 @@ DN_EXPORT dn_status dn_network_train_chunk(dn_network *net, const float *input, 
 dn_status network_train_chunk_each_layer(dn_network *net, const float *input, const float *truth, int n, float *cost,
                                          void (*after_layer)(dn_network *net, int layer, void *user), void *user)
 {
-    const float *in;
+    if (!net) return dn_fail(DN_E_ARG, "network is NULL");
+    const float *in = NULL;
+    net->backward_follows = 1;
     dn_status st = training_forward(net, input, truth, n, &in);
-    if (st) return st;
-    st = backward_layers_each(net, in, NULL, n, after_layer, user);
+    if (!st) st = backward_layers_each(net, in, NULL, n, after_layer, user);
+    net->backward_follows = 0;
     net->train = 0;
     if (st) return st;
     net->info.seen += (uint64_t)n;
@@ -634,21 +660,26 @@ DN_EXPORT dn_status dn_network_zero_updates(dn_network *net)
 DN_EXPORT dn_status dn_network_backward_probe(dn_network *net, const float *input, int n, const float *last_delta,
                                               float *input_delta)
 {
+    if (!net) return dn_fail(DN_E_ARG, "network is NULL");
     if (!last_delta) return dn_fail(DN_E_ARG, "last_delta is NULL");
-    const float *in;
+    const float *in = NULL;
+    net->backward_follows = 1;
     dn_status st = forward_mode(net, input, n, 1, &in);
-    if (st) return st;
     dn_backend *be = net->be;
-    dn_layer *last = &net->layers[net->n - 1];
     const size_t in_bytes = sizeof(float) * (size_t)n * net->w * net->h * net->c;
     float *d_input = NULL;
     if (input_delta) d_input = be->host_memory ? input_delta : net->input_delta;
-    st = be->from_host(be, last->delta, last_delta, sizeof(float) * (size_t)n * last->outputs);
+    if (!st) {
+        dn_layer *last = &net->layers[net->n - 1];
+        st = be->from_host(be, last->delta, last_delta, sizeof(float) * (size_t)n * last->outputs);
+    }
     if (!st && d_input) st = be->memset0(be, d_input, in_bytes);
-    if (st) return st;
-    net->train = 1;
-    st = backward_layers(net, in, d_input, n);
-    net->train = 0;
+    if (!st) {
+        net->train = 1;
+        st = backward_layers(net, in, d_input, n);
+        net->train = 0;
+    }
+    net->backward_follows = 0;
     if (!st && d_input && !be->host_memory) st = be->to_host(be, input_delta, d_input, in_bytes);
     return st;
 }

@@ -35,6 +35,9 @@ def lp(tmp_path_factory):
                                 ctypes.POINTER(Layout), ctypes.c_void_p]
     lib.layout_unpack.argtypes = [ctypes.c_void_p, ctypes.POINTER(Layout), ctypes.c_int, ctypes.c_int,
                                   ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int]
+    lib.layout_pack_bn_backward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                            ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.POINTER(Layout),
+                                            ctypes.c_void_p]
     lib.layout_unpack_weights_16b16a.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                                  ctypes.c_void_p, ctypes.c_int]
     if not lib.layout_pack_available(0):
@@ -48,7 +51,9 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-SHAPES = [(2, 16, 13, 13), (3, 20, 5, 7), (1, 3, 17, 1), (2, 255, 4, 4), (2, 64, 1, 1), (1, 32, 33, 31)]
+# the last: runs of 1024 pixels per task (16 channels), the image's last one partial
+SHAPES = [(2, 16, 13, 13), (3, 20, 5, 7), (1, 3, 17, 1), (2, 255, 4, 4), (2, 64, 1, 1), (1, 32, 33, 31),
+          (2, 16, 50, 61)]
 
 
 def as_blocked(x: np.ndarray, kind: str) -> np.ndarray:
@@ -134,3 +139,38 @@ def test_weight_gradients_unpack_from_abcd16b16a(lp, outputs, inputs, kernel_pix
     acc = base.copy()
     lp.layout_unpack_weights_16b16a(blocked.ctypes.data, outputs, inputs, kernel_pixels, acc.ctypes.data, 1)
     np.testing.assert_array_equal(acc, base + w)
+
+
+ACTIVATIONS = {"leaky": (3, 0.1), "relu": (1, 0.0), "linear": (2, 1.0)}  # elementwise.h's DN_ACT_ codes, slope below 0
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ["nhwc", "nchw16c"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_batch_norm_backward_is_written_packed(lp, shape, kind, activation):
+    """The second pass of batch norm's backward written straight into the convolution's layout: d(x) =
+    (d * act'(z) * scale - mean_g) * inv_s + k * (x - mean), z = (x - mean) * inv * scale + bias, act' taken from
+    z's sign (z exactly 0 takes the slope below 0, as the forward's output does), against numpy's float32."""
+    code, slope = ACTIVATIONS[activation]
+    n, c, h, w = shape
+    rng = np.random.default_rng(sum(shape) + code)
+    delta = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    f = rng.standard_normal((c, 7)).astype(np.float32)  # mean, inv, scale, bias, mean_g, inv_s, k
+    f[:, 1] = np.abs(f[:, 1]) + 0.5
+    f[0, 3] = 0.0
+    at_zero = np.zeros(shape, bool)
+    at_zero[:, 0] = (np.arange(h * w) % 3 == 0).reshape(h, w)
+    x[at_zero] = f[0, 0]  # channel 0: z exactly 0 there
+    mean, inv, scale, bias, mean_g, inv_s, k = (f[:, i].reshape(1, c, 1, 1) for i in range(7))
+    vm = x - mean
+    z = vm * inv * scale + bias
+    assert (z[at_zero] == 0).all()
+    d0 = np.where(z > 0, delta, delta * np.float32(slope))
+    want = as_blocked(((d0 * scale - mean_g) * inv_s + k * vm).astype(np.float32), kind).ravel()
+    L = layout_of(lp, kind, c, h * w)
+    got = np.full(want.size + 64, np.nan, np.float32)
+    lp.layout_pack_bn_backward(delta.ctypes.data, x.ctypes.data, np.ascontiguousarray(f).ctypes.data, code, n, c,
+                               h * w, ctypes.byref(L), got.ctypes.data)
+    np.testing.assert_allclose(got[:want.size], want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+    assert np.isnan(got[want.size:]).all(), "wrote past the layout's end"
