@@ -279,7 +279,12 @@ class _Control:
         beats = dict(self.beats)  # close() empties self.beats under this thread's feet
         with selectors.DefaultSelector() as sel:
             for r, conn in beats.items():
-                sel.register(conn, selectors.EVENT_READ, r)
+                try:
+                    sel.register(conn, selectors.EVENT_READ, r)
+                except (OSError, ValueError):  # closed already: by close() (stopping), or the rank's end is gone
+                    if self._beat_stop.is_set():
+                        return
+                    self.closed.add(r)
             while not self._beat_stop.is_set() and sel.get_map():
                 try:
                     ready = sel.select(0.5)
