@@ -661,4 +661,5 @@ const dn_kernels dn_cuda_kernels = {
     cu_yolo_activate,
     DN_CONV_ENTRIES,
     NULL, NULL, /* bn_act_forward, bn_act_backward: the separate batch-norm and activation kernels run */
+    NULL,       /* maxpool_backward_set: deltas are zeroed and added to on the GPU (mark_delta_writers) */
 };
