@@ -11,22 +11,6 @@
 
 #include "elementwise.h"
 
-/* Tasks take runs of about TASK_BYTES of the channel-first side (64 to 4096 pixels): each of its 16 rows per tile
- * is then a run of consecutive cache lines the hardware prefetcher follows. With 64-pixel runs the batch norm
- * pass below ran at 6-7 GB/s for 32 and 128 channels (8 images of 208x208 and 52x52 pixels, 2 threads on Xeon
- * Ice Lake), with these runs and one tile of software prefetch at 15-18 GB/s; packing gained about 10%. */
-#define TASK_BYTES 65536
-#define MIN_TASK_PIXELS 64
-#define MAX_TASK_PIXELS 4096
-
-static size_t pixels_per_task(int channels)
-{
-    size_t run = TASK_BYTES / ((size_t)channels * sizeof(float)) / 16 * 16;
-    if (run < MIN_TASK_PIXELS) run = MIN_TASK_PIXELS;
-    if (run > MAX_TASK_PIXELS) run = MAX_TASK_PIXELS;
-    return run;
-}
-
 pack_layout pack_layout_nhwc(int channels, size_t pixels, int bf16)
 {
     return (pack_layout){.image = (size_t)channels * pixels, .block = 16, .pixel = (size_t)channels, .bf16 = bf16};
@@ -47,6 +31,7 @@ void layout_unpack_weights_16b16a(const float *src, int outputs, int inputs, int
     const long blocks = (long)out_blocks * in_blocks;
     const size_t block_floats = (size_t)256 * kernel_pixels;
     const int parallel = (size_t)outputs * inputs * kernel_pixels > 65536;
+    (void)parallel; /* without OpenMP */
 #pragma omp parallel for schedule(static) if (parallel)
     for (long b = 0; b < blocks; b++) {
         const int ob = (int)(b / in_blocks), ib = (int)(b % in_blocks);
@@ -70,6 +55,23 @@ void layout_unpack_weights_16b16a(const float *src, int outputs, int inputs, int
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 
 #include <immintrin.h>
+
+/* Tasks take runs of about TASK_BYTES of the channel-first side (64 to 4096 pixels): each of its 16 rows per tile
+ * is then a run of consecutive cache lines the hardware prefetcher follows. With 64-pixel runs the batch norm
+ * pass below ran at 6-7 GB/s for 32 and 128 channels (8 images of 208x208 and 52x52 pixels, 2 threads on Xeon
+ * Ice Lake), with these runs and one tile of software prefetch at 15-18 GB/s; plain packing and unpacking ran 5-15%
+ * faster (a noisy microbenchmark). */
+#define TASK_BYTES 65536
+#define MIN_TASK_PIXELS 64
+#define MAX_TASK_PIXELS 4096
+
+static size_t pixels_per_task(int channels)
+{
+    size_t run = TASK_BYTES / ((size_t)channels * sizeof(float)) / 16 * 16;
+    if (run < MIN_TASK_PIXELS) run = MIN_TASK_PIXELS;
+    if (run > MAX_TASK_PIXELS) run = MAX_TASK_PIXELS;
+    return run;
+}
 
 int layout_pack_available(int bf16)
 {
