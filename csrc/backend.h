@@ -32,9 +32,9 @@ extern "C" {
 
 typedef struct dn_backend dn_backend;
 
-/* The shape of one convolution, for the kernels that take a whole convolution (cuDNN). */
 struct pack_layout; /* layout_pack.h */
 
+/* The shape of one convolution, for the kernels that take a whole convolution (cuDNN). */
 typedef struct dn_conv_shape {
     int batch;                 /* images */
     int c, h, w;               /* input */
