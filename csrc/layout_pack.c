@@ -115,24 +115,57 @@ static inline __mmask16 first_lanes(int count)
     return count >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << count) - 1);
 }
 
-static void pack_run(const float *src, int channels, size_t pixels, const pack_layout *L, void *dst, int img,
-                     size_t p0, size_t np)
+/* Row i of a batch-norm backward tile (layout_pack_bn_backward): channel fc's d(x) for the 16 pixels at delta and
+ * x (px: those that exist). */
+static inline __m512 bn_backward_row(const float *delta, const float *x, __mmask16 px, const bn_back_channel *fc,
+                                     int activation)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 d = _mm512_maskz_loadu_ps(px, delta);
+    const __m512 vm = _mm512_sub_ps(_mm512_maskz_loadu_ps(px, x), _mm512_set1_ps(fc->mean));
+    const __m512 scale = _mm512_set1_ps(fc->scale);
+    __m512 d0 = d;
+    if (activation != DN_ACT_LINEAR) { /* act' from the sign of z, as the forward's output has it */
+        const __m512 z = _mm512_fmadd_ps(_mm512_mul_ps(vm, _mm512_set1_ps(fc->inv)), scale, _mm512_set1_ps(fc->bias));
+        const __mmask16 pos = _mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ);
+        const __m512 other = _mm512_mul_ps(d, activation == DN_ACT_LEAKY ? _mm512_set1_ps(.1f) : zero);
+        d0 = _mm512_mask_blend_ps(pos, other, d);
+    }
+    const __m512 g = _mm512_sub_ps(_mm512_mul_ps(d0, scale), _mm512_set1_ps(fc->mean_g));
+    return _mm512_fmadd_ps(g, _mm512_set1_ps(fc->inv_s), _mm512_mul_ps(_mm512_set1_ps(fc->k), vm));
+}
+
+/* The pixels [p0, p0 + np) of image img, all channels, from NCHW src to layout L. With bn (layout_pack_bn_backward)
+ * each row is made from src = delta and x before the transpose instead of copied. */
+static void pack_run(const float *src, const float *x, const bn_back_channel *bn, int activation, int channels,
+                     size_t pixels, const pack_layout *L, void *dst, int img, size_t p0, size_t np)
 {
     /* nChw16c's padding lanes are written (zeros); NHWC's lanes past the channels belong to the next pixel */
     const int padded = L->pixel == 16;
     for (int c0 = 0; c0 < channels; c0 += 16) {
         const int valid = channels - c0 < 16 ? channels - c0 : 16;
         const __mmask16 lanes = padded ? (__mmask16)0xffff : first_lanes(valid);
-        const float *in = src + ((size_t)img * channels + c0) * pixels;
+        const size_t in0 = ((size_t)img * channels + c0) * pixels;
         const size_t out0 = img * L->image + (size_t)(c0 / 16) * L->block;
         for (size_t p = p0; p < p0 + np; p += 16) {
             const int count = p0 + np - p < 16 ? (int)(p0 + np - p) : 16;
             const __mmask16 px = first_lanes(count);
             __m512 r[16];
             if (p + 16 < p0 + np) /* the next tile's rows */
-                for (int i = 0; i < valid; i++) _mm_prefetch((const char *)(in + (size_t)i * pixels + p + 16), _MM_HINT_T0);
-            for (int i = 0; i < 16; i++)
-                r[i] = i < valid ? _mm512_maskz_loadu_ps(px, in + (size_t)i * pixels + p) : _mm512_setzero_ps();
+                for (int i = 0; i < valid; i++) {
+                    const size_t next = in0 + (size_t)i * pixels + p + 16;
+                    _mm_prefetch((const char *)(src + next), _MM_HINT_T0);
+                    if (bn) _mm_prefetch((const char *)(x + next), _MM_HINT_T0);
+                }
+            for (int i = 0; i < 16; i++) {
+                const size_t at = in0 + (size_t)i * pixels + p;
+                if (i >= valid)
+                    r[i] = _mm512_setzero_ps();
+                else if (bn)
+                    r[i] = bn_backward_row(src + at, x + at, px, &bn[c0 + i], activation);
+                else
+                    r[i] = _mm512_maskz_loadu_ps(px, src + at);
+            }
             transpose16(r);
             for (int j = 0; j < count; j++) {
                 const size_t at = out0 + (p + j) * L->pixel;
@@ -169,55 +202,6 @@ static void unpack_run(const float *src, const pack_layout *L, int channels, siz
     }
 }
 
-/* The second pass of batch norm's backward (layout_pack_bn_backward) for the pixels [p0, p0 + np) of an image,
- * all channels: pack_run's tiles, each row (a channel's 16 pixels) made from delta and x before the transpose. */
-static void pack_bn_backward_run(const float *delta, const float *x, const bn_back_channel *f, int activation,
-                                 int channels, size_t pixels, const pack_layout *L, float *dst, int img, size_t p0,
-                                 size_t np)
-{
-    const int padded = L->pixel == 16;
-    const __m512 tenth = _mm512_set1_ps(.1f), zero = _mm512_setzero_ps();
-    for (int c0 = 0; c0 < channels; c0 += 16) {
-        const int valid = channels - c0 < 16 ? channels - c0 : 16;
-        const __mmask16 lanes = padded ? (__mmask16)0xffff : first_lanes(valid);
-        const size_t in0 = ((size_t)img * channels + c0) * pixels;
-        const size_t out0 = img * L->image + (size_t)(c0 / 16) * L->block;
-        for (size_t p = p0; p < p0 + np; p += 16) {
-            const int count = p0 + np - p < 16 ? (int)(p0 + np - p) : 16;
-            const __mmask16 px = first_lanes(count);
-            __m512 r[16];
-            if (p + 16 < p0 + np) /* the next tile's rows */
-                for (int i = 0; i < valid; i++) {
-                    _mm_prefetch((const char *)(delta + in0 + (size_t)i * pixels + p + 16), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(x + in0 + (size_t)i * pixels + p + 16), _MM_HINT_T0);
-                }
-            for (int i = 0; i < 16; i++) {
-                if (i >= valid) {
-                    r[i] = zero;
-                    continue;
-                }
-                const bn_back_channel *fc = &f[c0 + i];
-                const size_t at = in0 + (size_t)i * pixels + p;
-                const __m512 d = _mm512_maskz_loadu_ps(px, delta + at);
-                const __m512 vm = _mm512_sub_ps(_mm512_maskz_loadu_ps(px, x + at), _mm512_set1_ps(fc->mean));
-                const __m512 scale = _mm512_set1_ps(fc->scale);
-                __m512 d0 = d;
-                if (activation != DN_ACT_LINEAR) { /* act' from the sign of z, as the forward's output has it */
-                    const __m512 z = _mm512_fmadd_ps(_mm512_mul_ps(vm, _mm512_set1_ps(fc->inv)), scale,
-                                                     _mm512_set1_ps(fc->bias));
-                    const __mmask16 pos = _mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ);
-                    const __m512 other = _mm512_mul_ps(d, activation == DN_ACT_LEAKY ? tenth : zero);
-                    d0 = _mm512_mask_blend_ps(pos, other, d);
-                }
-                const __m512 g = _mm512_sub_ps(_mm512_mul_ps(d0, scale), _mm512_set1_ps(fc->mean_g));
-                r[i] = _mm512_fmadd_ps(g, _mm512_set1_ps(fc->inv_s), _mm512_mul_ps(_mm512_set1_ps(fc->k), vm));
-            }
-            transpose16(r);
-            for (int j = 0; j < count; j++) _mm512_mask_storeu_ps(dst + out0 + (p + j) * L->pixel, lanes, r[j]);
-        }
-    }
-}
-
 /* One copy: pack (src NCHW, dst layout L) or unpack (src layout L, dst NCHW, added to when add); or, with bn
  * set, layout_pack_bn_backward (src delta, src2 x). */
 typedef struct copy_job {
@@ -243,13 +227,10 @@ static void run_tasks(const copy_job *j)
         const int img = (int)(t / (long)runs);
         const size_t p0 = (size_t)(t % (long)runs) * run;
         const size_t np = j->pixels - p0 < run ? j->pixels - p0 : run;
-        if (j->bn)
-            pack_bn_backward_run(j->src, j->src2, j->bn, j->activation, j->channels, j->pixels, j->L, j->dst, img, p0,
-                                 np);
-        else if (j->unpack)
+        if (j->unpack)
             unpack_run(j->src, j->L, j->channels, j->pixels, j->dst, j->add, img, p0, np);
         else
-            pack_run(j->src, j->channels, j->pixels, j->L, j->dst, img, p0, np);
+            pack_run(j->src, j->src2, j->bn, j->activation, j->channels, j->pixels, j->L, j->dst, img, p0, np);
     }
 }
 
