@@ -136,9 +136,12 @@ static inline __m512 bn_backward_row(const float *delta, const float *x, __mmask
 }
 
 /* The pixels [p0, p0 + np) of image img, all channels, from NCHW src to layout L. With bn (layout_pack_bn_backward)
- * each row is made from src = delta and x before the transpose instead of copied. */
-static void pack_run(const float *src, const float *x, const bn_back_channel *bn, int activation, int channels,
-                     size_t pixels, const pack_layout *L, void *dst, int img, size_t p0, size_t np)
+ * each row is made from src = delta and x before the transpose instead of copied. Inlined into the two callers
+ * below, so that each is compiled for its own case (one function for both made plain packing about 20% slower). */
+static inline __attribute__((always_inline)) void pack_tiles(const float *src, const float *x,
+                                                             const bn_back_channel *bn, int activation, int channels,
+                                                             size_t pixels, const pack_layout *L, void *dst, int img,
+                                                             size_t p0, size_t np)
 {
     /* nChw16c's padding lanes are written (zeros); NHWC's lanes past the channels belong to the next pixel */
     const int padded = L->pixel == 16;
@@ -176,6 +179,19 @@ static void pack_run(const float *src, const float *x, const bn_back_channel *bn
             }
         }
     }
+}
+
+static void pack_run(const float *src, int channels, size_t pixels, const pack_layout *L, void *dst, int img,
+                     size_t p0, size_t np)
+{
+    pack_tiles(src, NULL, NULL, 0, channels, pixels, L, dst, img, p0, np);
+}
+
+static void pack_bn_backward_run(const float *delta, const float *x, const bn_back_channel *bn, int activation,
+                                 int channels, size_t pixels, const pack_layout *L, void *dst, int img, size_t p0,
+                                 size_t np)
+{
+    pack_tiles(delta, x, bn, activation, channels, pixels, L, dst, img, p0, np);
 }
 
 static void unpack_run(const float *src, const pack_layout *L, int channels, size_t pixels, float *dst, int add,
@@ -229,8 +245,11 @@ static void run_tasks(const copy_job *j)
         const size_t np = j->pixels - p0 < run ? j->pixels - p0 : run;
         if (j->unpack)
             unpack_run(j->src, j->L, j->channels, j->pixels, j->dst, j->add, img, p0, np);
+        else if (j->bn)
+            pack_bn_backward_run(j->src, j->src2, j->bn, j->activation, j->channels, j->pixels, j->L, j->dst, img, p0,
+                                 np);
         else
-            pack_run(j->src, j->src2, j->bn, j->activation, j->channels, j->pixels, j->L, j->dst, img, p0, np);
+            pack_run(j->src, j->channels, j->pixels, j->L, j->dst, img, p0, np);
     }
 }
 
