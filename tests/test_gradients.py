@@ -549,6 +549,28 @@ def test_maxpool_forward_and_gradient(tmp_path, shape, opts):
                   eps_x=8e-3, max_skip=0.35)
 
 
+@pytest.mark.parametrize("shape,opts", [((70, 9, 3), dict(size=2, stride=2)), ((45, 7, 2), dict(size=2, stride=1)),
+                                         ((45, 7, 2), dict(size=3, stride=2))], ids=["2s2", "2s1", "3s2"])
+def test_maxpool_ties_on_long_rows_go_to_the_first_maximum(tmp_path, shape, opts):
+    """Rows long enough for the vectorised inner windows, with many equal maxima (small integers, as after a
+    relu): each window's output and the cell its gradient goes to are those of Darknet's scan (the first
+    maximum, row by row)."""
+    rng = np.random.default_rng(17)
+    w, h, c = shape
+    net = make_net(tmp_path, "maxties", w, h, c, [("maxpool", opts)], 2)
+    x = rng.integers(-1, 2, (2, c, h, w)).astype(np.float32)
+    x[0, 0, :4] = 0  # whole windows of equal values
+    ref, arg = np_maxpool(x.astype(np.float64), opts["size"], opts["stride"], opts["size"] - 1)
+    np.testing.assert_array_equal(net.forward_last(x, train=True), ref.astype(np.float32))
+    d = rng.uniform(-1, 1, ref.shape).astype(np.float32)
+    expected = np.zeros((2, c, h * w), np.float64)
+    for n in range(2):
+        for ch in range(c):
+            np.add.at(expected[n, ch], arg[n, ch].ravel(), d[n, ch].ravel())
+    got, _ = net.backward_probe(x, d)
+    np.testing.assert_allclose(got.reshape(2, c, h * w), expected, rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # route, shortcut, upsample
 def test_route_order_and_gradient(tmp_path):
