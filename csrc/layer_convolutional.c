@@ -10,6 +10,7 @@
 
 #include "conv_fast.h"
 #include "conv_onednn.h"
+#include "conv_few_channels.h"
 #include "conv_train_onednn.h"
 #include "elementwise.h"
 #include "internal.h"
@@ -313,8 +314,13 @@ static dn_status conv_forward(dn_layer *l, dn_network *net, const float *in, int
     if (net->train && trains_onednn(l, net)) {
         const dn_conv_shape s = conv_shape(l, batch);
         const int bf16 = net->opt.precision == DN_PRECISION_BF16;
-        st = conv_train_onednn_forward(&p->train_onednn, &s, bf16, in, v.weights, conv_out, net->workspace,
-                                       net->workspace_floats);
+        if (conv_few_channels_supported(&s)) {
+            /* an image's few channels: the forward by hand, NCHW in and out; the gradients on oneDNN */
+            st = conv_few_channels_forward(&s, in, v.weights, conv_out);
+        } else {
+            st = conv_train_onednn_forward(&p->train_onednn, &s, bf16, in, v.weights, conv_out, net->workspace,
+                                           net->workspace_floats);
+        }
         if (!st) p->engine = conv_train_onednn_runs_bf16(&s, bf16) ? DN_ENGINE_ONEDNN_BF16 : DN_ENGINE_ONEDNN;
     }
     if (st == DN_E_NOTFOUND) st = convolve(l, net, v.weights, in, conv_out, batch);

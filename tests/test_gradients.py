@@ -765,6 +765,22 @@ def test_batchnorm_training_forward_matches_numpy(tmp_path, groups):
     assert np.array_equal(net.params(), p)
 
 
+@pytest.mark.parametrize("c,w,h,f,size,pad", [(3, 45, 7, 16, 3, 1), (1, 16, 5, 32, 3, 1), (4, 17, 6, 16, 5, 2),
+                                              (2, 5, 4, 16, 3, 0), (3, 33, 3, 16, 1, 0), (3, 40, 9, 16, 7, 3)])
+def test_training_forward_of_few_input_channels_matches_numpy(tmp_path, c, w, h, f, size, pad):
+    """A first layer's training forward (an image's few channels: conv_few_channels.c where the CPU has
+    AVX-512): rows shorter and longer than 16 pixels, taps reaching past both edges, kernels of 1 to 7."""
+    rng = np.random.default_rng(41 + c + size)
+    net = make_net(tmp_path, "few", w, h, c, [conv(f, size, padding=pad, bn=0, act="linear")], 2)
+    p = randomize(net, rng)
+    lay = dict(param_layout(net))
+    x = rng.uniform(-1, 1, (2, c, h, w)).astype(np.float32)
+    ref = np_conv(x, p[lay["L0.weights"]], f, size, 1, pad, 1) + p[lay["L0.biases"]][None, :, None, None]
+    out = net.forward_last(x, train=True)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6)
+
+
 @pytest.mark.parametrize("act", ["linear", "leaky"])
 def test_batchnorm_statistics_of_large_planes_stay_within_float_rounding(tmp_path, act):
     """The batch statistics of a 416x416 layer whose outputs sit far from zero (means about 9 standard deviations
