@@ -28,10 +28,9 @@ int conv_few_channels_supported(const dn_conv_shape *s)
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 
-/* The lanes of 16 outputs from column x0 whose input column x0 + lane + shift lies in [0, width), among `lanes`. */
-static inline __mmask16 inside(int x0, int shift, int width, __mmask16 lanes)
+/* Of `lanes`, those whose input column first + lane lies in [0, width) (first: lane 0's column). */
+static inline __mmask16 inside(int first, int width, __mmask16 lanes)
 {
-    const int first = x0 + shift; /* input column of lane 0 */
     if (first >= width || first <= -16) return 0;
     __mmask16 m = lanes;
     if (first < 0) m &= (__mmask16)(0xFFFFu << -first);
@@ -57,7 +56,7 @@ static void row_block(const dn_conv_shape *s, const float *img, const float *wb,
                 const float *w = wb + ((size_t)c * K + ky) * K * 16;
                 for (int kx = 0; kx < K; kx++) {
                     const int first = x0 + kx - P;
-                    const __mmask16 m = inside(x0, kx - P, W, lanes);
+                    const __mmask16 m = inside(first, W, lanes);
                     if (!m) continue;
                     /* at the left edge lane -first takes row[0]: an expanding load reads from row[0] on */
                     const __m512 v =
