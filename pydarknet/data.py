@@ -397,12 +397,35 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _keep_freed_memory() -> bool:
+    """Make glibc keep the memory this process frees instead of handing it back to the kernel; True when set.
+
+    By default glibc maps each block above a threshold (128 KB, raised up to 32 MB as such blocks are freed)
+    on its own and unmaps it when freed, and trims the heap's free top above twice that. A sample's arrays
+    (2 MB each at 416 x 416, the decoded photo about 1 MB) then come back as fresh pages, faulted in and zeroed
+    by the kernel for every image: on 50 COCO photos at 416 with colour jitter that took about a quarter of a
+    loader worker's time (one worker: 70 images per second, 99 with this; about 1,900 page faults per sample,
+    none with this). Only for the loader's own processes, which keep at most their peak."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # 32 MB is glibc's largest mmap threshold on 64-bit; larger blocks (huge photos) are still mapped alone.
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
 def _worker_main(paths, num_classes, max_boxes, aug, seed, generation, tasks, results, parent_pid, die_with_parent):
     """Worker process: fill the batch buffers named by the tasks until told to stop (None)."""
     if die_with_parent:
         _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it closes us
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
+    _keep_freed_memory()
     mapped: dict[str, mmap.mmap] = {}
     mapped_capacity = 0
     known_bad: set[str] = set()
