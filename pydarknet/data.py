@@ -156,8 +156,8 @@ def _random_scale(rng: np.random.Generator, s: float) -> float:
     return scale if rng.random() < 0.5 else 1.0 / scale
 
 
-def _decode_image(path: str) -> np.ndarray:
-    """HxWx3 uint8 RGB. Missing file → FileNotFoundError; undecodable → ImageError."""
+def _decode_bgr(path: str) -> np.ndarray:
+    """HxWx3 uint8 BGR (OpenCV's order). Missing file → FileNotFoundError; undecodable → ImageError."""
     try:
         encoded = np.fromfile(path, np.uint8)
     except FileNotFoundError:
@@ -165,24 +165,32 @@ def _decode_image(path: str) -> np.ndarray:
     bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
     if bgr is None:
         raise ImageError(f"{path}: cannot decode image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return bgr
 
 
-def _jitter_hsv(rgb: np.ndarray, hue: float, saturation: float, exposure: float) -> np.ndarray:
-    """HSV jitter of a float32 HxWx3 RGB image in 0..1 (hue in turns); result clipped to 0..1."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # float input: H in degrees [0, 360), S and V in 0..1
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    if hue:
-        h += np.float32(hue * 360.0)  # |shift| <= 180: one wrap at most (cheaper than np.mod)
-        h[h < 0] += 360.0
-        h[h >= 360] -= 360.0
-    if saturation != 1.0:
-        s *= np.float32(saturation)
-        np.minimum(s, 1.0, out=s)
-    if exposure != 1.0:
-        v *= np.float32(exposure)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return np.clip(rgb, 0.0, 1.0, out=rgb)
+def _decode_image(path: str) -> np.ndarray:
+    """HxWx3 uint8 RGB. Missing file → FileNotFoundError; undecodable → ImageError."""
+    return cv2.cvtColor(_decode_bgr(path), cv2.COLOR_BGR2RGB)
+
+
+def _jitter_hsv(image: np.ndarray, hue: float, saturation: float, exposure: float, bgr: bool = False) -> np.ndarray:
+    """HSV jitter of a float32 HxWx3 RGB image (BGR when `bgr`) in 0..1 (hue in turns); result clipped to 0..1,
+    in the same channel order."""
+    # float input: H in degrees [0, 360), S and V in 0..1
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV if bgr else cv2.COLOR_RGB2HSV)
+    shift = np.float32(hue * 360.0)
+    # h + shift, s * saturation, v * exposure in one pass; each output is one rounded product or sum (the other
+    # terms are exact zeros), so the same bits as three separate passes over the strided channels
+    hsv = cv2.transform(hsv, np.array([[1, 0, 0, shift], [0, saturation, 0, 0], [0, 0, exposure, 0]], np.float32))
+    h, s = hsv[..., 0], hsv[..., 1]
+    if shift > 0:  # |shift| <= 180: one wrap at most, on the side the shift went
+        np.subtract(h, np.float32(360), out=h, where=h >= 360)
+    elif shift < 0:
+        np.add(h, np.float32(360), out=h, where=h < 0)
+    if saturation > 1:  # S came out of RGB2HSV within 0..1
+        np.minimum(s, np.float32(1), out=s)
+    out = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR if bgr else cv2.COLOR_HSV2RGB)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _place_boxes(labels: np.ndarray, left: float, top: float, crop_w: float, crop_h: float, flip: bool,
@@ -211,7 +219,7 @@ def _load_into(image_out: np.ndarray, truth_out: np.ndarray, path: str, num_clas
                rng: np.random.Generator | None) -> None:
     """Decode, augment and write one sample into ``image_out`` (3xHxW float32) and ``truth_out``."""
     labels = read_labels(label_path(path), num_classes)
-    rgb = _decode_image(path)
+    bgr = _decode_bgr(path)  # kept in OpenCV's order: the warp and HSV do not care, the last copy swaps
     _, net_h, net_w = image_out.shape
     if rng is None:
         if aug != Augment.none():
@@ -230,12 +238,12 @@ def _load_into(image_out: np.ndarray, truth_out: np.ndarray, path: str, num_clas
     crop_w, crop_h = 1.0 - left - right, 1.0 - top - bottom
     _place_boxes(labels, left, top, crop_w, crop_h, flip, truth_out)
 
-    src_h, src_w = rgb.shape[:2]
+    src_h, src_w = bgr.shape[:2]
     scale_x, scale_y = net_w / (crop_w * src_w), net_h / (crop_h * src_h)
     if scale_x < 0.5 or scale_y < 0.5:
         # A bilinear warp that shrinks a lot aliases: shrink by area first so the warp is ~1:1.
         src_w, src_h = max(2, round(src_w * min(1.0, scale_x))), max(2, round(src_h * min(1.0, scale_y)))
-        rgb = cv2.resize(rgb, (src_w, src_h), interpolation=cv2.INTER_AREA)
+        bgr = cv2.resize(bgr, (src_w, src_h), interpolation=cv2.INTER_AREA)
         scale_x, scale_y = net_w / (crop_w * src_w), net_h / (crop_h * src_h)
     # One affine warp does crop, pad, stretch and flip. Pixel centres sit at i + 0.5 in edge coordinates.
     offset_x = 0.5 * scale_x - left * net_w / crop_w - 0.5
@@ -243,13 +251,14 @@ def _load_into(image_out: np.ndarray, truth_out: np.ndarray, path: str, num_clas
     if flip:
         scale_x, offset_x = -scale_x, net_w - 1 - offset_x
     matrix = np.array([[scale_x, 0.0, offset_x], [0.0, scale_y, offset_y]])
-    warped = cv2.warpAffine(rgb, matrix, (net_w, net_h), flags=cv2.INTER_LINEAR,
+    warped = cv2.warpAffine(bgr, matrix, (net_w, net_h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=_GREY)
     if hue or saturation != 1.0 or exposure != 1.0:
-        rgb01 = _jitter_hsv(warped.astype(np.float32) * np.float32(1 / 255), hue, saturation, exposure)
-        image_out[:] = rgb01.transpose(2, 0, 1)
+        bgr01 = _jitter_hsv(np.multiply(warped, np.float32(1 / 255), dtype=np.float32), hue, saturation, exposure,
+                            bgr=True)
+        image_out[:] = bgr01.transpose(2, 0, 1)[::-1]
     else:
-        np.multiply(warped.transpose(2, 0, 1), np.float32(1 / 255), out=image_out, casting="unsafe")
+        np.multiply(warped.transpose(2, 0, 1)[::-1], np.float32(1 / 255), out=image_out, casting="unsafe")
 
 
 def load_sample(path: str, num_classes: int, net_w: int, net_h: int, aug: Augment,

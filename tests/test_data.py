@@ -425,3 +425,23 @@ def test_hue_shift_turns_the_colour_wheel(hue, expected):
     red = np.zeros((4, 4, 3), np.float32)
     red[..., 0] = 1.0
     np.testing.assert_allclose(_jitter_hsv(red, hue, 1.0, 1.0), np.broadcast_to(expected, red.shape), atol=1e-5)
+
+
+@pytest.mark.parametrize("hue, saturation, exposure", [(0.1, 1.5, 1.5), (-0.1, 1 / 1.5, 1 / 1.5), (0.5, 1.2, 0.8),
+                                                       (-0.5, 0.9, 1.3), (0.0, 1.0, 1.0)])
+def test_colour_jitter_matches_the_hsv_formula(hue, saturation, exposure):
+    """Against colorsys in float64: hue turned (wrapped), saturation scaled and capped at 1, value scaled, the
+    result clipped to 0..1; the BGR variant the loader uses gives the same bits, channels swapped."""
+    import colorsys  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    rgb = rng.random((12, 12, 3), dtype=np.float32)
+    rgb[0, :3] = [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5]]  # greys: hue undefined, saturation 0
+    expected = np.empty(rgb.shape, np.float64)
+    for y, x in np.ndindex(rgb.shape[:2]):
+        h, s, v = colorsys.rgb_to_hsv(*rgb[y, x].astype(np.float64))
+        expected[y, x] = colorsys.hsv_to_rgb((h + hue) % 1.0, min(s * saturation, 1.0), v * exposure)
+    got = _jitter_hsv(rgb, hue, saturation, exposure)
+    np.testing.assert_allclose(got, np.clip(expected, 0.0, 1.0), atol=2e-5)
+    swapped = _jitter_hsv(np.ascontiguousarray(rgb[..., ::-1]), hue, saturation, exposure, bgr=True)
+    assert np.array_equal(swapped[..., ::-1], got)
