@@ -550,17 +550,28 @@ def test_maxpool_forward_and_gradient(tmp_path, shape, opts):
 
 
 @pytest.mark.parametrize("shape,opts", [((70, 9, 3), dict(size=2, stride=2)), ((45, 7, 2), dict(size=2, stride=1)),
-                                         ((45, 7, 2), dict(size=3, stride=2))], ids=["2s2", "2s1", "3s2"])
-def test_maxpool_ties_on_long_rows_go_to_the_first_maximum(tmp_path, shape, opts):
+                                         ((45, 7, 2), dict(size=3, stride=2)), ((70, 10, 3), dict(size=2, stride=2)),
+                                         ((48, 9, 2), dict(size=3, stride=3, padding=0))],
+                         ids=["2s2", "2s1", "3s2", "2s2-even", "3s3-pad0"])
+@pytest.mark.parametrize("behind_conv", [False, True], ids=["first", "behind-conv"])
+def test_maxpool_ties_on_long_rows_go_to_the_first_maximum(tmp_path, shape, opts, behind_conv):
     """Rows long enough for the vectorised inner windows, with many equal maxima (small integers, as after a
     relu): each window's output and the cell its gradient goes to are those of Darknet's scan (the first
-    maximum, row by row)."""
+    maximum, row by row). First in the network the pool adds to its input's gradient (maxpool_backward);
+    behind an identity 1x1 convolution it sets it (maxpool_backward_set), and the probe reads it back unchanged.
+    Windows that cover the plane exactly and ones that leave cells out are both there."""
     rng = np.random.default_rng(17)
     w, h, c = shape
-    net = make_net(tmp_path, "maxties", w, h, c, [("maxpool", opts)], 2)
+    if behind_conv:
+        net = make_net(tmp_path, "maxties", w, h, c, [conv(c, 1, bn=0, act="linear"), ("maxpool", opts)], 2)
+        params = np.zeros(net.n_params, np.float32)  # biases 0, then the weights: the identity
+        params[c:] = np.eye(c, dtype=np.float32).ravel()
+        net.set_params(params)
+    else:
+        net = make_net(tmp_path, "maxties", w, h, c, [("maxpool", opts)], 2)
     x = rng.integers(-1, 2, (2, c, h, w)).astype(np.float32)
     x[0, 0, :4] = 0  # whole windows of equal values
-    ref, arg = np_maxpool(x.astype(np.float64), opts["size"], opts["stride"], opts["size"] - 1)
+    ref, arg = np_maxpool(x.astype(np.float64), opts["size"], opts["stride"], opts.get("padding", opts["size"] - 1))
     np.testing.assert_array_equal(net.forward_last(x, train=True), ref.astype(np.float32))
     d = rng.uniform(-1, 1, ref.shape).astype(np.float32)
     expected = np.zeros((2, c, h * w), np.float64)
