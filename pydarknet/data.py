@@ -168,11 +168,6 @@ def _decode_bgr(path: str) -> np.ndarray:
     return bgr
 
 
-def _decode_image(path: str) -> np.ndarray:
-    """HxWx3 uint8 RGB. Missing file → FileNotFoundError; undecodable → ImageError."""
-    return cv2.cvtColor(_decode_bgr(path), cv2.COLOR_BGR2RGB)
-
-
 def _jitter_hsv(image: np.ndarray, hue: float, saturation: float, exposure: float, bgr: bool = False) -> np.ndarray:
     """HSV jitter of a float32 HxWx3 RGB image (BGR when `bgr`) in 0..1 (hue in turns); result clipped to 0..1,
     in the same channel order."""
