@@ -617,7 +617,7 @@ def _coco_train_set(folder: Path) -> list[str] | None:
 def _bench_realdata_training(iterations: int, workers: int, say, precision: str = "f32") -> dict | None:
     """Fine-tuning the pretrained yolov3-tiny at 416, batch 8, on the 50 real train images: DataLoader (JPEG
     decoding, the cfg's augmentation, `workers` processes) feeding train_chunk + update; images/s over
-    `iterations` iterations after one warm-up, data waits included."""
+    `iterations` iterations after one warm-up, data waits included; then the loader alone on the same photos."""
     from .data import Augment, DataLoader  # noqa: PLC0415
     from .network import Network  # noqa: PLC0415
     from .train import learning_rate  # noqa: PLC0415
@@ -650,6 +650,8 @@ def _bench_realdata_training(iterations: int, workers: int, say, precision: str 
                                batch)
                     if it > 0:
                         times.append(time.perf_counter() - start)
+            # the loader alone on the same photos, same workers: how far it is from bounding the training
+            loader_rate, _ = _loader_rate(paths, net, batch, aug, workers, max(iterations, 3))
             bflops = net.bflops
             engines = net.conv_engines()
     seconds = statistics.median(times)
@@ -658,7 +660,7 @@ def _bench_realdata_training(iterations: int, workers: int, say, precision: str 
             "data": f"{len(paths)} real COCO train2017 images", "loader_workers": workers,
             "iterations": iterations, "s_per_iteration": seconds, "s_per_image": seconds / batch,
             "images_per_s": batch / seconds, "iteration_runs_s": times, "losses": losses,
-            "train_gflops_per_s": 3 * bflops * batch / seconds}
+            "train_gflops_per_s": 3 * bflops * batch / seconds, "loader_images_per_s": loader_rate}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1012,7 +1014,8 @@ def run_benchmarks(models: Sequence[str] = ("yolov3-tiny", "yolov3"), repeat: in
                     f"weights on {real['data']}, JPEG decoding and augmentation in {real['loader_workers']} loader "
                     f"process: {real['s_per_iteration']:.2f} s/iteration, {real['s_per_image']:.3f} s/image, "
                     f"{real['images_per_s']:.2f} images/s ({real['train_gflops_per_s']:.1f} GFLOP/s counting "
-                    f"backward as 2x forward); convolutions: {_engines_text(real['engines'])}")
+                    f"backward as 2x forward); convolutions: {_engines_text(real['engines'])}; the loader alone on "
+                    f"these photos: {real['loader_images_per_s']:.0f} images/s")
             if reals:
                 say("  issue figures: AlexeyAB's CPU build ~1.0 s/image, pydarknet before "
                     f"{ISSUE_FIGURES['pydarknet_before_realdata_train_s_per_image']} s/image")

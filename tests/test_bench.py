@@ -311,3 +311,19 @@ def test_the_pytorch_peer_computes_the_same_network(reference_dir, tmp_path):
     for r in peers.values():
         assert 0 < r["inference_s_per_image"] < r["compute_s_per_image"]
         assert len(r["compute_iteration_runs_s"]) == 1
+
+
+def test_real_data_training_reports_the_loader_alone_on_the_same_photos():
+    """The real-data training row says how fast the loader alone goes on those photos with those workers, so a
+    reader can tell whether the loader bounds the training; on a CPU it is far from it (2 threads train about
+    12 images/s here, one loader worker serves over 100)."""
+    from pydarknet import bench  # noqa: PLC0415
+
+    if not (bench.realdata_path() / "annotations" / "instances_train2017.json").is_file() or \
+            not (bench.reference_path() / "yolov3-tiny.weights").is_file():
+        pytest.skip(f"needs {bench.realdata_path()} and {bench.reference_path() / 'yolov3-tiny.weights'}")
+    lines = []
+    real = bench._bench_realdata_training(1, 1, lines.append)
+    assert real is not None and real["loader_workers"] == 1 and real["data"] == "50 real COCO train2017 images"
+    assert real["images_per_s"] > 0
+    assert real["loader_images_per_s"] > 2 * real["images_per_s"], real
