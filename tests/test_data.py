@@ -258,7 +258,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt: Linux with glibc only")
 def test_loader_worker_reuses_freed_memory_instead_of_faulting_it_in_again(tmp_path):
     """A loader worker (_worker_main) keeps the memory it frees: its next sample's arrays come from the heap,
-    not from fresh pages the kernel must fault in and zero (a third of a worker's time on COCO photos)."""
+    not from fresh pages the kernel must fault in and zero (about a quarter of a worker's time on COCO photos)."""
     rng = np.random.default_rng(1)
     photo = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (9, 9), 3)
     path = write_sample(tmp_path, "photo", photo, "0 0.5 0.5 0.3 0.4\n")
