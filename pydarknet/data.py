@@ -413,7 +413,7 @@ def _keep_freed_memory() -> bool:
     (2 MB each at 416 x 416, the decoded photo about 1 MB) then come back as fresh pages, faulted in and zeroed
     by the kernel for every image: on 50 COCO photos at 416 with colour jitter that took about a quarter of a
     loader worker's time (one worker: 70 images per second, 99 with this; about 1,900 page faults per sample,
-    none with this). Only for the loader's own processes, which keep at most their peak."""
+    under one with this). Only for the loader's own processes, which keep at most their peak."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc

@@ -562,13 +562,12 @@ def test_maxpool_ties_on_long_rows_go_to_the_first_maximum(tmp_path, shape, opts
     Windows that cover the plane exactly and ones that leave cells out are both there."""
     rng = np.random.default_rng(17)
     w, h, c = shape
+    front = [conv(c, 1, bn=0, act="linear")] if behind_conv else []
+    net = make_net(tmp_path, "maxties", w, h, c, front + [("maxpool", opts)], 2)
     if behind_conv:
-        net = make_net(tmp_path, "maxties", w, h, c, [conv(c, 1, bn=0, act="linear"), ("maxpool", opts)], 2)
         params = np.zeros(net.n_params, np.float32)  # biases 0, then the weights: the identity
         params[c:] = np.eye(c, dtype=np.float32).ravel()
         net.set_params(params)
-    else:
-        net = make_net(tmp_path, "maxties", w, h, c, [("maxpool", opts)], 2)
     x = rng.integers(-1, 2, (2, c, h, w)).astype(np.float32)
     x[0, 0, :4] = 0  # whole windows of equal values
     ref, arg = np_maxpool(x.astype(np.float64), opts["size"], opts["stride"], opts.get("padding", opts["size"] - 1))
